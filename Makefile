@@ -1,0 +1,49 @@
+# The one entry point: `make demo` and `make test` set everything up from a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+# A bank's node does not phone out: Flower's telemetry and update check stay off everywhere.
+export FLWR_TELEMETRY_ENABLED := 0
+export FLWR_DISABLE_UPDATE_CHECK := 1
+export FLWR_HOME ?= $(CURDIR)/.flwr
+
+PROTOS := $(wildcard proto/cobrand/v1/*.proto)
+GENERATED := $(patsubst proto/%.proto,%_pb2.py,$(PROTOS))
+
+.PHONY: install proto lint typecheck test demo bench clean
+
+install: $(VENV)/.installed proto
+
+# torch first, from the machine's local CPU wheel, so nothing pulls a CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test,dev]'
+	touch $@
+
+proto: $(GENERATED)
+
+cobrand/v1/%_pb2.py: proto/cobrand/v1/%.proto $(VENV)/.installed
+	mkdir -p cobrand/v1 && touch cobrand/v1/__init__.py
+	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=. --grpc_python_out=. --pyi_out=. $<
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/pytest -q
+
+demo: install
+	$(BIN)/cobrand demo
+
+bench: install
+	$(BIN)/python -m bench.synth
+
+clean:
+	rm -rf $(VENV) cobrand/v1 .flwr .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,24 @@
+"""The `cobrand` command: the composition root that mounts every party's command modules.
+
+This is the one module of the shared package allowed to import the party packages; it holds no
+logic of its own.
+"""
+
+from cobrand.offline import configure_offline_flower
+
+# Before any command module can import flwr: a bank's node does not phone out.
+configure_offline_flower()
+
+import typer  # noqa: E402
+
+from cobrand.commands import data, demo, pki  # noqa: E402
+
+app = typer.Typer(
+    name="cobrand",
+    help="Federated partner-data scoring gateway for co-branded credit cards.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(pki.app, name="pki")
+app.add_typer(data.app, name="data")
+app.command(name="demo")(demo.run)
