@@ -1,4 +1,4 @@
-"""The wire contracts are a public interface for Java and Go integrators: check their conventions."""
+"""The wire contracts are the public interface for Java and Go integrators: check conventions."""
 
 from google.protobuf.descriptor import FileDescriptor
 
