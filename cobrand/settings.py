@@ -16,14 +16,13 @@ to a default; models are frozen once built.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
-from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cobrand.errors import ConfigError
+from cobrand.yamlfile import format_validation_error, read_yaml_mapping
 
 __all__ = ["ProcessSettings", "Section", "load_settings"]
 
@@ -60,7 +59,7 @@ def load_settings(model_cls: type[SettingsT], path: Path) -> SettingsT:
         The process's settings model.
     path : Path
         A YAML file whose top level is a mapping of the model's keys; an empty file means
-        "all defaults".
+        "all defaults". Read by ``cobrand.yamlfile`` (safe loader, duplicate keys refused).
 
     Returns
     -------
@@ -74,24 +73,7 @@ def load_settings(model_cls: type[SettingsT], path: Path) -> SettingsT:
         ``gateway.yaml: key 'partner.deadline_ms': Input should be a valid integer;
         unknown key 'prtner'``.
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read settings file {path}: {exc.strerror}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} is not valid YAML: {exc.problem}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"{path}: the top level must be a mapping of keys, not a {type(data).__name__}"
-        )
+    data = read_yaml_mapping(path, ConfigError)
     # Keys reach the model as keyword arguments, where `_env_prefix` and friends would steer
     # pydantic-settings itself: refuse them (and non-string keys) as unknown keys.
     odd = [repr(key) for key in data if not isinstance(key, str) or key.startswith("_")]
@@ -100,25 +82,4 @@ def load_settings(model_cls: type[SettingsT], path: Path) -> SettingsT:
     try:
         return model_cls(**data)
     except ValidationError as exc:
-        problems = "; ".join(_describe(error) for error in exc.errors())
-        raise ConfigError(f"{path}: {problems}") from exc
-
-
-def _describe(error: ErrorDetails) -> str:
-    key = _dotted(error["loc"])
-    if error["type"] == "extra_forbidden":
-        return f"unknown key '{key}'"
-    if error["type"] == "missing":
-        return f"missing key '{key}'"
-    # The offending value is left out on purpose: it may be a secret or an identifier.
-    return f"key '{key}': {error['msg']}"
-
-
-def _dotted(loc: tuple[Any, ...]) -> str:
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += f".{part}" if text else str(part)
-    return text
+        raise ConfigError(f"{path}: {format_validation_error(exc)}") from exc

@@ -56,14 +56,19 @@ def test_missing_required_key_is_named(tmp_path: Path) -> None:
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"cannot read settings file .*absent\.yaml"):
+    with pytest.raises(ConfigError, match=r"cannot read .*absent\.yaml"):
         load_settings(ExampleSettings, tmp_path / "absent.yaml")
 
 
 def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
     path = _write(tmp_path, "name: gw1\npartner: [unclosed\n")
-    with pytest.raises(ConfigError, match=r"gateway\.yaml: line 3, column 1 is not valid YAML"):
+    with pytest.raises(ConfigError, match=r"gateway\.yaml: line 3, column 1: not valid YAML"):
         load_settings(ExampleSettings, path)
+
+
+def test_key_written_twice_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"gateway\.yaml: line 2.*key 'name' is written twice"):
+        load_settings(ExampleSettings, _write(tmp_path, "name: a\nname: b\n"))
 
 
 def test_top_level_list_is_refused(tmp_path: Path) -> None:
