@@ -137,8 +137,8 @@ def create_server(
     Raises
     ------
     ConfigError
-        If TLS is missing without ``insecure=True``, an allow-list key is not a full method
-        name, or the address cannot be bound.
+        If TLS is missing without ``insecure=True`` (or given with it), an allow-list key is
+        not a full method name, or the address cannot be bound.
     CertificateError
         If a TLS file is missing, expired, mismatched or untrusted.
     """
@@ -192,13 +192,13 @@ def create_channel(
     Raises
     ------
     ConfigError
-        If TLS is missing without ``insecure=True``.
+        If TLS is missing without ``insecure=True``, or given with it.
     CertificateError
         If a TLS file is missing, expired, mismatched or untrusted.
     """
     options = _message_options(max_message_bytes)
+    tls = _tls_unless_insecure(tls, insecure, f"channel to {target}")
     if tls is None:
-        _require_explicit_insecure(insecure, f"channel to {target}")
         _LOG.warning("INSECURE channel to %s: no TLS, the server is not authenticated", target)
         return grpc.insecure_channel(target, options=options)
     material = load_tls_material(tls.ca_bundle, tls.cert, tls.key)
@@ -215,16 +215,14 @@ def create_channel(
 def _server_credentials(
     tls: TlsFiles | None, *, insecure: bool, address: str
 ) -> grpc.ServerCredentials | None:
+    tls = _tls_unless_insecure(tls, insecure, f"server on {address}")
     if tls is None:
-        _require_explicit_insecure(insecure, f"server on {address}")
         _LOG.warning(
             "INSECURE server on %s: no TLS, no client authentication, no per-method "
             "authorization; for local development only",
             address,
         )
         return None
-    if insecure:
-        raise ConfigError("both TLS files and insecure mode were given; choose one")
     material = load_tls_material(tls.ca_bundle, tls.cert, tls.key)
     return grpc.ssl_server_credentials(
         [(material.private_key, material.cert_chain)],
@@ -233,12 +231,16 @@ def _server_credentials(
     )
 
 
-def _require_explicit_insecure(insecure: bool, what: str) -> None:
-    if not insecure:
+def _tls_unless_insecure(tls: TlsFiles | None, insecure: bool, what: str) -> TlsFiles | None:
+    """`tls`, or None for plain TCP: only when asked explicitly, never with TLS files too."""
+    if tls is None and not insecure:
         raise ConfigError(
             f"{what} has no TLS files; give a tls section (ca_bundle, cert, key) or pass "
             "--insecure explicitly for local development"
         )
+    if tls is not None and insecure:
+        raise ConfigError(f"{what} was given both TLS files and --insecure; choose one")
+    return tls
 
 
 def _message_options(max_message_bytes: int) -> list[tuple[str, Any]]:

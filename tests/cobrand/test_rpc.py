@@ -326,6 +326,14 @@ def test_channel_without_tls_and_without_insecure_flag_is_refused() -> None:
         create_channel("127.0.0.1:1", None)
 
 
+def test_tls_files_together_with_insecure_flag_are_refused(throwaway_pki: ThrowAwayPki) -> None:
+    files = throwaway_pki.tls("gateway")
+    with pytest.raises(ConfigError, match="both TLS files and --insecure"):
+        create_server(_add_probe, "127.0.0.1:0", files, insecure=True)
+    with pytest.raises(ConfigError, match="both TLS files and --insecure"):
+        create_channel("127.0.0.1:1", files, insecure=True)
+
+
 def test_insecure_server_warns_and_authenticates_nobody(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="cobrand.rpc"):
         server, port = create_server(_add_probe, "127.0.0.1:0", None, insecure=True)
