@@ -171,7 +171,7 @@ class SplitSpec(_Frozen):
     """Where the train/valid/test split comes from: a column, or a keyed hash of the id."""
 
     column: ColumnName | None = None
-    seed: Annotated[int, Field(strict=True, ge=0)] = 0
+    seed: Annotated[int, Field(strict=True, ge=0, lt=2**64)] = 0
     fractions: SplitFractions = SplitFractions()
 
     @pydantic.model_validator(mode="after")
@@ -219,7 +219,7 @@ class PartySchema(_Frozen):
     @pydantic.model_validator(mode="after")
     def _each_column_used_once(self) -> PartySchema:
         uses: dict[str, list[str]] = {}
-        for column, setting in self._column_settings():
+        for column, setting in self.column_settings():
             uses.setdefault(column, []).append(setting)
         twice = {column: settings for column, settings in uses.items() if len(settings) > 1}
         if twice:
@@ -231,7 +231,8 @@ class PartySchema(_Frozen):
             )
         return self
 
-    def _column_settings(self) -> list[tuple[str, str]]:
+    def column_settings(self) -> list[tuple[str, str]]:
+        """(column name, setting naming it) for every column the table must have."""
         settings = [(self.identifier.column, "identifier.column")]
         settings += [(f.name, f"features[{i}].name") for i, f in enumerate(self.features)]
         settings += [
