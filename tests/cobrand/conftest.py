@@ -41,7 +41,7 @@ def federation() -> Federation:
     )
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The shared real data directory, ``../shared/data`` beside the repository.
 
