@@ -255,11 +255,13 @@ def _identifiers(
     column: _Column, values: pa.Array, schema: PartySchema
 ) -> tuple[npt.NDArray[np.object_], npt.NDArray[np.bool_]]:
     kind = schema.identifier.kind
+    if pa.types.is_dictionary(values.type):
+        values = values.dictionary_decode()
+    # Floats are refused: 1.0 and 1 would both read as "1" and silently become one customer.
     if not (
         pa.types.is_integer(values.type)
         or pa.types.is_string(values.type)
         or pa.types.is_large_string(values.type)
-        or pa.types.is_dictionary(values.type)
     ):
         raise TableError(
             f"{column.path}: column {column.name!r} (identifier.column): identifiers must be "

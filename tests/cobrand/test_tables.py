@@ -132,10 +132,13 @@ def test_parquet_numeric_feature_stored_as_booleans_is_refused(tmp_path: Path) -
         load_party_table(schema, path)
 
 
-def test_parquet_identifier_stored_as_floats_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "ids", [pa.array([1.0]), pa.array([1.0]).dictionary_encode()], ids=["plain", "dictionary"]
+)
+def test_parquet_identifier_stored_as_floats_is_refused(tmp_path: Path, ids: pa.Array) -> None:
     schema = bank_schema(identifier={"column": "mobile", "kind": "customer_number"}, labels={})
     path = tmp_path / "bank.parquet"
-    table = {"mobile": [1.0], "age": [1.0], "city": ["a"], "limit": [1.0], "split": ["test"]}
+    table = {"mobile": ids, "age": [1.0], "city": ["a"], "limit": [1.0], "split": ["test"]}
     pq.write_table(pa.table(table), path)
     with pytest.raises(TableError, match=r"identifiers must be stored as text or integers"):
         load_party_table(schema, path)
