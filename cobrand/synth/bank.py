@@ -32,12 +32,12 @@ __all__ = [
     "RIGHTS_PACKAGES",
     "RIGHTS_PACKAGE_COLUMN",
     "RISK",
-    "BinaryLabel",
+    "BinaryOutcome",
     "bank_columns",
 ]
 
 
-class BinaryLabel(NamedTuple):
+class BinaryOutcome(NamedTuple):
     """A binary label column and the strings the bank's systems write for it."""
 
     column: str
@@ -60,11 +60,12 @@ BANK_NUMERIC: Final = (
     "delinquencies_12m",
 )
 BANK_CATEGORICAL: Final = ("city_tier", "occupation")
-RISK: Final = BinaryLabel(column="risk_flag", positive="bad", negative="good")
-INSTALMENT: Final = BinaryLabel(column="took_instalment", positive="yes", negative="no")
+RISK: Final = BinaryOutcome(column="risk_flag", positive="bad", negative="good")
+INSTALMENT: Final = BinaryOutcome(column="took_instalment", positive="yes", negative="no")
 RIGHTS_PACKAGE_COLUMN: Final = "rights_package"
 
 CITY_TIERS: Final = ("tier-1", "new-tier-1", "tier-2", "tier-3", "tier-4", "tier-5")
+"""Names of `Population.city_tier` indices (shares in `population.CITY_TIER_SHARES`)."""
 RIGHTS_PACKAGES: Final = (
     "shopping",
     "repayment",
