@@ -4,6 +4,9 @@ This is the one module of the shared package allowed to import the party package
 logic of its own.
 """
 
+import logging
+from typing import Annotated
+
 from cobrand.offline import configure_offline_flower
 
 # Before any command module can import flwr: a bank's node does not phone out.
@@ -22,3 +25,14 @@ app = typer.Typer(
 app.add_typer(pki.app, name="pki")
 app.add_typer(data.app, name="data")
 app.command(name="demo")(demo.run)
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress (INFO).")] = False,
+) -> None:
+    """Federated partner-data scoring gateway for co-branded credit cards."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )

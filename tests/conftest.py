@@ -128,3 +128,21 @@ def forge_leaf(
     )
     files.key.chmod(0o600)
     return files
+
+
+# --- The shared real data ----------------------------------------------------------------------
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The shared real data directory, ``../shared/data`` beside the repository.
+
+    CI always has it, so its absence is a failure, never a skip.
+    """
+    if not SHARED_DATA.is_dir():
+        pytest.fail(
+            f"shared data directory {SHARED_DATA} is missing: the real default-credit files "
+            "must sit in ../shared/data beside the repository (CI clones it there)"
+        )
+    return SHARED_DATA

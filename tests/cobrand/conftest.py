@@ -1,4 +1,4 @@
-"""Fixtures for the shared package's tests: a federation, file writers, the shared real data."""
+"""Fixtures for the shared package's tests: a federation and file writers."""
 
 import textwrap
 from collections.abc import Callable
@@ -8,9 +8,6 @@ import pytest
 
 from cobrand.federation import Federation, IdentifierKindEntry
 from cobrand.identifiers import IDENTIFIER_KINDS
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 WriteText = Callable[[str, str], Path]
 
@@ -39,17 +36,3 @@ def federation() -> Federation:
             if name != "email"
         },
     )
-
-
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The shared real data directory, ``../shared/data`` beside the repository.
-
-    CI always has it, so its absence is a failure, never a skip.
-    """
-    if not SHARED_DATA.is_dir():
-        pytest.fail(
-            f"shared data directory {SHARED_DATA} is missing: the real default-credit files "
-            "must sit in ../shared/data beside the repository (CI clones it there)"
-        )
-    return SHARED_DATA

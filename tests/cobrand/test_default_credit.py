@@ -12,7 +12,8 @@ import pytest
 from cobrand.federation import Federation, load_federation
 from cobrand.schema import load_party_schema
 from cobrand.tables import PartyTable, load_party_table
-from tests.cobrand.conftest import REPO_ROOT
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 FEDERATION = REPO_ROOT / "cobrand" / "federations" / "default_credit.yaml"
 BANK_SCHEMA = REPO_ROOT / "bank_node" / "schemas" / "default_credit.yaml"
