@@ -39,7 +39,7 @@ def run(
     out: Annotated[Path, typer.Option(help="Working directory; replaced on every run.")] = Path(
         "out/demo"
     ),
-    customers: Annotated[int, typer.Option(min=100, help="Synthetic bank customers.")] = 20_000,
+    customers: Annotated[int, typer.Option(min=100, help="Synthetic bank customers.")] = 100_000,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the synthetic data.")] = 7,
     real_data: Annotated[
         Path, typer.Option(help="Directory holding the UCI default-credit files, if present.")
