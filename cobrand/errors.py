@@ -4,6 +4,7 @@ Our exception hierarchy::
 
     CobrandError
     ├── InvalidRequest ............ INVALID_ARGUMENT
+    │   └── InvalidPoint
     ├── ConfigError ............... INVALID_ARGUMENT
     │   ├── SchemaError
     │   ├── FederationError
@@ -44,6 +45,7 @@ __all__ = [
     "ConfigError",
     "FailedPrecondition",
     "FederationError",
+    "InvalidPoint",
     "InvalidRequest",
     "NotFound",
     "PermissionDenied",
@@ -95,6 +97,10 @@ class InvalidRequest(CobrandError):
     """A request carries a missing, malformed or out-of-range field."""
 
     status = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class InvalidPoint(InvalidRequest):
+    """A peer sent a curve point that is truncated, non-canonical or of low order."""
 
 
 class ConfigError(CobrandError):

@@ -1,0 +1,159 @@
+"""ECDH private set intersection primitives over Curve25519: pure functions over bytes.
+
+Each side maps its canonical identifiers to curve points with `hash_to_points`, blinds them with
+a fresh secret per run (`blind`), and re-blinds the other side's points with the same secret.
+X25519 scalar multiplication commutes, so ``blind(blind(H(x), a), b) == blind(blind(H(x), b),
+a)``: equal identifiers meet at equal doubly blinded points while neither side ever sees the
+other's identifiers or hashes. `join_keys` turns doubly blinded points into pseudonymous keys.
+
+Hash to curve is Elligator 2 (RFC 9380, ``map_to_curve_elligator2`` for curve25519) on a field
+element from ``expand_message_xmd`` with SHA-512, i.e. the u-coordinate of the
+``curve25519_XMD:SHA-512_ELL2_NU_`` encoding before cofactor clearing; X25519's clamped scalars
+are multiples of 8 and clear the cofactor at the first blinding. Elligator 2 lands on the curve,
+never its twist, so a blinded point does not even leak which of the two its identifier hashed to
+(a plain hash used as a u-coordinate would leak that bit). The domain separation tag binds the
+federation id and the federation file's digest: points from one co-brand deal match nothing in
+another, and parties whose federation files differ match nobody by construction, which the
+protocol turns into a loud error at its start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+
+import gmpy2
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from cobrand.errors import InvalidPoint
+from cobrand.federation import Federation
+
+__all__ = [
+    "JOIN_KEY_BYTES",
+    "POINT_BYTES",
+    "PROTOCOL_VERSION",
+    "blind",
+    "domain_tag",
+    "expand_message_xmd",
+    "hash_to_point",
+    "hash_to_points",
+    "join_keys",
+    "new_secret",
+]
+
+PROTOCOL_VERSION = 1
+POINT_BYTES = 32
+SECRET_BYTES = 32
+JOIN_KEY_BYTES = 16
+
+_P = gmpy2.mpz(2**255 - 19)
+_A = gmpy2.mpz(486662)
+_Z = 2  # RFC 9380 Elligator 2 constant for curve25519
+_FIELD_BYTES = 48  # L = ceil((ceil(log2(p)) + k) / 8) with k = 128
+_SHA512_BLOCK = 128
+
+
+def domain_tag(federation: Federation) -> bytes:
+    """The domain separation tag of one federation's PSI runs.
+
+    It binds the protocol version, the federation id and the federation file's digest; at most
+    145 bytes, within RFC 9380's 255 (the id has at most 64 characters).
+    """
+    return b"cobrand-psi-v%d:%s:%s" % (
+        PROTOCOL_VERSION,
+        federation.federation_id.encode(),
+        federation.digest().hex().encode(),
+    )
+
+
+def expand_message_xmd(message: bytes, dst: bytes, length: int = _FIELD_BYTES) -> bytes:
+    """RFC 9380 section 5.3.1 with SHA-512, for outputs of one block (at most 64 bytes)."""
+    if not 0 < length <= hashlib.sha512().digest_size or len(dst) > 255:
+        raise ValueError("expand_message_xmd here makes 1 to 64 bytes with a tag of <= 255 bytes")
+    dst_prime = dst + bytes([len(dst)])
+    z_pad = bytes(_SHA512_BLOCK)
+    b0 = hashlib.sha512(z_pad + message + length.to_bytes(2, "big") + b"\x00" + dst_prime)
+    return hashlib.sha512(b0.digest() + b"\x01" + dst_prime).digest()[:length]
+
+
+def hash_to_point(identifier: str, domain: bytes) -> bytes:
+    """Map one canonical identifier to a Curve25519 point (its 32-byte u-coordinate).
+
+    Parameters
+    ----------
+    identifier : str
+        A canonical identifier (see ``cobrand.identifiers``).
+    domain : bytes
+        The run's domain separation tag (`domain_tag`).
+    """
+    u = gmpy2.mpz(int.from_bytes(expand_message_xmd(identifier.encode(), domain), "big")) % _P
+    # Elligator 2: x1 = -A / (1 + Z u^2), with inv0(0) = 0 as the RFC specifies.
+    denominator = (1 + _Z * u * u) % _P
+    x1 = (-_A * gmpy2.invert(denominator, _P)) % _P if denominator else gmpy2.mpz(0)
+    gx1 = (x1 * x1 * x1 + _A * x1 * x1 + x1) % _P
+    x = x1 if gmpy2.legendre(gx1, _P) >= 0 else (-x1 - _A) % _P
+    return int(x).to_bytes(POINT_BYTES, "little")
+
+
+def hash_to_points(identifiers: Iterable[str], domain: bytes) -> bytes:
+    """`hash_to_point` for many identifiers, concatenated (32 bytes each, in input order)."""
+    return b"".join(hash_to_point(identifier, domain) for identifier in identifiers)
+
+
+def new_secret() -> bytes:
+    """A fresh 32-byte blinding secret for one run (never stored, never sent)."""
+    return os.urandom(SECRET_BYTES)
+
+
+def blind(points: bytes, secret: bytes) -> bytes:
+    """Multiply each of the concatenated points by the secret scalar (X25519).
+
+    Parameters
+    ----------
+    points : bytes
+        Concatenated 32-byte u-coordinates, from `hash_to_points` or from the peer.
+    secret : bytes, 32 bytes
+        This side's secret for the run.
+
+    Returns
+    -------
+    bytes
+        The blinded points, concatenated in the same order.
+
+    Raises
+    ------
+    InvalidPoint
+        If `points` is not a whole number of points, a point's encoding is not canonical
+        (u >= p), or a point has low order (its product is the all-zero point) — all signs of a
+        broken or hostile peer.
+    """
+    if len(points) % POINT_BYTES:
+        raise InvalidPoint(
+            f"points are {len(points)} bytes, not a multiple of {POINT_BYTES}: a truncated chunk"
+        )
+    key = X25519PrivateKey.from_private_bytes(secret)
+    out = []
+    for index, start in enumerate(range(0, len(points), POINT_BYTES)):
+        point = points[start : start + POINT_BYTES]
+        if int.from_bytes(point, "little") >= _P:
+            raise InvalidPoint(f"point {index} is not a canonical u-coordinate (u >= p)")
+        try:
+            out.append(key.exchange(X25519PublicKey.from_public_bytes(point)))
+        except ValueError:
+            # cryptography refuses an all-zero result, which only a low-order point gives.
+            raise InvalidPoint(f"point {index} has low order") from None
+    return b"".join(out)
+
+
+def join_keys(double_blinded: bytes, domain: bytes) -> list[bytes]:
+    """Pseudonymous join keys (16 bytes each) of concatenated doubly blinded points.
+
+    Both sides derive the same key for a common customer; without both secrets nobody can link
+    a key to an identifier, and keys of different runs are unrelated.
+    """
+    prefix = domain + b":join:"
+    return [
+        hashlib.sha256(prefix + double_blinded[i : i + POINT_BYTES]).digest()[:JOIN_KEY_BYTES]
+        for i in range(0, len(double_blinded), POINT_BYTES)
+    ]
