@@ -73,6 +73,15 @@ def test_hashed_points_lie_on_the_curve_never_its_twist(identifier: str) -> None
 
 
 @settings(max_examples=50)
+@given(st.lists(identifiers, max_size=30))
+def test_hashing_a_batch_equals_hashing_each_identifier_alone(batch: list[str]) -> None:
+    # The batch shares one modular inversion (Montgomery's trick) across its identifiers.
+    alone = b"".join(psi.hash_to_point(identifier, DOMAIN) for identifier in batch)
+
+    assert psi.hash_to_points(batch, DOMAIN) == alone
+
+
+@settings(max_examples=50)
 @given(identifiers)
 def test_blinding_commutes(identifier: str) -> None:
     a, b = psi.new_secret(), psi.new_secret()
