@@ -38,7 +38,7 @@ from typing import TypeVar
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from cobrand import psi
-from cobrand.errors import ConfigError, InvalidPoint
+from cobrand.errors import ConfigError, FailedPrecondition, InvalidPoint
 
 __all__ = ["BlindingPool"]
 
@@ -145,6 +145,7 @@ class BlindingPool:
         self._blinder = _Blinder(secret, domain)
         self._max_in_flight = max_in_flight
         self._executor: ProcessPoolExecutor | None = None
+        self._closed = False
         if workers:
             self._executor = ProcessPoolExecutor(
                 workers,
@@ -166,6 +167,7 @@ class BlindingPool:
 
     def close(self) -> None:
         """Stop the workers: queued chunks are dropped, running ones finish (one per worker)."""
+        self._closed = True
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
@@ -196,6 +198,8 @@ class BlindingPool:
         in_process: Callable[[Chunk], bytes],
         in_worker: Callable[[Chunk], bytes],
     ) -> Generator[bytes, None, None]:
+        if self._closed:
+            raise FailedPrecondition("the PSI blinding pool is closed; start a new one")
         if self._executor is None:
             return _blind_in_process(chunks, in_process)
         return _blind_in_workers(chunks, in_worker, self._executor, self._max_in_flight)

@@ -16,7 +16,7 @@ from multiprocessing.process import BaseProcess
 import pytest
 
 from cobrand import psi
-from cobrand.errors import ConfigError, InvalidPoint
+from cobrand.errors import ConfigError, FailedPrecondition, InvalidPoint
 from cobrand.psi_pool import BlindingPool
 
 DOMAIN = b"cobrand-psi-v1:test:00"
@@ -195,6 +195,15 @@ def _running(pid: int) -> bool:
             return stat.read().rpartition(")")[2].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_closed_pool_refuses_new_streams(workers: int) -> None:
+    pool = BlindingPool(SECRET, DOMAIN, workers=workers)
+    pool.close()
+
+    with pytest.raises(FailedPrecondition, match="pool is closed"):
+        pool.blind([b""])
 
 
 @pytest.mark.parametrize(
