@@ -13,6 +13,8 @@ thread and 35 us/point on two, so threads do not scale and each worker is a proc
 are started by the "forkserver" method: the pools run inside gRPC servers, whose threads make a
 plain fork unsafe. Each worker receives the secret once, through its initializer; per chunk
 only packed point bytes (or a list of identifiers) cross the pipe, and packed bytes come back.
+As with any non-fork pool, a script that starts one must guard its entry point with
+``if __name__ == "__main__":`` (the workers import the main module).
 
 Memory stays bounded whatever the stream's length: at most ``max_in_flight`` chunks are
 submitted and not yet consumed. The input is read by a feeder thread, so a finished chunk is
@@ -147,9 +149,14 @@ class BlindingPool:
         self._executor: ProcessPoolExecutor | None = None
         self._closed = False
         if workers:
+            context = multiprocessing.get_context("forkserver")
+            # Workers then fork from a server that imported cryptography and gmpy2 once, instead
+            # of each importing them anew (0.6 -> 0.3 s to start two pools of two workers).
+            # Effective when the process starts its first forkserver pool, a no-op afterwards.
+            context.set_forkserver_preload([__name__])
             self._executor = ProcessPoolExecutor(
                 workers,
-                mp_context=multiprocessing.get_context("forkserver"),
+                mp_context=context,
                 initializer=_start_worker,
                 initargs=(secret, domain, os.getpid()),
             )
