@@ -128,6 +128,12 @@ class PsiResponder:
         self._lock = threading.Lock()
         self._run: _Run | None = None
 
+    @property
+    def open_run_id(self) -> str | None:
+        """The id of the run open now, if any."""
+        run = self._run
+        return None if run is None else run.run_id
+
     def open(self, request: OpenRequest) -> OpenReply:
         """Open a run, abandoning any unfinished one.
 

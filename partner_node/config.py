@@ -1,0 +1,68 @@
+"""The partner node's one settings model, `PartnerNodeConfig`, read from ``partner.yaml``.
+
+Example::
+
+    federation: /srv/cobrand/federation.yaml
+    schema: /srv/cobrand/partner.schema.yaml
+    table: /srv/cobrand/partner.parquet
+    listen: 0.0.0.0:7443
+    data_dir: /srv/cobrand/partner-data      # the alignment result lives here
+    tls:
+      ca_bundle: /srv/cobrand/pki/trust.pem
+      cert: /srv/cobrand/pki/partner-node.crt
+      key: /srv/cobrand/pki/partner-node.key
+    psi: {workers: 8, chunk_points: 8192}
+
+Relative paths are relative to the working directory. Every key can also come from the
+environment, ``COBRAND_PARTNER_<KEY>`` (nested with ``__``, e.g. ``COBRAND_PARTNER_TLS__KEY``),
+where the file leaves it out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from cobrand.alignment_protocol import PsiSettings
+from cobrand.rpc import TlsFiles
+from cobrand.settings import ProcessSettings
+
+__all__ = ["PartnerNodeConfig"]
+
+
+class PartnerNodeConfig(ProcessSettings):
+    """Settings of the partner's long-lived node.
+
+    Attributes
+    ----------
+    federation : Path
+        The federation file, identical at both parties.
+    schema_file : Path
+        The partner's party schema (key ``schema`` in the file).
+    table : Path
+        The partner's table (CSV or Parquet).
+    listen : str
+        ``host:port`` to serve on; port 0 picks a free port.
+    data_dir : Path
+        Where the node keeps its alignment result.
+    tls : TlsFiles, optional
+        The node's certificate (role ``partner``), key and trust bundle. Required unless
+        `insecure`.
+    insecure : bool
+        Serve without TLS, for local development only.
+    psi : PsiSettings
+        Blinding workers and chunk size.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="COBRAND_PARTNER_")
+
+    federation: Path
+    schema_file: Path = Field(alias="schema")
+    table: Path
+    listen: str = "127.0.0.1:7443"
+    data_dir: Path
+    tls: TlsFiles | None = None
+    insecure: bool = False
+    psi: PsiSettings = PsiSettings()

@@ -1,0 +1,87 @@
+"""Starting the partner node: load its table once, serve the AlignmentService over mutual TLS.
+
+The node is long-lived; it loads the partner's table when it starts (a table that does not
+load stops it there, with the file, column and row named) and answers the bank's alignment
+runs until it is told to stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+
+from cobrand.alignment_protocol import Progress
+from cobrand.party_files import load_own_table
+from cobrand.pki import Party
+from cobrand.rpc import create_server
+from partner_node.alignment_service import ALIGNMENT_ROLES, alignment_service
+from partner_node.config import PartnerNodeConfig
+from partner_node.psi_responder import PsiResponder
+
+__all__ = ["PartnerNode", "serve", "start_partner_node"]
+
+_LOG = logging.getLogger(__name__)
+# Seconds in-flight calls get to finish when the node is asked to stop.
+_STOP_GRACE_S = 5.0
+
+
+@dataclass(frozen=True)
+class PartnerNode:
+    """A started partner node."""
+
+    server: grpc.Server
+    port: int
+    rows: int
+
+    def stop(self, grace: float | None = _STOP_GRACE_S) -> None:
+        """Stop serving; calls still running get `grace` seconds."""
+        self.server.stop(grace).wait()
+
+
+def start_partner_node(config: PartnerNodeConfig, progress: Progress | None = None) -> PartnerNode:
+    """Load the partner's table and start serving.
+
+    Raises
+    ------
+    ConfigError
+        For a bad federation, schema or table file, or an address that cannot be bound.
+    CertificateError
+        For missing, expired or mismatched TLS files.
+    """
+    federation, table = load_own_table(
+        Party.PARTNER, config.federation, config.schema_file, config.table
+    )
+    responder = PsiResponder(federation, table.ids, config.data_dir, config.psi, progress)
+    server, port = create_server(
+        alignment_service(responder),
+        config.listen,
+        config.tls,
+        insecure=config.insecure,
+        allowed_roles=ALIGNMENT_ROLES,
+    )
+    server.start()
+    _LOG.info("[PartnerNode] serving %d identifiers on port %d", len(table), port)
+    return PartnerNode(server, port, len(table))
+
+
+def serve(
+    config: PartnerNodeConfig,
+    progress: Progress | None = None,
+    on_started: Callable[[PartnerNode], None] | None = None,
+) -> None:
+    """Run the partner node until SIGTERM or SIGINT, then stop it gracefully."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    node = start_partner_node(config, progress)
+    try:
+        if on_started is not None:
+            on_started(node)
+        stop.wait()
+    finally:
+        node.stop()
