@@ -12,7 +12,8 @@ What the bank can learn from the partner's answers is bounded by the run: one re
 most as many points as it announced (never a second pass with the same secret), then the
 partner's own points in a fresh random order. At commit the partner checks every join key the
 bank claims is one it re-blinded in this run, so the bank cannot make it record keys it never
-saw. Memory: 16 bytes per bank point (their join keys, sorted) and 8 per own identifier (the
+saw. One pool of blinding workers serves a run from re-blinding to the end of fetching, so
+its processes start once per run. Memory: 16 bytes per bank point (their join keys, sorted) and 8 per own identifier (the
 shuffle), plus 24 per match; no Python object per point.
 """
 
@@ -85,6 +86,13 @@ class _Run:
     bank_keys: npt.NDArray[np.void] | None = None
     # Position in the fetch stream -> row of `ids`.
     shuffle: npt.NDArray[np.int64] | None = None
+    # One pool from re-blinding to the end of fetching, so its workers start once per run.
+    pool: BlindingPool | None = None
+
+    def close_pool(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
 
 
 class PsiResponder:
@@ -158,14 +166,15 @@ class PsiResponder:
             )
         run = _Run(request.run_id, request.bank_set_size, psi.new_secret())
         with self._lock:
-            if self._run is not None:
-                _LOG.warning(
-                    "[Alignment.Open] run %s abandoned while %s: run %s replaces it",
-                    self._run.run_id,
-                    self._run.step.value,
-                    run.run_id,
-                )
-            self._run = run
+            replaced, self._run = self._run, run
+        if replaced is not None:
+            replaced.close_pool()
+            _LOG.warning(
+                "[Alignment.Open] run %s abandoned while %s: run %s replaces it",
+                replaced.run_id,
+                replaced.step.value,
+                run.run_id,
+            )
         _LOG.info(
             "[Alignment.Open] run %s: bank %d, partner %d identifiers",
             run.run_id,
@@ -221,17 +230,17 @@ class PsiResponder:
 
         self._progress.start("bank points re-blinded", run.bank_set_size)
         done = 0
-        with BlindingPool(run.secret, self._domain, self._settings.workers) as pool:
-            for sequence, reblinded in enumerate(pool.blind(points())):
-                self._check_current(run)
-                chunk_keys = join_key_array(reblinded, self._domain)
-                keys[done : done + len(chunk_keys)] = chunk_keys
-                done += len(chunk_keys)
-                last = is_last.popleft()
-                if last:
-                    run.bank_keys = _sorted_unique(keys, "the bank's points")
-                self._progress.advance(len(chunk_keys))
-                yield PointChunk(run.run_id, sequence, reblinded, last)
+        run.pool = BlindingPool(run.secret, self._domain, self._settings.workers)
+        for sequence, reblinded in enumerate(run.pool.blind(points())):
+            self._check_current(run)
+            chunk_keys = join_key_array(reblinded, self._domain)
+            keys[done : done + len(chunk_keys)] = chunk_keys
+            done += len(chunk_keys)
+            last = is_last.popleft()
+            if last:
+                run.bank_keys = _sorted_unique(keys, "the bank's points")
+            self._progress.advance(len(chunk_keys))
+            yield PointChunk(run.run_id, sequence, reblinded, last)
 
     def fetch(self, run_id: str) -> Iterator[PointChunk]:
         """The partner's own points, blinded, in a fresh random order.
@@ -257,11 +266,13 @@ class PsiResponder:
         chunks = (self._ids[shuffle[start : start + size]].tolist() for start in range(0, n, size))
         last_sequence = (n - 1) // size
         self._progress.start("partner points sent", n)
-        with BlindingPool(run.secret, self._domain, self._settings.workers) as pool:
-            for sequence, points in enumerate(pool.hash_and_blind(chunks)):
-                self._check_current(run)
-                self._progress.advance(len(points) // psi.POINT_BYTES)
-                yield PointChunk(run.run_id, sequence, points, sequence == last_sequence)
+        # A run reaches REBLINDED only with its pool made.
+        assert run.pool is not None
+        for sequence, points in enumerate(run.pool.hash_and_blind(chunks)):
+            self._check_current(run)
+            self._progress.advance(len(points) // psi.POINT_BYTES)
+            yield PointChunk(run.run_id, sequence, points, sequence == last_sequence)
+        run.close_pool()
 
     def commit(self, chunks: Iterable[MatchChunk]) -> CommitReply:
         """Check the bank's matches, persist the partner's result, then acknowledge.
@@ -373,6 +384,7 @@ class PsiResponder:
         try:
             yield
         except BaseException as exc:
+            run.close_pool()
             why = "the stream was closed" if isinstance(exc, GeneratorExit) else str(exc)
             with self._lock:
                 if self._run is run:
