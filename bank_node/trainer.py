@@ -308,7 +308,15 @@ class BankTrainer:
         started = time.perf_counter()
         self.bottom.train()
         self.head.train()
-        with self._partner.open_pass(round_number, train=True) as stream:
+        # Dropout draws from torch's process-wide generator, seeded here from the run's seed and
+        # the round, so a run repeats exactly when the parties run in their own processes.
+        with (
+            torch.random.fork_rng(devices=[]),
+            self._partner.open_pass(round_number, train=True) as stream,
+        ):
+            torch.manual_seed(
+                int(np.random.SeedSequence([config.seed, round_number]).generate_state(1)[0])
+            )
             _stream_batches(stream, batches, config.pipeline_depth, step)
             summary = stream.close()
         seconds = time.perf_counter() - started

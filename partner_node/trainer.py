@@ -101,6 +101,10 @@ class _Pending:
     weights: dict[str, torch.Tensor]
 
 
+def _stream_seed(seed: int, round_number: int) -> int:
+    return int(np.random.SeedSequence([seed, round_number]).generate_state(1)[0])
+
+
 def weights_digest(weights: dict[str, torch.Tensor]) -> bytes:
     """SHA-256 over every tensor's name, dtype, shape and little-endian bytes, by name."""
     digest = hashlib.sha256()
@@ -150,6 +154,7 @@ class PartnerTrainer:
         self.rows = len(features.numeric)
         self.embedding_width = spec.embedding_width
         self.max_pending_steps = max_pending_steps
+        self._seed = seed
         self._numeric = torch.from_numpy(features.numeric)
         self._categorical = torch.from_numpy(features.categorical)
         with torch.random.fork_rng(devices=[]):
@@ -214,8 +219,13 @@ class PartnerTrainer:
             raise FailedPrecondition(f"run {run_id!r}: another pass is already streaming")
         finished = False
         try:
-            opened = TrainerPass(self, round_number, kind)
-            yield opened
+            # Dropout draws from torch's process-wide generator, seeded here from the run's seed
+            # and the round: a retried round draws the same masks (when no other thread of the
+            # process draws meanwhile, as when the bank trainer shares it in tests).
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_stream_seed(self._seed, round_number))
+                opened = TrainerPass(self, round_number, kind)
+                yield opened
             finished = opened.finished
         finally:
             if kind is PassKind.TRAIN and not finished:
