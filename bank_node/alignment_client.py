@@ -1,9 +1,10 @@
-"""The partner's AlignmentService as the bank's initiator sees it (an ``AlignmentPeer``), over gRPC.
+"""The partner's AlignmentService as the bank's initiator sees it (an ``AlignmentPeer``) over
+gRPC, and `align_with_partner`, the bank's whole run from its settings.
 
-Each method encodes, calls with a deadline, decodes; protocol rules are the initiator's. A
-stream the bank stops reading (because it refused an answer) is cancelled at once, so the
-partner abandons the run instead of waiting. An error raised while the bank produces its own
-requests is re-raised as itself, not as the CANCELLED status gRPC reports for it.
+Each method of `AlignmentClient` encodes, calls with a deadline, decodes; protocol rules are the
+initiator's. A stream the bank stops reading (because it refused an answer) is cancelled at once,
+so the partner abandons the run instead of waiting. An error raised while the bank produces its
+own requests is re-raised as itself, not as the CANCELLED status gRPC reports for it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,16 @@ from typing import Any
 
 import grpc
 
-from cobrand.alignment_protocol import CommitReply, MatchChunk, OpenReply, OpenRequest, PointChunk
+from bank_node.config import BankNodeConfig
+from bank_node.psi_initiator import AlignmentOutcome, run_alignment
+from cobrand.alignment_protocol import (
+    CommitReply,
+    MatchChunk,
+    OpenReply,
+    OpenRequest,
+    PointChunk,
+    Progress,
+)
 from cobrand.alignment_serde import (
     commit_reply_from_proto,
     match_chunk_to_proto,
@@ -22,9 +32,12 @@ from cobrand.alignment_serde import (
     point_chunk_from_proto,
     point_chunk_to_proto,
 )
+from cobrand.party_files import load_own_table
+from cobrand.pki import Party
+from cobrand.rpc import create_channel
 from cobrand.v1 import alignment_pb2, alignment_pb2_grpc
 
-__all__ = ["AlignmentClient"]
+__all__ = ["AlignmentClient", "align_with_partner"]
 
 
 class _Requests:
@@ -105,3 +118,26 @@ def _read(call: Any, requests: _Requests) -> Iterator[PointChunk]:
         raise
     finally:
         call.cancel()  # a no-op once the call has ended
+
+
+def align_with_partner(
+    config: BankNodeConfig, progress: Progress | None = None
+) -> AlignmentOutcome:
+    """Load the bank's table, align it with the partner node's, persist the bank's result.
+
+    Raises
+    ------
+    ConfigError, CertificateError
+        For bad settings, table or TLS files (before the partner is contacted).
+    CobrandError, grpc.RpcError
+        As `run_alignment` raises them.
+    """
+    federation, table = load_own_table(
+        Party.BANK, config.federation, config.schema_file, config.table
+    )
+    partner = config.partner
+    with create_channel(
+        partner.address, config.tls, insecure=config.insecure, server_name=partner.server_name
+    ) as channel:
+        client = AlignmentClient(channel, partner.call_timeout_s, partner.stream_timeout_s)
+        return run_alignment(federation, table.ids, client, config.data_dir, config.psi, progress)

@@ -12,9 +12,9 @@ What the bank can learn from the partner's answers is bounded by the run: one re
 most as many points as it announced (never a second pass with the same secret), then the
 partner's own points in a fresh random order. At commit the partner checks every join key the
 bank claims is one it re-blinded in this run, so the bank cannot make it record keys it never
-saw. One pool of blinding workers serves a run from re-blinding to the end of fetching, so
-its processes start once per run. Memory: 16 bytes per bank point (their join keys, sorted) and 8 per own identifier (the
-shuffle), plus 24 per match; no Python object per point.
+saw. One pool of blinding workers serves a run from re-blinding to the end of fetching, so its
+processes start once per run. Memory: 16 bytes per bank point (their join keys, sorted) and 8
+per own identifier (the shuffle), plus 24 per match; no Python object per point.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ import enum
 import logging
 import secrets
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 
@@ -82,6 +83,7 @@ class _Run:
     bank_set_size: int
     secret: bytes
     step: _Step = _Step.OPEN
+    opened_at: float = field(default_factory=time.monotonic)
     # Join keys of the bank's points after re-blinding, sorted once all have arrived.
     bank_keys: npt.NDArray[np.void] | None = None
     # Position in the fetch stream -> row of `ids`.
@@ -348,7 +350,14 @@ class PsiResponder:
         write_alignment(
             self._data_dir, summary, sorted_keys, self._ids[run.shuffle[matched[order]]]
         )
-        _LOG.info("[Alignment.Commit] run %s: %d members persisted", run.run_id, len(sorted_keys))
+        _LOG.info(
+            "[Alignment.Commit] run %s committed: bank %d, partner %d, intersection %d, %.1f s",
+            run.run_id,
+            run.bank_set_size,
+            len(self._ids),
+            len(sorted_keys),
+            time.monotonic() - run.opened_at,
+        )
         return CommitReply(
             run.run_id, summary.intersection_size, summary.intersection_digest, summary.committed_at
         )

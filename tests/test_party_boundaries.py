@@ -9,7 +9,11 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-COMPOSITION_ROOT = {Path("cobrand/cli.py"), Path("cobrand/commands/demo.py")}
+COMPOSITION_ROOT = {
+    Path("cobrand/cli.py"),
+    Path("cobrand/commands/demo.py"),
+    Path("cobrand/commands/align.py"),
+}
 FORBIDDEN = {
     "bank_node": {"partner_node", "gateway"},
     "partner_node": {"bank_node", "gateway"},
