@@ -14,7 +14,6 @@ counted as serialized message sizes, each way.
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 from collections.abc import Iterator
@@ -43,8 +42,6 @@ __all__ = [
     "TrafficCounter",
     "error_from_rpc",
 ]
-
-_LOG = logging.getLogger(__name__)
 
 _END: Final = object()
 
@@ -298,7 +295,8 @@ _BY_STATUS: Final = _first_class_per_status()
 def error_from_rpc(err: grpc.RpcError, where: str) -> CobrandError:
     """The tree's error for a failed data-plane call, from its reason metadata or status.
 
-    A partner that is gone (``UNAVAILABLE``, ``DEADLINE_EXCEEDED``, ``CANCELLED``) or failed
+    The reason names the class only when that class carries the call's status. A partner that
+    is gone (``UNAVAILABLE``, ``DEADLINE_EXCEEDED``, ``CANCELLED``) or failed
     internally becomes `Unavailable`: retrying the round later may succeed.
     """
     call: Any = err
@@ -307,7 +305,7 @@ def error_from_rpc(err: grpc.RpcError, where: str) -> CobrandError:
     reason = dict(call.trailing_metadata() or ()).get(REASON_METADATA_KEY)
     message = f"partner data plane refused {where}: {status.name}: {details}"
     cls = _BY_REASON.get(reason) if isinstance(reason, str) else None
-    if cls is None:
+    if cls is None or cls.status != status:
         cls = _BY_STATUS.get(status, Unavailable)
     if status in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         message = f"partner data plane is unavailable in {where}: {details}"

@@ -28,8 +28,8 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
@@ -39,74 +39,20 @@ from pydantic import Field
 
 from bank_node.dataplane_client import DataPlaneClient, PassStream
 from bank_node.evaluation import TaskMetrics, task_metrics, total_loss
-from cobrand.errors import InvalidRequest
-from cobrand.preprocess import Encoded
-from cobrand.schema import BinaryLabel, PartySchema
+from bank_node.training_data import TEST, TRAIN, VALID, BankTrainingData
+from cobrand.errors import FailedPrecondition
 from cobrand.settings import Section
 from cobrand.split_model import BottomModel, BottomSpec, HeadModel
 
-__all__ = [
-    "BankTrainer",
-    "BankTrainingData",
-    "RoundResult",
-    "TrainingConfig",
-    "TrainingResult",
-    "task_widths",
-]
+__all__ = ["BankTrainer", "PlanPartnerRound", "RoundResult", "TrainingConfig", "TrainingResult"]
 
 _LOG = logging.getLogger(__name__)
 
-TRAIN, VALID, TEST = 0, 1, 2
 # Embedding passes have no gradients to wait for; a few batches in flight keep the partner busy.
 _EMBED_DEPTH = 4
 
 PlanPartnerRound = Callable[[int, float], None]
 """Plans round ``r`` with learning rate ``lr`` at the partner, before the bank streams it."""
-
-
-def task_widths(schema: PartySchema) -> dict[str, int]:
-    """Output width per task the bank schema has labels for: 1 if binary, else the classes."""
-    return {
-        task: 1 if isinstance(label, BinaryLabel) else len(label.classes)
-        for task, label in schema.labels.present().items()
-    }
-
-
-@dataclass(frozen=True)
-class BankTrainingData:
-    """The bank's aligned rows, row i being aligned position i.
-
-    Attributes
-    ----------
-    features : Encoded
-        The bank's encoded features of the aligned rows.
-    labels : mapping of str to ndarray, each shape (n,)
-        Per task: binary float32 1 / 0 / NaN (unlabelled); K-class int64 index, -1 unlabelled.
-    split : ndarray of int8, shape (n,)
-        0 train, 1 valid, 2 test.
-    tasks : mapping of str to int
-        Output width per task (`task_widths`); every task needs labels.
-    """
-
-    features: Encoded
-    labels: Mapping[str, npt.NDArray[Any]]
-    split: npt.NDArray[np.int8]
-    tasks: Mapping[str, int]
-
-    def __post_init__(self) -> None:
-        rows = len(self.split)
-        sizes = {"numeric features": len(self.features.numeric)}
-        sizes["categorical features"] = len(self.features.categorical)
-        sizes.update({f"labels of {task}": len(values) for task, values in self.labels.items()})
-        for what, size in sizes.items():
-            if size != rows:
-                raise InvalidRequest(f"bank training data: {what} have {size} rows, split {rows}")
-        missing = sorted(set(self.tasks) - set(self.labels))
-        if missing or not self.tasks:
-            raise InvalidRequest(f"bank training data: no tasks, or no labels for {missing}")
-        for part, code in (("train", TRAIN), ("valid", VALID)):
-            if not np.any(self.split == code):
-                raise InvalidRequest(f"bank training data: no {part} rows among {rows}")
 
 
 class TrainingConfig(Section):
@@ -203,11 +149,11 @@ class TrainingResult:
     bytes_received: int
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Best:
-    round: int = 0
-    loss: float = float("inf")
-    state: dict[str, Any] = field(default_factory=dict)
+    round: int
+    loss: float
+    state: dict[str, Any]
 
 
 class BankTrainer:
@@ -267,7 +213,8 @@ class BankTrainer:
         traffic = self._partner.traffic
         sent, received = traffic.bytes_sent, traffic.bytes_received
         rounds: list[RoundResult] = []
-        best = _Best()
+        # Round 0 is the initial weights, which the partner also keeps.
+        best = _Best(0, float("inf"), self._state())
         for round_number in range(1, self._config.max_rounds + 1):
             plan_partner_round(round_number, self._config.learning_rate)
             result = self.train_round(round_number)
@@ -381,6 +328,13 @@ class BankTrainer:
         labels = {task: values[rows] for task, values in self._labels.items()}
         bank = self.bottom(self._numeric[rows], self._categorical[rows])
         loss = total_loss(self.head(bank, partner_embedding, hidden), labels)
+        if not torch.isfinite(loss):
+            # Stop before a NaN gradient reaches the partner's weights (and before the
+            # partner refuses it).
+            raise FailedPrecondition(
+                f"training diverged: the loss of a batch is {loss.item()}; lower the learning "
+                f"rate (now {self._config.learning_rate:g})"
+            )
         self._optimizer.zero_grad()
         torch.autograd.backward(loss)
         self._optimizer.step()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from bank_node.dataplane_client import DataPlaneClient
-from bank_node.trainer import BankTrainingData, task_widths
+from bank_node.training_data import BankTrainingData, task_widths
 from cobrand.federation import load_federation
 from cobrand.preprocess import Encoded, Preprocessor
 from cobrand.rpc import create_channel, create_server

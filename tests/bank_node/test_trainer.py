@@ -14,7 +14,8 @@ import torch
 from google.protobuf.message import Message
 
 from bank_node.evaluation import total_loss
-from bank_node.trainer import BankTrainer, BankTrainingData, TrainingConfig
+from bank_node.trainer import BankTrainer, TrainingConfig
+from bank_node.training_data import BankTrainingData
 from cobrand.preprocess import Encoded
 from cobrand.split_model import BottomModel, HeadModel
 from cobrand.tensor_wire import unpack_matrix, unpack_positions
