@@ -16,6 +16,7 @@ from google.protobuf.message import Message
 from bank_node.evaluation import total_loss
 from bank_node.trainer import BankTrainer, TrainingConfig
 from bank_node.training_data import BankTrainingData
+from cobrand.errors import FailedPrecondition
 from cobrand.preprocess import Encoded
 from cobrand.split_model import BottomModel, HeadModel
 from cobrand.tensor_wire import unpack_matrix, unpack_positions
@@ -270,3 +271,20 @@ def test_the_stream_carries_only_aligned_positions_embeddings_and_gradients(
             assert response.embeddings.embedding_width == 16
     assert result.bytes_sent == sum(r.ByteSize() for r in recorder.requests)
     assert result.bytes_received == sum(r.ByteSize() for r in recorder.responses)
+
+
+def test_a_diverging_run_stops_before_its_gradient_leaves_the_bank(
+    aligned_set: AlignedSet, partner_service: DataPlaneService, bank_channel: grpc.Channel
+) -> None:
+    partner = start_partner_run(
+        partner_service, "run-diverge", aligned_set.partner_features, aligned_set.partner_spec
+    )
+    client = bank_client(bank_channel, "run-diverge", aligned_set.partner_spec)
+    trainer = BankTrainer(
+        aligned_set.bank, aligned_set.bank_spec, client, TrainingConfig(learning_rate=1e30)
+    )
+
+    with pytest.raises(FailedPrecondition, match=r"training diverged: .* lower the learning rate"):
+        trainer.fit(_planner(partner))
+
+    assert partner.completed_rounds == 0
