@@ -23,7 +23,7 @@ from cobrand.pki import Role
 from cobrand.rpc import ServicerAdder
 from cobrand.tensor_wire import EXCHANGE_METHOD, pack_matrix, unpack_matrix, unpack_positions
 from cobrand.v1 import training_pb2
-from partner_node.trainer import PartnerTrainer, PassKind, PassSummary
+from partner_node.trainer import PartnerTrainer, PassKind, PassSummary, TrainerPass
 
 __all__ = ["ALLOWED_ROLES", "DataPlaneService"]
 
@@ -89,32 +89,48 @@ class DataPlaneService:
         trainer = self._trainer
         if trainer is None:
             raise FailedPrecondition(f"unknown run {opening.open.run_id!r}: no run is in progress")
-        with trainer.open_pass(opening.open.run_id, opening.open.round, kind) as current:
-            for request in request_iterator:
-                if request.WhichOneof("body") != "step":
-                    raise InvalidRequest("a pass is opened once: every later message is a `step`")
-                step = request.step
-                if step.HasField("gradient"):
-                    what = f"gradient of step {step.gradient.step}"
-                    gradient = unpack_matrix(
-                        step.gradient.gradient, width=step.gradient.embedding_width, what=what
-                    )
-                    current.apply_gradient(step.gradient.step, gradient)
-                if step.HasField("batch"):
-                    what = f"batch of step {step.batch.step}"
-                    positions = unpack_positions(
-                        step.batch.positions, limit=trainer.rows, what=what
-                    )
-                    embeddings = current.embed(step.batch.step, positions)
-                    yield training_pb2.ExchangeResponse(
-                        embeddings=training_pb2.EmbeddingBatch(
-                            step=step.batch.step,
-                            embedding_width=embeddings.shape[1],
-                            embeddings=pack_matrix(embeddings),
-                        )
-                    )
-            summary = current.finish()
+        try:
+            with trainer.open_pass(opening.open.run_id, opening.open.round, kind) as current:
+                yield from _steps(request_iterator, current, trainer.rows)
+                summary = current.finish()
+        except grpc.RpcError:
+            # Reading the next request failed: the bank cancelled the pass or its connection
+            # dropped. Leaving `open_pass` undid a training pass; there is nobody to answer.
+            _LOG.warning(
+                "[TrainingDataPlane.Exchange] %s pass of round %d cancelled by the bank",
+                kind.value,
+                opening.open.round,
+            )
+            return
         yield training_pb2.ExchangeResponse(summary=_summary_to_proto(summary))
+
+
+def _steps(
+    requests: Iterator[training_pb2.ExchangeRequest], current: TrainerPass, rows: int
+) -> Iterator[training_pb2.ExchangeResponse]:
+    """Apply each step's gradient, then embed its batch; one reply per batch."""
+    for request in requests:
+        if request.WhichOneof("body") != "step":
+            raise InvalidRequest("a pass is opened once: every later message is a `step`")
+        step = request.step
+        if step.HasField("gradient"):
+            gradient = unpack_matrix(
+                step.gradient.gradient,
+                width=step.gradient.embedding_width,
+                what=f"gradient of step {step.gradient.step}",
+            )
+            current.apply_gradient(step.gradient.step, gradient)
+        if step.HasField("batch"):
+            what = f"batch of step {step.batch.step}"
+            positions = unpack_positions(step.batch.positions, limit=rows, what=what)
+            embeddings = current.embed(step.batch.step, positions)
+            yield training_pb2.ExchangeResponse(
+                embeddings=training_pb2.EmbeddingBatch(
+                    step=step.batch.step,
+                    embedding_width=embeddings.shape[1],
+                    embeddings=pack_matrix(embeddings),
+                )
+            )
 
 
 def _summary_to_proto(summary: PassSummary) -> training_pb2.PassSummary:

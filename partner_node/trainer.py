@@ -132,6 +132,8 @@ class PartnerTrainer:
     max_pending_steps : int
         How many embedded batches may await their gradient (the pipeline depth the partner
         accepts); bounds the graphs the partner keeps.
+    busy_wait : float
+        Seconds a new pass waits for the previous one to end before it is refused.
     """
 
     def __init__(
@@ -142,6 +144,7 @@ class PartnerTrainer:
         *,
         seed: int = 0,
         max_pending_steps: int = 4,
+        busy_wait: float = 2.0,
     ) -> None:
         if len(features.numeric) != len(features.categorical):
             raise InvalidRequest(
@@ -154,6 +157,7 @@ class PartnerTrainer:
         self.rows = len(features.numeric)
         self.embedding_width = spec.embedding_width
         self.max_pending_steps = max_pending_steps
+        self.busy_wait = busy_wait
         self._seed = seed
         self._numeric = torch.from_numpy(features.numeric)
         self._categorical = torch.from_numpy(features.categorical)
@@ -215,7 +219,9 @@ class PartnerTrainer:
             )
         if kind is PassKind.EMBED:
             self._checkpoint_of(round_number)
-        if not self._busy.acquire(blocking=False):
+        # A pass the bank just abandoned may still be winding down (its stream's cancellation
+        # reaches this process a moment later), so a prompt retry waits briefly for it.
+        if not self._busy.acquire(timeout=self.busy_wait):
             raise FailedPrecondition(f"run {run_id!r}: another pass is already streaming")
         finished = False
         try:

@@ -3,6 +3,7 @@ may call it."""
 
 from __future__ import annotations
 
+import queue
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -17,7 +18,7 @@ from cobrand.split_model import BottomSpec
 from cobrand.tensor_wire import EXCHANGE_METHOD, pack_matrix, pack_positions, unpack_matrix
 from cobrand.v1 import training_pb2 as pb
 from partner_node.dataplane_service import ALLOWED_ROLES, DataPlaneService
-from partner_node.trainer import PartnerTrainer
+from partner_node.trainer import PartnerTrainer, PassKind
 from tests.conftest import ThrowAwayPki
 
 ROWS, WIDTH, RUN = 40, 4, "run-7"
@@ -32,8 +33,7 @@ def service() -> DataPlaneService:
     return DataPlaneService()
 
 
-@pytest.fixture
-def trainer(service: DataPlaneService) -> PartnerTrainer:
+def _new_trainer() -> PartnerTrainer:
     rng = np.random.default_rng(1)
     features = Encoded(
         numeric=rng.normal(size=(ROWS, 3)).astype(np.float32),
@@ -41,6 +41,12 @@ def trainer(service: DataPlaneService) -> PartnerTrainer:
     )
     made = PartnerTrainer(RUN, features, SPEC, seed=2)
     made.plan_round(1, learning_rate=1e-3)
+    return made
+
+
+@pytest.fixture
+def trainer(service: DataPlaneService) -> PartnerTrainer:
+    made = _new_trainer()
     service.attach(made)
     return made
 
@@ -246,3 +252,31 @@ def test_only_the_bank_trainer_certificate_may_stream(
     assert error.code() is grpc.StatusCode.PERMISSION_DENIED
     assert f"may not call {EXCHANGE_METHOD}" in error.details()
     assert trainer.completed_rounds == 0
+
+
+def test_a_pass_the_bank_cancels_is_undone_and_a_prompt_retry_goes_through(
+    channel: grpc.Channel, trainer: PartnerTrainer, caplog: pytest.LogCaptureFixture
+) -> None:
+    stub = channel.stream_stream(
+        EXCHANGE_METHOD,
+        request_serializer=pb.ExchangeRequest.SerializeToString,
+        response_deserializer=pb.ExchangeResponse.FromString,
+    )
+    outbox: queue.SimpleQueue[pb.ExchangeRequest] = queue.SimpleQueue()
+    for request in (_open(), _step([0, 1]), _step([2, 3], batch_step=1, gradient=_gradient(2))):
+        outbox.put(request)
+    call: Any = stub(iter(outbox.get, None), timeout=TIMEOUT)
+    assert next(call).embeddings.step == 0
+    assert next(call).embeddings.step == 1  # the gradient of step 0 was applied
+    call.cancel()
+
+    retried = _exchange(channel, [_open(), _step([0, 1]), _step(gradient=_gradient(2))])
+
+    untouched = _new_trainer()
+    with untouched.open_pass(RUN, 1, PassKind.TRAIN) as current:
+        current.embed(0, np.array([0, 1]))
+        current.apply_gradient(0, _gradient(2))
+        current.finish()
+    assert retried[-1].summary.weights_sha256 == untouched.round_digest(1)
+    assert "cancelled by the bank" in caplog.text
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -35,7 +36,7 @@ def _features(rows: int = ROWS) -> Encoded:
     )
 
 
-def _trainer(seed: int = 3, **options: int) -> PartnerTrainer:
+def _trainer(seed: int = 3, **options: Any) -> PartnerTrainer:
     trainer = PartnerTrainer("run-a", _features(), SPEC, seed=seed, **options)
     trainer.plan_round(1, learning_rate=LR)
     return trainer
@@ -183,7 +184,7 @@ def test_a_pass_for_a_run_or_round_the_partner_does_not_hold_is_refused(
 
 
 def test_one_pass_at_a_time() -> None:
-    trainer = _trainer()
+    trainer = _trainer(busy_wait=0.2)
     with (
         trainer.open_pass("run-a", 1, PassKind.TRAIN),
         pytest.raises(FailedPrecondition, match="another pass is already streaming"),
