@@ -22,12 +22,17 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import gmpy2
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from cobrand.errors import InvalidPoint
-from cobrand.federation import Federation
+
+if TYPE_CHECKING:
+    # Only a type here: blinding workers import this module and need none of the federation
+    # file's machinery (pydantic, numpy, pyarrow), which would double their start-up time.
+    from cobrand.federation import Federation
 
 __all__ = [
     "JOIN_KEY_BYTES",
