@@ -9,31 +9,34 @@ blinded chunks, in order, on worker processes::
 
 Why processes, not threads: X25519 from ``cryptography`` holds the GIL during ``exchange``.
 Measured on the 2-core development machine, blinding 20,000 points took 33 us/point on one
-thread and 35 us/point on two, so threads do not scale and each worker is a process. Workers
-are started by the "forkserver" method: the pools run inside gRPC servers, whose threads make a
-plain fork unsafe. Each worker receives the secret once, through its initializer; per chunk
-only packed point bytes (or a list of identifiers) cross the pipe, and packed bytes come back.
-As with any non-fork pool, a script that starts one must guard its entry point with
-``if __name__ == "__main__":`` (the workers import the main module).
+thread and 35 us/point on two, so threads do not scale and each worker is a process.
+
+Why plain subprocesses (``python -m cobrand.psi_worker``, see there), not ``multiprocessing``:
+the pools run inside gRPC servers, whose threads make a plain fork unsafe, and the safe start
+methods ("spawn", "forkserver") import the parent's main module again in every worker: under
+the ``cobrand`` command that is the whole command line with all it imports, measured at 0.45 s
+of CPU and 20-25 MiB more per worker, in every run. A subprocess is started by fork and exec,
+imports only the PSI primitives (about 0.1 s), receives the secret once, down its own pipe, and
+exits when that pipe closes, so it cannot outlive its pool, whatever ends the pool's process.
+Per chunk, only packed point bytes (or length-prefixed identifiers) cross the pipes.
 
 Memory stays bounded whatever the stream's length: at most ``max_in_flight`` chunks are
 submitted and not yet consumed. The input is read by a feeder thread, so a finished chunk is
 yielded even while the input waits (a peer that sends its next chunk only after receiving the
-previous answer does not deadlock the stream). Closing a result stream early (a client that
-disconnects) cancels its queued chunks; closing the pool stops its workers, and workers whose
-owner died without closing it exit on their own.
+previous answer does not deadlock the stream). A pool serves one stream at a time. A stream
+closed early (a client that disconnects) or failed stops the workers at once, so no CPU goes on
+answers nobody reads; the pool starts fresh workers for its next stream.
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import contextlib
 import os
 import queue
-import signal
+import subprocess
+import sys
 import threading
-import time
 from collections.abc import Callable, Generator, Iterable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
 from types import TracebackType
 from typing import TypeVar
 
@@ -41,69 +44,83 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from cobrand import psi
 from cobrand.errors import ConfigError, FailedPrecondition, InvalidPoint
+from cobrand.psi_worker import (
+    BLIND,
+    HASH_AND_BLIND,
+    INVALID_POINT,
+    encode_identifiers,
+    read_frame,
+    write_frame,
+)
 
 __all__ = ["BlindingPool"]
 
 Chunk = TypeVar("Chunk")
 
-# How often an idle worker checks that the process that started it is still alive.
-_ORPHAN_CHECK_SECONDS = 0.5
 
-
-class _Blinder:
-    """One side's run secret and domain, applied to chunks (in a worker or in-process)."""
+class _Worker:
+    """One worker process: requests down its standard input, replies up its output, in order."""
 
     def __init__(self, secret: bytes, domain: bytes) -> None:
-        X25519PrivateKey.from_private_bytes(secret)  # refuse a malformed secret at once
-        self.secret = secret
-        self.domain = domain
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "cobrand.psi_worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        self.pid = self._process.pid
+        # Read by a thread as they come, so a worker never waits for the consumer to take an
+        # earlier chunk's answer from another worker.
+        self._replies: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        threading.Thread(target=self._read_replies, name="psi-pool-reader", daemon=True).start()
+        self.send(secret + domain)
 
-    def hash_and_blind(self, identifiers: Sequence[str]) -> bytes:
-        return psi.blind(psi.hash_to_points(identifiers, self.domain), self.secret)
+    def send(self, *parts: bytes) -> None:
+        """Queue one request (from one thread at a time)."""
+        assert self._process.stdin is not None
+        try:
+            write_frame(self._process.stdin, *parts)
+        except (BrokenPipeError, ValueError):  # ValueError: the pipe was closed by `stop`
+            raise self._died() from None
 
-    def blind(self, points: bytes) -> bytes:
-        return psi.blind(points, self.secret)
+    def reply(self) -> bytes:
+        """The next reply, in request order.
 
+        Raises
+        ------
+        InvalidPoint
+            If the chunk held a malformed or low-order point.
+        ChildProcessError
+            If the worker died.
+        """
+        reply = self._replies.get()
+        if reply is None:
+            raise self._died()
+        if reply[:1] == INVALID_POINT:
+            raise InvalidPoint(reply[1:].decode())
+        return reply[1:]
 
-# The worker process's blinder, set once by `_start_worker`.
-_worker_blinder: _Blinder | None = None
+    def stop(self) -> None:
+        """End the process now (an idle one has nothing to lose, a busy one works for nobody)."""
+        self._process.terminate()
+        self._process.wait()
+        assert self._process.stdin is not None
+        with contextlib.suppress(BrokenPipeError):  # a request the worker never read
+            self._process.stdin.close()
 
+    def _read_replies(self) -> None:
+        assert self._process.stdout is not None
+        with self._process.stdout as replies:
+            try:
+                while (reply := read_frame(replies)) is not None:
+                    self._replies.put(reply)
+            except EOFError:
+                pass  # died mid-reply; `reply` tells the consumer
+        self._replies.put(None)
 
-def _start_worker(secret: bytes, domain: bytes, owner_pid: int) -> None:
-    global _worker_blinder  # a worker process serves exactly one pool, so one secret
-    _worker_blinder = _Blinder(secret, domain)
-    # The owner handles Ctrl-C and stops the pool; workers must not die mid-chunk on their own.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_exit_when_orphaned, args=(owner_pid,), daemon=True).start()
-
-
-def _exit_when_orphaned(owner_pid: int) -> None:
-    # A forkserver worker's parent is the fork server, which exits when the owner dies; a worker
-    # reparented away from it has no owner left to serve and must not linger holding a secret.
-    parent = os.getppid()
-    while os.getppid() == parent and _process_alive(owner_pid):
-        time.sleep(_ORPHAN_CHECK_SECONDS)
-    os._exit(1)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _worker_hash_and_blind(identifiers: Sequence[str]) -> bytes:
-    assert _worker_blinder is not None, "worker started without its initializer"
-    return _worker_blinder.hash_and_blind(identifiers)
-
-
-def _worker_blind(points: bytes) -> bytes:
-    assert _worker_blinder is not None, "worker started without its initializer"
-    return _worker_blinder.blind(points)
+    def _died(self) -> ChildProcessError:
+        code = self._process.poll()
+        status = "still running" if code is None else f"exit code {code}"
+        return ChildProcessError(f"PSI blinding worker {self.pid} stopped answering ({status})")
 
 
 class _EndOfInput:
@@ -126,7 +143,7 @@ class BlindingPool:
         Worker processes; default ``os.cpu_count()``. ``0`` blinds in the calling process,
         for tests and tiny sets.
     max_in_flight : int, optional
-        Most chunks submitted and not yet consumed, per stream; default four per worker.
+        Most chunks submitted and not yet consumed; default four per worker.
 
     Use it as a context manager, or call `close`; both stop the workers.
     """
@@ -144,22 +161,15 @@ class BlindingPool:
         max_in_flight = 4 * max(workers, 1) if max_in_flight is None else max_in_flight
         if max_in_flight < 1:
             raise ConfigError(f"PSI max_in_flight must be 1 or more, not {max_in_flight}")
-        self._blinder = _Blinder(secret, domain)
+        X25519PrivateKey.from_private_bytes(secret)  # refuse a malformed secret here, not later
+        self._secret = secret
+        self._domain = domain
+        self._worker_count = workers
         self._max_in_flight = max_in_flight
-        self._executor: ProcessPoolExecutor | None = None
+        self._workers: list[_Worker] = []
+        self._streaming = False
         self._closed = False
-        if workers:
-            context = multiprocessing.get_context("forkserver")
-            # Workers then fork from a server that imported cryptography and gmpy2 once, instead
-            # of each importing them anew (0.6 -> 0.3 s to start two pools of two workers).
-            # Effective when the process starts its first forkserver pool, a no-op afterwards.
-            context.set_forkserver_preload([__name__])
-            self._executor = ProcessPoolExecutor(
-                workers,
-                mp_context=context,
-                initializer=_start_worker,
-                initargs=(secret, domain, os.getpid()),
-            )
+        self._start_workers()
 
     def __enter__(self) -> BlindingPool:
         return self
@@ -173,20 +183,21 @@ class BlindingPool:
         self.close()
 
     def close(self) -> None:
-        """Stop the workers: queued chunks are dropped, running ones finish (one per worker)."""
+        """Stop the workers; the pool refuses new streams."""
         self._closed = True
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
+        self._stop_workers()
 
     def hash_and_blind(self, chunks: Iterable[Sequence[str]]) -> Generator[bytes, None, None]:
         """Hash each chunk's canonical identifiers to points and blind them.
 
         Yields, in input order, one bytes per chunk: its points, 32 bytes each, in the order
-        of its identifiers (``psi.blind(psi.hash_to_points(chunk, domain), secret)``). Closing
-        the generator early cancels the chunks it has queued.
+        of its identifiers (``psi.blind(psi.hash_to_points(chunk, domain), secret)``).
         """
-        return self._stream(chunks, self._blinder.hash_and_blind, _worker_hash_and_blind)
+        return self._stream(
+            chunks,
+            lambda chunk: psi.blind(psi.hash_to_points(chunk, self._domain), self._secret),
+            lambda worker, chunk: worker.send(HASH_AND_BLIND, encode_identifiers(chunk)),
+        )
 
     def blind(self, chunks: Iterable[bytes]) -> Generator[bytes, None, None]:
         """Blind each chunk of packed points (``psi.blind(chunk, secret)``), in input order.
@@ -197,19 +208,82 @@ class BlindingPool:
             When a chunk is truncated or holds a non-canonical or low-order point; the message
             names the chunk (from 0) and the point within it.
         """
-        return self._stream(chunks, self._blinder.blind, _worker_blind)
+        return self._stream(
+            chunks,
+            lambda chunk: psi.blind(chunk, self._secret),
+            lambda worker, chunk: worker.send(BLIND, chunk),
+        )
 
     def _stream(
         self,
         chunks: Iterable[Chunk],
         in_process: Callable[[Chunk], bytes],
-        in_worker: Callable[[Chunk], bytes],
+        send: Callable[[_Worker, Chunk], None],
     ) -> Generator[bytes, None, None]:
         if self._closed:
             raise FailedPrecondition("the PSI blinding pool is closed; start a new one")
-        if self._executor is None:
+        if not self._worker_count:
             return _blind_in_process(chunks, in_process)
-        return _blind_in_workers(chunks, in_worker, self._executor, self._max_in_flight)
+        return self._blind_in_workers(chunks, send)
+
+    def _start_workers(self) -> None:
+        self._workers = [_Worker(self._secret, self._domain) for _ in range(self._worker_count)]
+
+    def _stop_workers(self) -> None:
+        workers, self._workers = self._workers, []
+        for worker in workers:
+            worker.stop()
+
+    def _blind_in_workers(
+        self, chunks: Iterable[Chunk], send: Callable[[_Worker, Chunk], None]
+    ) -> Generator[bytes, None, None]:
+        # Checked when the stream starts: two streams would take each other's replies.
+        if self._streaming:
+            raise FailedPrecondition("the PSI blinding pool serves one stream at a time")
+        self._streaming = True
+        if not self._workers:
+            self._start_workers()
+        workers = self._workers
+        sent: queue.SimpleQueue[_Worker | _EndOfInput] = queue.SimpleQueue()
+        slots = threading.Semaphore(self._max_in_flight)
+        stopped = threading.Event()
+
+        def feed() -> None:
+            try:
+                for index, chunk in enumerate(chunks):
+                    slots.acquire()
+                    if stopped.is_set():
+                        return
+                    worker = workers[index % len(workers)]
+                    send(worker, chunk)
+                    sent.put(worker)
+            except BaseException as error:  # noqa: BLE001 -- handed to the consumer, raised there
+                sent.put(_EndOfInput(error))
+            else:
+                sent.put(_EndOfInput())
+
+        threading.Thread(target=feed, name="psi-pool-feeder", daemon=True).start()
+        index = 0
+        finished = False
+        try:
+            while not isinstance(item := sent.get(), _EndOfInput):
+                try:
+                    blinded = item.reply()
+                except InvalidPoint as error:
+                    raise _in_chunk(index, error) from None
+                slots.release()
+                index += 1
+                yield blinded
+            if item.error is not None:
+                raise item.error
+            finished = True
+        finally:
+            stopped.set()
+            slots.release()  # wakes a feeder waiting for a slot, which then sees `stopped`
+            if not finished:
+                # Chunks still in the workers would answer the next stream: end them here.
+                self._stop_workers()
+            self._streaming = False
 
 
 def _blind_in_process(
@@ -220,54 +294,6 @@ def _blind_in_process(
             yield apply(chunk)
         except InvalidPoint as error:
             raise _in_chunk(index, error) from None
-
-
-def _blind_in_workers(
-    chunks: Iterable[Chunk],
-    apply: Callable[[Chunk], bytes],
-    executor: ProcessPoolExecutor,
-    max_in_flight: int,
-) -> Generator[bytes, None, None]:
-    submitted: queue.SimpleQueue[Future[bytes] | _EndOfInput] = queue.SimpleQueue()
-    slots = threading.Semaphore(max_in_flight)
-    stopped = threading.Event()
-
-    def feed() -> None:
-        try:
-            for chunk in chunks:
-                slots.acquire()
-                if stopped.is_set():
-                    return
-                submitted.put(executor.submit(apply, chunk))
-        except BaseException as error:  # noqa: BLE001 -- handed to the consumer, raised there
-            submitted.put(_EndOfInput(error))
-        else:
-            submitted.put(_EndOfInput())
-
-    feeder = threading.Thread(target=feed, name="psi-pool-feeder", daemon=True)
-    feeder.start()
-    index = 0
-    try:
-        while not isinstance(item := submitted.get(), _EndOfInput):
-            try:
-                blinded = item.result()
-            except InvalidPoint as error:
-                raise _in_chunk(index, error) from None
-            slots.release()
-            index += 1
-            yield blinded
-        if item.error is not None:
-            raise item.error
-    finally:
-        stopped.set()
-        slots.release()  # wakes a feeder waiting for a slot, which then sees `stopped`
-        while True:
-            try:
-                leftover = submitted.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(leftover, Future):
-                leftover.cancel()
 
 
 def _in_chunk(index: int, error: InvalidPoint) -> InvalidPoint:
