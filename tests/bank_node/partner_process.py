@@ -1,9 +1,9 @@
 """A partner data plane in a process of its own, for the tests that kill or freeze it.
 
-    python -m tests.bank_node.partner_process PKI_ROOT PORT_FILE
+    python -m tests.bank_node.partner_process CA_BUNDLE CERT KEY PORT_FILE
 
-Serves run `RUN` (round 1 planned) over random rows with the throw-away PKI under PKI_ROOT, then
-writes the port it listens on to PORT_FILE and serves until killed.
+Serves run `RUN` (round 1 planned) over random rows with the partner's TLS files, then writes
+the port it listens on to PORT_FILE and serves until killed.
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from cobrand.preprocess import Encoded
-from cobrand.rpc import create_server
+from cobrand.rpc import TlsFiles, create_server
 from cobrand.split_model import BottomSpec
 from partner_node.dataplane_service import ALLOWED_ROLES, DataPlaneService
 from partner_node.trainer import PartnerTrainer
-from tests.conftest import ThrowAwayPki
 
 RUN = "run-fault"
 ROWS = 1000
@@ -28,7 +27,7 @@ SPEC = BottomSpec(
 
 
 def main() -> None:
-    pki_root, port_file = Path(sys.argv[1]), Path(sys.argv[2])
+    ca_bundle, cert, key, port_file = map(Path, sys.argv[1:5])
     rng = np.random.default_rng(0)
     features = Encoded(
         numeric=rng.normal(size=(ROWS, 3)).astype(np.float32),
@@ -41,7 +40,7 @@ def main() -> None:
     server, port = create_server(
         service.adder(),
         "127.0.0.1:0",
-        ThrowAwayPki(pki_root).tls("partner"),
+        TlsFiles(ca_bundle=ca_bundle, cert=cert, key=key),
         allowed_roles=ALLOWED_ROLES,
     )
     server.start()

@@ -40,15 +40,10 @@ def partner_pid_and_port(
     throwaway_pki: ThrowAwayPki, tmp_path: Path
 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     port_file = tmp_path / "port"
+    tls = throwaway_pki.tls("partner")
+    files = [str(path) for path in (tls.ca_bundle, tls.cert, tls.key, port_file)]
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.bank_node.partner_process",
-            str(throwaway_pki.root),
-            str(port_file),
-        ],
-        cwd=ROOT,
+        [sys.executable, "-m", "tests.bank_node.partner_process", *files], cwd=ROOT
     )
     try:
         deadline = time.monotonic() + 60
