@@ -290,18 +290,26 @@ class BankTrainer:
     def evaluate(self, split: int, partner_round: int) -> tuple[TaskMetrics, float]:
         """Figures and objective on one split's rows, with a completed round's partner weights."""
         rows = np.flatnonzero(self._data.split == split)
-        partner = self.partner_embeddings(rows, partner_round)
+        partner = torch.from_numpy(self.partner_embeddings(rows, partner_round))
         self.bottom.eval()
         self.head.eval()
+        size = self._config.eval_batch_size
+        paths: dict[str, list[dict[str, torch.Tensor]]] = {"full": [], "bank_only": []}
         with torch.no_grad():
-            bank = self.bottom(self._numeric[rows], self._categorical[rows])
-            present = torch.zeros(len(rows), dtype=torch.bool)
-            full = self.head(bank, torch.from_numpy(partner), present)
-            absent = torch.zeros(len(rows), self._partner.embedding_width)
-            bank_only = self.head(bank, absent, ~present)
-            labels = {task: values[rows] for task, values in self._labels.items()}
-            loss = float(total_loss(full, labels))
-        return task_metrics(full, bank_only, labels), loss
+            # In batches: the numeric encodings of a whole large split would not fit in memory.
+            for start in range(0, len(rows), size):
+                chunk = torch.from_numpy(rows[start : start + size])
+                bank = self.bottom(self._numeric[chunk], self._categorical[chunk])
+                present = torch.zeros(len(chunk), dtype=torch.bool)
+                embeddings = partner[start : start + size]
+                paths["full"].append(self.head(bank, embeddings, present))
+                paths["bank_only"].append(self.head(bank, torch.zeros_like(embeddings), ~present))
+        full, bank_only = (
+            {task: torch.cat([part[task] for part in parts]) for task in self._labels}
+            for parts in paths.values()
+        )
+        labels = {task: values[rows] for task, values in self._labels.items()}
+        return task_metrics(full, bank_only, labels), float(total_loss(full, labels))
 
     def partner_embeddings(
         self, positions: npt.NDArray[np.int64], partner_round: int
