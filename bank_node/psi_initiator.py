@@ -24,7 +24,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -217,14 +217,20 @@ def _reblind_own(
     """Steps 2: the join keys of all bank identifiers, sorted, and the bank row of each."""
     n = len(ids)
     starts = range(0, n, chunk_points)
-    last_sequence = len(starts) - 1
 
     def requests() -> Iterator[PointChunk]:
+        # The last chunk leaves once the pool's stream has ended, so the pool is free for step 3
+        # by the time the partner has answered it.
         blinded = pool.hash_and_blind(
             ids[start : start + chunk_points].tolist() for start in starts
         )
+        held: PointChunk | None = None
         for sequence, points in enumerate(blinded):
-            yield PointChunk(run_id, sequence, points, sequence == last_sequence)
+            if held is not None:
+                yield held
+            held = PointChunk(run_id, sequence, points, last=False)
+        if held is not None:
+            yield replace(held, last=True)
 
     keys = np.empty(n, dtype=JOIN_KEY_DTYPE)
     progress.start("bank points re-blinded by the partner", n)

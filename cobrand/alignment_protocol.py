@@ -27,7 +27,7 @@ from pydantic import Field
 
 from cobrand import psi
 from cobrand.alignment_store import JOIN_KEY_DTYPE
-from cobrand.errors import FailedPrecondition, InvalidRequest
+from cobrand.errors import FailedPrecondition, InvalidPoint, InvalidRequest
 from cobrand.federation import Federation
 from cobrand.settings import Section
 
@@ -101,8 +101,20 @@ class PointChunk:
 
     @property
     def count(self) -> int:
-        """Whole points in the chunk (a truncated tail is refused when it is blinded)."""
-        return len(self.points) // psi.POINT_BYTES
+        """Points in the chunk.
+
+        Raises
+        ------
+        InvalidPoint
+            If the bytes are not a whole number of points.
+        """
+        count, rest = divmod(len(self.points), psi.POINT_BYTES)
+        if rest:
+            raise InvalidPoint(
+                f"chunk {self.sequence}: points are {len(self.points)} bytes, not a multiple of "
+                f"{psi.POINT_BYTES}: a truncated chunk"
+            )
+        return count
 
 
 @dataclass(frozen=True)
@@ -216,7 +228,10 @@ def checked_chunks(
     max_points: int,
     total: int | None = None,
 ) -> Iterator[ChunkT]:
-    """Pass `chunks` through, refusing any that break the stream rules.
+    """Pass `chunks` through up to the one marked last, refusing any that break the stream rules.
+
+    Reading stops at the last chunk, so a receiver can finish its step as soon as it has it,
+    without waiting for the sender to close the stream.
 
     Parameters
     ----------
@@ -234,15 +249,13 @@ def checked_chunks(
     ------
     InvalidRequest
         Naming the stream and the chunk: another run's chunk, a sequence gap or repeat, an
-        oversized or empty chunk, more points than announced, a chunk after the last, or a
-        stream that ends before its last chunk or short of the announced total.
+        oversized or empty chunk, more or fewer points than announced, or a stream that ends
+        before its last chunk.
+    InvalidPoint
+        For a chunk of points that is not a whole number of points.
     """
-    expected = 0
     seen = 0
-    last = False
-    for chunk in chunks:
-        if last:
-            raise InvalidRequest(f"{what}: chunk {chunk.sequence} came after the last chunk")
+    for expected, chunk in enumerate(chunks):
         if chunk.run_id != run_id:
             raise InvalidRequest(
                 f"{what}: chunk {chunk.sequence} belongs to run {chunk.run_id!r}, not {run_id!r}"
@@ -260,18 +273,15 @@ def checked_chunks(
         if chunk.count == 0 and not chunk.last:
             raise InvalidRequest(f"{what}: chunk {chunk.sequence} is empty but not the last")
         seen += chunk.count
-        if total is not None and seen > total:
+        if total is not None and (seen > total or (chunk.last and seen < total)):
             raise InvalidRequest(
                 f"{what}: chunk {chunk.sequence} brings the stream to {seen} points; "
                 f"{total} were announced"
             )
-        expected += 1
-        last = chunk.last
         yield chunk
-    if not last:
-        raise InvalidRequest(f"{what}: the stream ended after {expected} chunks without its last")
-    if total is not None and seen != total:
-        raise InvalidRequest(f"{what}: the stream held {seen} points; {total} were announced")
+        if chunk.last:
+            return
+    raise InvalidRequest(f"{what}: the stream ended without its last chunk")
 
 
 def join_key_array(double_blinded: bytes, domain: bytes) -> npt.NDArray[np.void]:

@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import chain
@@ -210,12 +210,16 @@ class PsiResponder:
         if first is None:
             raise InvalidRequest("the bank's points: the stream held no chunk")
         run = self._begin(first.run_id, _Step.OPEN, _Step.REBLINDING)
-        with self._abandon_on_error(run):
-            yield from self._reblind(run, chain([first], incoming))
-            self._advance(run, _Step.REBLINDED)
+
+        def finish() -> None:
+            assert run.bank_keys is not None
+            run.bank_keys = _sorted_unique(run.bank_keys, "the bank's points")
+
+        answers = self._reblind(run, chain([first], incoming))
+        yield from self._complete_before_last(run, answers, finish, _Step.REBLINDED)
 
     def _reblind(self, run: _Run, chunks: Iterable[PointChunk]) -> Iterator[PointChunk]:
-        keys = np.empty(run.bank_set_size, dtype=JOIN_KEY_DTYPE)
+        keys = run.bank_keys = np.empty(run.bank_set_size, dtype=JOIN_KEY_DTYPE)
         # Filled by the pool's feeder as chunks are read, emptied as their answers come back.
         is_last: deque[bool] = deque()
 
@@ -238,11 +242,8 @@ class PsiResponder:
             chunk_keys = join_key_array(reblinded, self._domain)
             keys[done : done + len(chunk_keys)] = chunk_keys
             done += len(chunk_keys)
-            last = is_last.popleft()
-            if last:
-                run.bank_keys = _sorted_unique(keys, "the bank's points")
             self._progress.advance(len(chunk_keys))
-            yield PointChunk(run.run_id, sequence, reblinded, last)
+            yield PointChunk(run.run_id, sequence, reblinded, is_last.popleft())
 
     def fetch(self, run_id: str) -> Iterator[PointChunk]:
         """The partner's own points, blinded, in a fresh random order.
@@ -255,9 +256,7 @@ class PsiResponder:
             Before the bank's points are re-blinded, or if they were fetched already.
         """
         run = self._begin(run_id, _Step.REBLINDED, _Step.FETCHING)
-        with self._abandon_on_error(run):
-            yield from self._fetch(run)
-            self._advance(run, _Step.FETCHED)
+        yield from self._complete_before_last(run, self._fetch(run), run.close_pool, _Step.FETCHED)
 
     def _fetch(self, run: _Run) -> Iterator[PointChunk]:
         n = len(self._ids)
@@ -274,7 +273,6 @@ class PsiResponder:
             self._check_current(run)
             self._progress.advance(len(points) // psi.POINT_BYTES)
             yield PointChunk(run.run_id, sequence, points, sequence == last_sequence)
-        run.close_pool()
 
     def commit(self, chunks: Iterable[MatchChunk]) -> CommitReply:
         """Check the bank's matches, persist the partner's result, then acknowledge.
@@ -361,6 +359,31 @@ class PsiResponder:
         return CommitReply(
             run.run_id, summary.intersection_size, summary.intersection_digest, summary.committed_at
         )
+
+    def _complete_before_last(
+        self,
+        run: _Run,
+        answers: Iterator[PointChunk],
+        finish: Callable[[], None],
+        step: _Step,
+    ) -> Iterator[PointChunk]:
+        """Pass `answers` on, but the last only once `finish` has run and `run` is at `step`.
+
+        The bank starts its next step as soon as it holds the last answer, so by then this
+        step must be complete; and a bank that hangs up after it abandons nothing.
+        """
+        held: PointChunk | None = None
+        with self._abandon_on_error(run):
+            for answer in answers:
+                if answer.last:
+                    held = answer
+                else:
+                    yield answer
+            finish()
+            self._advance(run, step)
+        # Our own streams end with the chunk marked last.
+        assert held is not None
+        yield held
 
     def _begin(self, run_id: str, expected: _Step, step: _Step) -> _Run:
         with self._lock:
