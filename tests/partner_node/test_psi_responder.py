@@ -208,3 +208,20 @@ def test_more_points_than_announced_are_refused_before_they_are_reblinded(tmp_pa
 def test_a_partner_without_identifiers_refuses_to_start(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="the partner has no identifiers to align"):
         PsiResponder(FEDERATION, np.empty(0, dtype=object), tmp_path, SETTINGS)
+
+
+def test_the_next_step_may_start_as_soon_as_the_last_answer_arrives(tmp_path: Path) -> None:
+    responder = _responder(tmp_path)
+    bank = _open(responder)
+    points = psi.blind(psi.hash_to_points(BANK_IDS, DOMAIN), bank.secret)
+    answers = responder.reblind(_point_chunks(bank.run_id, points))
+    # Read up to the last answer only: the bank's side of the stream is not closed yet.
+    while not next(answers).last:
+        pass
+
+    fetched = responder.fetch(bank.run_id)
+    while not next(fetched).last:
+        pass
+
+    empty = MatchChunk(bank.run_id, 0, np.empty(0, np.uint64), np.empty(0, JOIN_KEY_DTYPE), True)
+    assert responder.commit([empty]).intersection_size == 0
