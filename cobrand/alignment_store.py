@@ -11,7 +11,7 @@ next write. `AlignmentStore` opens the current file read-only and checks it is w
 The file holds two tables::
 
     alignment(key TEXT PRIMARY KEY, value)        one row per AlignmentSummary field
-    members(join_key BLOB PRIMARY KEY, canonical_id TEXT) WITHOUT ROWID
+    members(join_key BLOB PRIMARY KEY, canonical_id TEXT) WITHOUT ROWID, indexed both ways
 
 Join keys are 16-byte ``psi.join_keys`` values; in numpy they travel as ``V16`` arrays (never
 ``S16``, whose items lose trailing zero bytes as Python bytes) and are ordered as bytes, through an
@@ -201,6 +201,8 @@ def _build(
                     strict=True,
                 ),
             )
+        # Serving finds an applicant's join key by its canonical identifier.
+        connection.execute("CREATE UNIQUE INDEX members_by_id ON members (canonical_id)")
         connection.executemany(
             "INSERT INTO alignment VALUES (?, ?)",
             [("format", _FORMAT), *_summary_rows(summary)],
@@ -302,6 +304,14 @@ class AlignmentStore:
                 "SELECT canonical_id FROM members WHERE join_key = ?", (join_key,)
             ).fetchone()
         return None if row is None else str(row[0])
+
+    def join_key(self, canonical_id: str) -> bytes | None:
+        """The join key of this side's `canonical_id`, or None outside the intersection."""
+        with self._lock:
+            row = self._connection.execute(
+                "SELECT join_key FROM members WHERE canonical_id = ?", (canonical_id,)
+            ).fetchone()
+        return None if row is None else bytes(row[0])
 
     def members(
         self, batch_size: int = _INSERT_BATCH

@@ -68,6 +68,8 @@ def test_a_written_result_reads_back_whole_and_in_join_key_order(tmp_path: Path)
         assert list(np.concatenate([i for _, i in batches])) == ids
         assert store.canonical_id(keys[17].tobytes()) == ids[17]
         assert store.canonical_id(bytes(16)) is None
+        assert store.join_key(ids[17]) == keys[17].tobytes()
+        assert store.join_key("+8600000000000") is None
 
 
 def test_keys_ending_in_zero_bytes_keep_their_full_width(tmp_path: Path) -> None:
