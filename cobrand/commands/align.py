@@ -7,6 +7,7 @@ directory; the partner node runs as a separate process (``python -m partner_node
 in ``partner.log``); the bank runs in this process with progress bars. DIR holds a set as
 ``cobrand data synth`` writes it: ``federation.yaml``, ``{bank,partner}.schema.yaml`` and the two
 tables (``.csv`` or ``.parquet``). The settings files written are the ones each site would use.
+`align_locally` is the same run without the command line, for other commands (``cobrand demo``).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ import yaml
 from bank_node.alignment_client import align_with_partner
 from bank_node.cli import outcome_lines
 from bank_node.config import BankNodeConfig, PartnerEndpoint
+from bank_node.psi_initiator import AlignmentOutcome
 from cobrand import pki
-from cobrand.alignment_protocol import PsiSettings
+from cobrand.alignment_protocol import Progress, PsiSettings
 from cobrand.alignment_store import AlignmentStore
 from cobrand.commands.exits import cli_errors
 from cobrand.commands.progress import ProgressBars
@@ -38,7 +40,7 @@ from cobrand.rpc import TlsFiles
 from cobrand.synth import DatasetFiles
 from partner_node.config import PartnerNodeConfig
 
-__all__ = ["run"]
+__all__ = ["align_locally", "run"]
 
 # Loading a partner table of millions of rows takes a while before the node serves.
 _PARTNER_START_TIMEOUT_S = 600.0
@@ -62,36 +64,64 @@ def run(
     """Align the bank's and the partner's tables privately, both parties on this machine."""
     with cli_errors():
         files = _dataset_files(data)
-        work.mkdir(parents=True, exist_ok=True)
-        psi = PsiSettings(workers=workers, chunk_points=chunk_points)
-        bank_tls, partner_tls = _two_party_pki(work / "pki")
-        partner_config = PartnerNodeConfig(
+        typer.echo(f"starting the partner node (settings and log in {work})")
+        with ProgressBars() as progress:
+            outcome = align_locally(
+                files, work, PsiSettings(workers=workers, chunk_points=chunk_points), progress
+            )
+    for line in outcome_lines(outcome):
+        typer.echo(line)
+    summary = outcome.summary
+    typer.echo(
+        f"  both parties hold run {summary.run_id}: {summary.intersection_size:,} members, "
+        f"digest {summary.intersection_digest.hex()[:16]}"
+    )
+
+
+def align_locally(
+    files: DatasetFiles, work: Path, psi: PsiSettings, progress: Progress | None = None
+) -> AlignmentOutcome:
+    """Run both parties' sides of one alignment on this machine; return the bank's outcome.
+
+    Each party gets a fresh CA and node certificate under ``work/pki``, its settings file
+    (``work/{bank,partner}.yaml``) and data directory (``work/{bank,partner}-data``); the
+    partner node runs as a child process logging to ``work/partner.log``.
+
+    Raises
+    ------
+    Unavailable
+        If the partner node does not start.
+    FailedPrecondition
+        If the two persisted results disagree (they never should).
+    CobrandError, grpc.RpcError
+        As the run raises them.
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    bank_tls, partner_tls = _two_party_pki(work / "pki")
+    partner_config = PartnerNodeConfig(
+        federation=files.federation.resolve(),
+        schema=files.partner_schema.resolve(),
+        table=files.partner_table.resolve(),
+        listen=f"{_LOOPBACK}:0",
+        data_dir=(work / "partner-data").resolve(),
+        tls=partner_tls,
+        psi=psi,
+    )
+    partner_settings = _write_settings(work / "partner.yaml", partner_config)
+    with _partner_process(partner_settings, work) as port:
+        bank_config = BankNodeConfig(
             federation=files.federation.resolve(),
-            schema=files.partner_schema.resolve(),
-            table=files.partner_table.resolve(),
-            listen=f"{_LOOPBACK}:0",
-            data_dir=(work / "partner-data").resolve(),
-            tls=partner_tls,
+            schema=files.bank_schema.resolve(),
+            table=files.bank_table.resolve(),
+            data_dir=(work / "bank-data").resolve(),
+            partner=PartnerEndpoint(address=f"{_LOOPBACK}:{port}"),
+            tls=bank_tls,
             psi=psi,
         )
-        partner_settings = _write_settings(work / "partner.yaml", partner_config)
-        typer.echo(f"starting the partner node ({partner_settings}, log in {work}/partner.log)")
-        with _partner_process(partner_settings, work) as port:
-            bank_config = BankNodeConfig(
-                federation=files.federation.resolve(),
-                schema=files.bank_schema.resolve(),
-                table=files.bank_table.resolve(),
-                data_dir=(work / "bank-data").resolve(),
-                partner=PartnerEndpoint(address=f"{_LOOPBACK}:{port}"),
-                tls=bank_tls,
-                psi=psi,
-            )
-            _write_settings(work / "bank.yaml", bank_config)
-            with ProgressBars() as progress:
-                outcome = align_with_partner(bank_config, progress)
-        for line in outcome_lines(outcome):
-            typer.echo(line)
-        typer.echo(_agreement(bank_config.data_dir, partner_config.data_dir))
+        _write_settings(work / "bank.yaml", bank_config)
+        outcome = align_with_partner(bank_config, progress)
+    _check_agreement(bank_config.data_dir, partner_config.data_dir)
+    return outcome
 
 
 def _dataset_files(directory: Path) -> DatasetFiles:
@@ -184,7 +214,7 @@ def _last_line(log: Path) -> str:
     return lines[-1] if lines else "no output"
 
 
-def _agreement(bank_dir: Path, partner_dir: Path) -> str:
+def _check_agreement(bank_dir: Path, partner_dir: Path) -> None:
     with AlignmentStore(bank_dir) as bank, AlignmentStore(partner_dir) as partner:
         ours, theirs = bank.summary, partner.summary
     if (ours.run_id, ours.intersection_digest) != (theirs.run_id, theirs.intersection_digest):
@@ -192,7 +222,3 @@ def _agreement(bank_dir: Path, partner_dir: Path) -> str:
             f"the bank holds run {ours.run_id}, the partner run {theirs.run_id}: their results "
             "differ; run the alignment again"
         )
-    return (
-        f"  both parties hold run {ours.run_id}: {ours.intersection_size:,} members, digest "
-        f"{ours.intersection_digest.hex()[:16]}"
-    )
