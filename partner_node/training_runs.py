@@ -1,0 +1,170 @@
+"""The partner's side of the control plane: which training run the node serves, round by round.
+
+The bank's ServerApp plans each round through Flower; the partner's ClientApp hands the plan to
+this long-lived node (``partner_node.rounds_service``), where `TrainingRuns` starts the run at
+round 1 (a new `PartnerTrainer` over the aligned rows, attached to the data plane) and plans every
+later round in it, so the bank's data-plane pass of that round is accepted. The aligned rows come
+from a `TrainingSetSource`, loaded once per alignment and kept: torch, the model and the data live
+in this process, not in the ClientApp Flower starts for every message.
+
+Only one run is served at a time: round 1 of a new run replaces the previous one (its checkpoints
+are dropped with it). A round's checkpoint is the trainer's; a pass that does not finish rolls
+the weights back to the last completed round (``partner_node.trainer``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cobrand.errors import FailedPrecondition, InvalidRequest
+from cobrand.preprocess import Encoded
+from cobrand.rounds_protocol import AlignmentVersion, PartnerStatus, RoundPlan, RunProgress
+from cobrand.split_model import BottomSpec
+from partner_node.dataplane_service import DataPlaneService
+from partner_node.trainer import PartnerTrainer
+
+__all__ = ["PartnerTrainingSet", "TrainingRuns", "TrainingSetSource"]
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PartnerTrainingSet:
+    """The partner's aligned rows of one alignment, ready to train on.
+
+    Attributes
+    ----------
+    alignment : AlignmentVersion
+        The alignment the rows are ordered by: row i is aligned position i.
+    features : Encoded
+        The partner's encoded features of the aligned rows.
+    spec : BottomSpec
+        The partner bottom's shape.
+    preprocessor_sha256 : bytes
+        The version of the preprocessing that encoded `features`.
+    """
+
+    alignment: AlignmentVersion
+    features: Encoded
+    spec: BottomSpec
+    preprocessor_sha256: bytes
+
+
+TrainingSetSource = Callable[[], PartnerTrainingSet]
+"""The training set of the partner's current alignment (cached by the source between calls).
+
+Raises ``NotFound`` before any alignment and ``FailedPrecondition`` for one the table no longer
+matches."""
+
+
+@dataclass
+class _Run:
+    trainer: PartnerTrainer
+    seed: int
+    planned: int = 0
+
+
+class TrainingRuns:
+    """Starts and plans the partner's training runs.
+
+    Parameters
+    ----------
+    source : TrainingSetSource
+    dataplane : DataPlaneService
+        The data plane each started run is attached to.
+    max_pending_steps : int
+        The pipeline depth each run's trainer accepts (see `PartnerTrainer`).
+    """
+
+    def __init__(
+        self, source: TrainingSetSource, dataplane: DataPlaneService, *, max_pending_steps: int = 4
+    ) -> None:
+        self._source = source
+        self._dataplane = dataplane
+        self._max_pending_steps = max_pending_steps
+        self._run: _Run | None = None
+        # Two runs' messages may arrive at once; starting and planning must not interleave.
+        self._lock = threading.Lock()
+
+    def status(self, run_id: str) -> PartnerStatus:
+        """The partner's alignment, bottom shape and, if it holds it, the progress of `run_id`."""
+        training_set = self._source()
+        with self._lock:
+            run = self._run if self._run and self._run.trainer.run_id == run_id else None
+            progress = _progress(run) if run else None
+        return PartnerStatus(
+            alignment=training_set.alignment,
+            preprocessor_sha256=training_set.preprocessor_sha256,
+            embedding_width=training_set.spec.embedding_width,
+            run=progress,
+        )
+
+    def plan_round(self, plan: RoundPlan) -> RunProgress:
+        """Plan `plan.round` of its run; round 1 starts the run.
+
+        Raises
+        ------
+        FailedPrecondition
+            A round other than the one after the last completed (the trainer's check), or a
+            round after 1 of a run the partner does not hold.
+        InvalidRequest
+            A seed other than the run's.
+        """
+        with self._lock:
+            held = self._run
+            run = held if held is not None and held.trainer.run_id == plan.run_id else None
+            if run is None:
+                if plan.round != 1:
+                    raise FailedPrecondition(
+                        f"unknown run {plan.run_id!r}: the partner holds "
+                        f"{repr(held.trainer.run_id) if held else 'no run'}; a run starts at "
+                        "round 1"
+                    )
+                run = self._start(plan)
+            if plan.seed != run.seed:
+                raise InvalidRequest(
+                    f"run {plan.run_id!r} started with seed {run.seed}; round {plan.round} "
+                    f"names seed {plan.seed}"
+                )
+            run.trainer.plan_round(plan.round, learning_rate=plan.learning_rate)
+            run.planned = plan.round
+            _LOG.info("[PartnerRounds.PlanRound] run %s: round %d planned", plan.run_id, plan.round)
+            return _progress(run)
+
+    def _start(self, plan: RoundPlan) -> _Run:
+        training_set = self._source()
+        trainer = PartnerTrainer(
+            plan.run_id,
+            training_set.features,
+            training_set.spec,
+            seed=plan.seed,
+            max_pending_steps=self._max_pending_steps,
+        )
+        if self._run is not None:
+            _LOG.warning(
+                "[PartnerRounds.PlanRound] run %s replaces run %s",
+                plan.run_id,
+                self._run.trainer.run_id,
+            )
+        self._run = _Run(trainer, plan.seed)
+        self._dataplane.attach(trainer)
+        _LOG.info(
+            "[PartnerRounds.PlanRound] run %s started on %d aligned rows (alignment %s)",
+            plan.run_id,
+            trainer.rows,
+            training_set.alignment.run_id,
+        )
+        return self._run
+
+
+def _progress(run: _Run) -> RunProgress:
+    trainer = run.trainer
+    completed = trainer.completed_rounds
+    return RunProgress(
+        run_id=trainer.run_id,
+        checkpoints=tuple(trainer.round_digest(r) for r in range(completed + 1)),
+        planned_round=run.planned if run.planned > completed else 0,
+    )
