@@ -1,8 +1,11 @@
-"""Starting the partner node: load its table once, serve the AlignmentService over mutual TLS.
+"""Starting the partner node: load its table once, serve its three services over mutual TLS.
 
 The node is long-lived; it loads the partner's table when it starts (a table that does not
-load stops it there, with the file, column and row named) and answers the bank's alignment
-runs until it is told to stop.
+load stops it there, with the file, column and row named) and, until it is told to stop,
+answers the bank's alignment runs (AlignmentService, role ``bank``), takes each training round
+its Flower ClientApp hands over (PartnerRounds, role ``partner``) and streams the rounds it
+planned with the bank's trainer (TrainingDataPlane, role ``bank-trainer``). Torch, the partner
+bottom and the aligned rows stay in this process from one round to the next.
 """
 
 from __future__ import annotations
@@ -19,9 +22,15 @@ from cobrand.alignment_protocol import Progress
 from cobrand.party_files import load_own_table
 from cobrand.pki import Party
 from cobrand.rpc import create_server
+from cobrand.schema import load_party_schema
 from partner_node.alignment_service import ALIGNMENT_ROLES, alignment_service
 from partner_node.config import PartnerNodeConfig
+from partner_node.dataplane_service import ALLOWED_ROLES as DATAPLANE_ROLES
+from partner_node.dataplane_service import DataPlaneService
 from partner_node.psi_responder import PsiResponder
+from partner_node.rounds_service import ROUNDS_ROLES, rounds_service
+from partner_node.training_runs import TrainingRuns
+from partner_node.training_set import AlignedTrainingSets
 
 __all__ = ["PartnerNode", "serve", "start_partner_node"]
 
@@ -57,12 +66,15 @@ def start_partner_node(config: PartnerNodeConfig, progress: Progress | None = No
         Party.PARTNER, config.federation, config.schema_file, config.table
     )
     responder = PsiResponder(federation, table.ids, config.data_dir, config.psi, progress)
+    schema = load_party_schema(config.schema_file, federation)
+    dataplane = DataPlaneService()
+    runs = TrainingRuns(AlignedTrainingSets(table, schema, config.data_dir), dataplane)
     server, port = create_server(
-        alignment_service(responder),
+        [alignment_service(responder), dataplane.adder(), rounds_service(runs)],
         config.listen,
         config.tls,
         insecure=config.insecure,
-        allowed_roles=ALIGNMENT_ROLES,
+        allowed_roles={**ALIGNMENT_ROLES, **DATAPLANE_ROLES, **ROUNDS_ROLES},
     )
     server.start()
     _LOG.info("[PartnerNode] serving %d identifiers on port %d", len(table), port)
