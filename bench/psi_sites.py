@@ -2,12 +2,13 @@
 
 Each side runs as its own site would: its own federation copy, schema, table, PKI (a CA per
 party, each trusting the other's), settings file and data directory, under one temporary
-directory. The partner node starts and loads its table first (it is long-lived); then the
-bank's alignment runs against it over loopback gRPC with mutual TLS, and the partner node is
-stopped. A sampler thread reads ``/proc`` every 50 ms and keeps, per side, the peak resident
-memory summed over the side's process tree (main process, fork server, blinding workers;
-pages they share count in each) and the CPU time of its main process and of its helpers;
-``os.wait4`` adds each main process's own peak.
+directory. The partner's node (``python -m partner_node serve``) starts and loads its table
+first (it is long-lived); then the bank's alignment runs against it over loopback gRPC with
+mutual TLS, as ``cobrand bank align`` runs it, and the partner's node is stopped.
+
+A sampler thread reads ``/proc`` every 50 ms and keeps, per side, the peak resident memory
+summed over the side's process tree (main process and blinding workers) and the CPU time of
+its main process and of its workers; ``os.wait4`` adds each main process's own peak.
 """
 
 from __future__ import annotations
@@ -27,16 +28,11 @@ from typing import Any
 
 import yaml
 
-from bank_node.alignment_client import AlignmentClient
+from bank_node.alignment_client import align_with_partner
 from bank_node.config import BankNodeConfig
-from bank_node.psi_initiator import run_alignment
 from cobrand.federation import Federation, IdentifierKindEntry
-from cobrand.party_files import load_own_table
 from cobrand.pki import Party, Role, import_peer_ca, init_ca, issue
-from cobrand.rpc import create_channel
 from cobrand.settings import load_settings
-from partner_node.config import PartnerNodeConfig
-from partner_node.server import PartnerNode, serve
 
 FEDERATION = Federation(
     federation_id="bench-psi",
@@ -52,29 +48,41 @@ def run_sites(
 ) -> dict[str, dict[str, Any]]:
     """Align `bank_ids` with `partner_ids` between two node processes; timings, memory, CPU.
 
+    The partner is its real node command, ``python -m partner_node serve``; the bank runs
+    ``bank_node.alignment_client.align_with_partner``, what ``cobrand bank align`` runs, in a
+    process of its own (this module's ``main``) that reports the run's own time.
+
     Returns, per side (``bank``, ``partner``), the side's figures: for the bank the run's
-    ``seconds`` (from opening the run to both results persisted, as the bank's node reports
-    it), ``load_seconds`` (reading its table) and ``process_seconds`` (its process from start to
-    exit); for both ``peak_rss_bytes`` (the main process, ``os.wait4``) and
-    ``peak_tree_rss_bytes`` (the process tree, sampled).
+    ``seconds`` (from opening the run to both results persisted, as the bank's node measures
+    it) and ``process_seconds`` (its process from start to exit, with start-up and reading its
+    table); for both ``peak_rss_bytes`` (the main process, ``os.wait4``), and
+    ``peak_tree_rss_bytes``, ``main_cpu_seconds`` and ``helper_cpu_seconds`` (sampled).
     """
     monitor = _TreeMonitor()
     with tempfile.TemporaryDirectory(prefix="cobrand-bench-psi-") as tmp:
         root = Path(tmp)
         settings = _write_sites(root, bank_ids, partner_ids, workers)
-        partner = _start_site(Party.PARTNER, settings[Party.PARTNER], monitor)
+        port_file = root / "partner.port"
+        partner_log = root / "partner.log"
+        command = [sys.executable, "-m", "partner_node", "serve"]
+        command += ["--config", str(settings[Party.PARTNER]), "--port-file", str(port_file)]
+        with partner_log.open("wb") as log:
+            partner = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        monitor.watch("partner", partner.pid)
         try:
-            assert partner.stdout is not None
-            port = json.loads(partner.stdout.readline())["port"]  # once its table is loaded
+            port = _wait_for_port(partner, port_file, partner_log)  # once its table is loaded
             bank_settings = yaml.safe_load(settings[Party.BANK].read_text(encoding="utf-8"))
             bank_settings["partner"] = {"address": f"127.0.0.1:{port}"}
             settings[Party.BANK].write_text(yaml.safe_dump(bank_settings), encoding="utf-8")
             started = time.perf_counter()
-            bank = _start_site(Party.BANK, settings[Party.BANK], monitor)
+            command = [sys.executable, "-m", "bench.psi_sites", str(settings[Party.BANK])]
+            bank = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+            monitor.watch("bank", bank.pid)
             assert bank.stdout is not None
-            bank_figures: dict[str, Any] = json.loads(bank.stdout.read() or "{}")
-            bank_figures["peak_rss_bytes"] = _reap(bank, "bank")
+            output = bank.stdout.read()
+            bank_figures: dict[str, Any] = {"peak_rss_bytes": _reap(bank, "bank")}
             bank_figures["process_seconds"] = time.perf_counter() - started
+            bank_figures.update(json.loads(output))
         finally:
             partner.send_signal(signal.SIGTERM)
         partner_figures: dict[str, Any] = {"peak_rss_bytes": _reap(partner, "partner")}
@@ -84,14 +92,15 @@ def run_sites(
     return {"bank": bank_figures, "partner": partner_figures}
 
 
-def _start_site(party: Party, settings: Path, monitor: _TreeMonitor) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "bench.psi_sites", party.value, str(settings)]
-    site = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    monitor.watch(party.value, site.pid)
-    return site
+def _wait_for_port(partner: subprocess.Popen[bytes], port_file: Path, log: Path) -> int:
+    while not port_file.exists():
+        if partner.poll() is not None:
+            raise SystemExit(f"bench.psi: the partner node failed:\n{log.read_text()[-2000:]}")
+        time.sleep(0.05)
+    return int(port_file.read_text())
 
 
-def _reap(site: subprocess.Popen[str], label: str) -> int:
+def _reap(site: subprocess.Popen[Any], label: str) -> int:
     """Wait for `site`; its main process's peak RSS in bytes."""
     _, status, usage = os.wait4(site.pid, 0)
     site.returncode = os.waitstatus_to_exitcode(status)
@@ -236,47 +245,14 @@ def _descendants(root: int, parents: dict[int, int]) -> set[int]:
     return found
 
 
-def _partner_site(settings: Path) -> None:
-    """Serve as the partner's node until SIGTERM; print the port once the table is loaded."""
-
-    def started(node: PartnerNode) -> None:
-        print(json.dumps({"port": node.port}), flush=True)
-
-    serve(load_settings(PartnerNodeConfig, settings), on_started=started)
-
-
-def _bank_site(settings: Path) -> dict[str, Any]:
-    """Load the bank's table and run one alignment against the partner, as its node does."""
-    config = load_settings(BankNodeConfig, settings)
-    started = time.perf_counter()
-    federation, table = load_own_table(
-        Party.BANK, config.federation, config.schema_file, config.table
-    )
-    load_seconds = time.perf_counter() - started
-    with create_channel(
-        config.partner.address, config.tls, server_name=config.partner.server_name
-    ) as channel:
-        client = AlignmentClient(
-            channel, config.partner.call_timeout_s, config.partner.stream_timeout_s
-        )
-        outcome = run_alignment(federation, table.ids, client, config.data_dir, config.psi)
-    return {
-        "seconds": outcome.seconds,
-        "load_seconds": load_seconds,
-        "intersection": outcome.summary.intersection_size,
-    }
-
-
 def main() -> None:
-    """Run one site: ``python -m bench.psi_sites {bank,partner} SETTINGS``."""
+    """The bank's side: ``python -m bench.psi_sites SETTINGS``; print the run's figures."""
     parser = argparse.ArgumentParser(prog="python -m bench.psi_sites")
-    parser.add_argument("site", choices=[party.value for party in Party])
     parser.add_argument("settings", type=Path)
-    args = parser.parse_args()
-    if args.site == Party.PARTNER.value:
-        _partner_site(args.settings)
-    else:
-        print(json.dumps(_bank_site(args.settings)))
+    outcome = align_with_partner(load_settings(BankNodeConfig, parser.parse_args().settings))
+    print(
+        json.dumps({"seconds": outcome.seconds, "intersection": outcome.summary.intersection_size})
+    )
 
 
 if __name__ == "__main__":
