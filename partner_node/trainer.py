@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import enum
-import hashlib
 import logging
 import threading
 from collections import deque
@@ -43,8 +42,9 @@ from torch.func import functional_call
 from cobrand.errors import FailedPrecondition, InvalidRequest
 from cobrand.preprocess import Encoded
 from cobrand.split_model import BottomModel, BottomSpec
+from cobrand.weights import weights_digest
 
-__all__ = ["PartnerTrainer", "PassKind", "PassSummary", "TrainerPass", "weights_digest"]
+__all__ = ["PartnerTrainer", "PassKind", "PassSummary", "TrainerPass"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class PassSummary:
         Rows over all batches.
     gradients_applied : int
     weights_sha256 : bytes
-        `weights_digest` of the weights the pass ended with.
+        `cobrand.weights.weights_digest` of the weights the pass ended with.
     """
 
     run_id: str
@@ -103,17 +103,6 @@ class _Pending:
 
 def _stream_seed(seed: int, round_number: int) -> int:
     return int(np.random.SeedSequence([seed, round_number]).generate_state(1)[0])
-
-
-def weights_digest(weights: dict[str, torch.Tensor]) -> bytes:
-    """SHA-256 over every tensor's name, dtype, shape and little-endian bytes, by name."""
-    digest = hashlib.sha256()
-    for name in sorted(weights):
-        tensor = weights[name].detach().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        array = tensor.numpy()
-        digest.update(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
-    return digest.digest()
 
 
 class PartnerTrainer:
