@@ -1,0 +1,252 @@
+"""The bank's driver of one training run: what its ServerApp does between control-plane messages.
+
+`train_run` takes the partner as a `PartnerControl` (the ServerApp's is Flower messages to the
+partner's SuperNode; tests may call the partner's hand-off service directly) and:
+
+1. asks the partner's status and checks it holds the bank's alignment (same alignment run,
+   federation, intersection digest and size); the partner's bottom width shapes the bank's head;
+2. trains with `BankTrainer.fit`, planning every round at the partner before the bank streams it
+   on the data plane; early stopping and the round limit come from the `TrainingConfig`;
+3. commits each round once the partner has confirmed it through the control plane (the next
+   round's plan, or the closing status) with the same checkpoint digest its data plane reported:
+   the round's bank and partner digests are then journaled together;
+4. journals the model the run keeps (its best round) with both sides' digests.
+
+Every step is written to the run's `RunJournal` as it happens, so a stopped run leaves its
+committed rounds on record; the partner rolls back the round that was streaming.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+
+from bank_node.dataplane_client import DataPlaneClient
+from bank_node.run_journal import RunJournal
+from bank_node.trainer import BankTrainer, RoundResult, TrainingConfig, TrainingResult
+from bank_node.training_set import BankTrainingSet
+from cobrand.errors import FailedPrecondition
+from cobrand.rounds_protocol import PartnerStatus, RoundPlan, RunProgress
+from cobrand.weights import weights_digest
+
+__all__ = ["Checkpoint", "PartnerControl", "RunOutcome", "train_run"]
+
+_LOG = logging.getLogger(__name__)
+
+
+class PartnerControl(Protocol):
+    """The partner's side of the control plane, as the bank's driver reaches it."""
+
+    def status(self, run_id: str) -> PartnerStatus:
+        """The partner's alignment, bottom width and progress of `run_id`."""
+
+    def plan_round(self, plan: RoundPlan) -> RunProgress:
+        """Plan a round at the partner; its progress once planned."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A committed round: the digests of both sides' weights at its end (round 0: initial)."""
+
+    round: int
+    bank_sha256: bytes
+    partner_sha256: bytes
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """A finished run.
+
+    Attributes
+    ----------
+    run_id : str
+    status : PartnerStatus
+        The partner's status checked before round 1.
+    training : TrainingResult
+    checkpoints : list of Checkpoint
+        Every round committed, from round 0.
+    model : Checkpoint
+        The best round's, the model the run keeps.
+    """
+
+    run_id: str
+    status: PartnerStatus
+    training: TrainingResult
+    checkpoints: list[Checkpoint]
+    model: Checkpoint
+
+
+def bank_digest(trainer: BankTrainer) -> bytes:
+    """`weights_digest` of the bank's modules, bottom and head, as one checkpoint."""
+    return weights_digest(
+        {
+            **{f"bottom.{k}": v for k, v in trainer.bottom.state_dict().items()},
+            **{f"head.{k}": v for k, v in trainer.head.state_dict().items()},
+        }
+    )
+
+
+class _RoundTrainer(BankTrainer):
+    """A `BankTrainer` that reports each round the moment it ends, with the bank's digest."""
+
+    def __init__(
+        self, *args: Any, on_round: Callable[[RoundResult, bytes], None], **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_round = on_round
+
+    def train_round(self, round_number: int) -> RoundResult:
+        result = super().train_round(round_number)
+        self._on_round(result, bank_digest(self))
+        return result
+
+
+class _Commits:
+    """Rounds the bank has trained, committed as the partner confirms them."""
+
+    def __init__(self, run_id: str, journal: RunJournal) -> None:
+        self._run_id = run_id
+        self._journal = journal
+        self._trained: dict[int, tuple[RoundResult, bytes]] = {}
+        self.checkpoints: list[Checkpoint] = []
+
+    def start(self, bank_sha256: bytes, progress: RunProgress) -> None:
+        """Round 0: the initial weights of both sides."""
+        self.checkpoints = [Checkpoint(0, bank_sha256, progress.checkpoints[0])]
+
+    def trained(self, result: RoundResult, bank_sha256: bytes) -> None:
+        self._trained[result.round] = (result, bank_sha256)
+
+    def confirm(self, progress: RunProgress) -> None:
+        """Commit every trained round the partner's progress confirms."""
+        for round_number in sorted(self._trained):
+            if round_number > progress.completed_rounds:
+                break
+            result, bank_sha256 = self._trained.pop(round_number)
+            partner_sha256 = progress.checkpoints[round_number]
+            if partner_sha256 != result.partner_weights_sha256:
+                raise FailedPrecondition(
+                    f"run {self._run_id}: the partner's checkpoint of round {round_number} is "
+                    f"{partner_sha256.hex()[:12]} on the control plane but was "
+                    f"{result.partner_weights_sha256.hex()[:12]} on the data plane"
+                )
+            self.checkpoints.append(Checkpoint(round_number, bank_sha256, partner_sha256))
+            self._journal.write(
+                "committed",
+                round=round_number,
+                bank_sha256=bank_sha256,
+                partner_sha256=partner_sha256,
+                train_loss=result.train_loss,
+                valid_loss=result.valid_loss,
+                valid=result.valid,
+                seconds=result.seconds,
+                bytes_sent=result.bytes_sent,
+                bytes_received=result.bytes_received,
+            )
+            _LOG.info("[Rounds] run %s: round %d committed", self._run_id, round_number)
+
+
+def train_run(
+    run_id: str,
+    training_set: BankTrainingSet,
+    partner: PartnerControl,
+    channel: grpc.Channel,
+    config: TrainingConfig,
+    journal: RunJournal,
+    *,
+    reply_timeout: float = 30.0,
+) -> RunOutcome:
+    """Run one training run against the partner; see the module docstring.
+
+    Parameters
+    ----------
+    run_id : str
+        The run's id at both sides (the Flower run id).
+    training_set : BankTrainingSet
+    partner : PartnerControl
+    channel : grpc.Channel
+        A mutual-TLS channel to partner_node with the bank trainer's certificate.
+    config : TrainingConfig
+    journal : RunJournal
+    reply_timeout : float
+        Seconds the data plane waits for any one partner reply.
+
+    Raises
+    ------
+    FailedPrecondition
+        The partner holds another alignment, refused a plan, or reported a checkpoint on one
+        plane that differs from the other.
+    Unavailable
+        The partner stopped answering on the data plane.
+    """
+    started = time.perf_counter()
+    status = partner.status(run_id)
+    _check_alignment(run_id, training_set, status)
+    journal.write(
+        "checked",
+        run_id=run_id,
+        alignment=vars(status.alignment),
+        partner_preprocessor_sha256=status.preprocessor_sha256,
+        partner_embedding_width=status.embedding_width,
+        control_seconds=time.perf_counter() - started,
+    )
+    commits = _Commits(run_id, journal)
+    client = DataPlaneClient(
+        channel, run_id=run_id, embedding_width=status.embedding_width, reply_timeout=reply_timeout
+    )
+    trainer = _RoundTrainer(
+        training_set.data, training_set.spec, client, config, on_round=commits.trained
+    )
+    initial = bank_digest(trainer)
+
+    def plan_partner_round(round_number: int, learning_rate: float) -> None:
+        asked = time.perf_counter()
+        progress = partner.plan_round(RoundPlan(run_id, round_number, config.seed, learning_rate))
+        if round_number == 1:
+            commits.start(initial, progress)
+        commits.confirm(progress)
+        journal.write(
+            "planned",
+            round=round_number,
+            learning_rate=learning_rate,
+            control_seconds=time.perf_counter() - asked,
+        )
+
+    training = trainer.fit(plan_partner_round)
+    final = partner.status(run_id).run
+    if final is None:
+        raise FailedPrecondition(f"run {run_id}: the partner no longer holds the run")
+    commits.confirm(final)
+    model = commits.checkpoints[training.best_round]
+    if bank_digest(trainer) != model.bank_sha256:
+        raise FailedPrecondition(
+            f"run {run_id}: the bank's restored weights differ from its checkpoint of round "
+            f"{training.best_round}"
+        )
+    journal.write(
+        "finished",
+        best_round=training.best_round,
+        bank_sha256=model.bank_sha256,
+        partner_sha256=model.partner_sha256,
+        test=training.test,
+        rounds=len(training.rounds),
+        seconds=training.seconds,
+        bytes_sent=training.bytes_sent,
+        bytes_received=training.bytes_received,
+    )
+    return RunOutcome(run_id, status, training, commits.checkpoints, model)
+
+
+def _check_alignment(run_id: str, training_set: BankTrainingSet, status: PartnerStatus) -> None:
+    differences = training_set.alignment.differences(status.alignment)
+    if differences:
+        raise FailedPrecondition(
+            f"run {run_id}: the partner holds alignment {status.alignment.run_id!r} and the "
+            f"bank {training_set.alignment.run_id!r}; they differ in {', '.join(differences)}. "
+            "Align again before training"
+        )

@@ -1,0 +1,138 @@
+"""The bank's run driver against a real partner node on loopback, with the partner reached by its
+hand-off service directly (the Flower hop is tested in tests/test_flower_training.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from bank_node.config import BankNodeConfig, PartnerEndpoint
+from bank_node.rounds import train_run
+from bank_node.run_journal import RunJournal, read_journal
+from bank_node.trainer import TrainingConfig
+from bank_node.training_set import BankTrainingSet, load_training_set
+from cobrand.errors import FailedPrecondition
+from cobrand.rounds_protocol import PartnerStatus, RoundPlan, RunProgress
+from cobrand.rounds_serde import plan_to_proto, progress_from_proto, status_from_proto
+from cobrand.rpc import create_channel
+from cobrand.v1 import rounds_pb2, rounds_pb2_grpc
+from partner_node.config import PartnerNodeConfig
+from partner_node.server import PartnerNode, start_partner_node
+from tests.conftest import ThrowAwayPki
+from tests.training_sites import TrainingSites, write_training_sites
+
+CONFIG = TrainingConfig(max_rounds=2, patience=2, batch_size=128, head_hidden=16)
+
+
+class DirectPartner:
+    """The partner's control plane through its hand-off service, as its ClientApp relays it."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self._stub: Any = rounds_pb2_grpc.PartnerRoundsStub(channel)  # type: ignore[no-untyped-call]
+        self.plans: list[RoundPlan] = []
+
+    def status(self, run_id: str) -> PartnerStatus:
+        return status_from_proto(self._stub.GetStatus(rounds_pb2.GetStatusRequest(run_id=run_id)))
+
+    def plan_round(self, plan: RoundPlan) -> RunProgress:
+        self.plans.append(plan)
+        return progress_from_proto(self._stub.PlanRound(plan_to_proto(plan)).run)
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory: pytest.TempPathFactory) -> TrainingSites:
+    return write_training_sites(tmp_path_factory.mktemp("sites"), customers=1500, seed=8)
+
+
+@pytest.fixture(scope="module")
+def node(throwaway_pki: ThrowAwayPki, sites: TrainingSites) -> Iterator[PartnerNode]:
+    started = start_partner_node(
+        PartnerNodeConfig(
+            federation=sites.files.federation,
+            schema=sites.files.partner_schema,
+            table=sites.files.partner_table,
+            listen="127.0.0.1:0",
+            data_dir=sites.partner_data,
+            tls=throwaway_pki.tls("partner"),
+        )
+    )
+    yield started
+    started.stop(grace=None)
+
+
+@pytest.fixture(scope="module")
+def training_set(sites: TrainingSites) -> BankTrainingSet:
+    return load_training_set(
+        BankNodeConfig(
+            federation=sites.files.federation,
+            schema=sites.files.bank_schema,
+            table=sites.files.bank_table,
+            data_dir=sites.bank_data,
+            partner=PartnerEndpoint(address="unused: the test opens its own channels"),
+            insecure=True,
+        )
+    )
+
+
+@pytest.fixture
+def partner(throwaway_pki: ThrowAwayPki, node: PartnerNode) -> Iterator[DirectPartner]:
+    with create_channel(f"127.0.0.1:{node.port}", throwaway_pki.tls("partner")) as channel:
+        yield DirectPartner(channel)
+
+
+@pytest.fixture
+def trainer_channel(throwaway_pki: ThrowAwayPki, node: PartnerNode) -> Iterator[grpc.Channel]:
+    with create_channel(f"127.0.0.1:{node.port}", throwaway_pki.tls("bank-trainer")) as channel:
+        yield channel
+
+
+def test_a_run_plans_each_round_then_commits_it_with_both_sides_digests(
+    training_set: BankTrainingSet,
+    partner: DirectPartner,
+    trainer_channel: grpc.Channel,
+    tmp_path: Path,
+) -> None:
+    journal = RunJournal(tmp_path / "run-1.jsonl")
+
+    outcome = train_run("run-1", training_set, partner, trainer_channel, CONFIG, journal)
+
+    events = read_journal(journal.path)
+    assert [e["event"] for e in events] == [
+        "checked", "planned", "committed", "planned", "committed", "finished",
+    ]  # fmt: skip
+    assert [plan.round for plan in partner.plans] == [1, 2]
+    assert [c.round for c in outcome.checkpoints] == [0, 1, 2]
+    held = partner.status("run-1").run
+    assert held is not None
+    assert [c.partner_sha256 for c in outcome.checkpoints] == list(held.checkpoints)
+    assert len({c.bank_sha256 for c in outcome.checkpoints}) == 3
+    assert outcome.model == outcome.checkpoints[outcome.training.best_round]
+    finished = events[-1]
+    assert finished["best_round"] == outcome.training.best_round
+    assert finished["bank_sha256"] == outcome.model.bank_sha256.hex()
+    assert finished["partner_sha256"] == outcome.model.partner_sha256.hex()
+    assert 0.5 < finished["test"]["risk"]["auc"] <= 1.0
+    assert events[2]["partner_sha256"] == outcome.checkpoints[1].partner_sha256.hex()
+
+
+def test_a_partner_on_another_alignment_is_refused_before_any_round_is_planned(
+    training_set: BankTrainingSet,
+    partner: DirectPartner,
+    trainer_channel: grpc.Channel,
+    tmp_path: Path,
+) -> None:
+    alignment = dataclasses.replace(
+        training_set.alignment, run_id="alignment-other", intersection_sha256=bytes(32)
+    )
+    other = dataclasses.replace(training_set, alignment=alignment)
+
+    with pytest.raises(FailedPrecondition, match="differ in run_id, intersection_sha256"):
+        train_run("run-2", other, partner, trainer_channel, CONFIG, RunJournal(tmp_path / "j"))
+
+    assert partner.plans == []
+    assert partner.status("run-2").run is None
