@@ -1,12 +1,9 @@
 """The partner's side of private alignment: answer one bank run at a time, persist the result.
 
-A run moves through its steps once and in order, under the run id the bank chose::
-
-    open -> reblind (bank points ^ b) -> fetch (own points ^ b, shuffled) -> commit -> persisted
-
-Only the run opened last is open: a new `open` abandons any unfinished run, so a bank that
-vanished mid-run costs nothing but its memory until the next run. Any error, a cancelled
-stream or a replaced run abandons the run; the previous persisted result stays in place, whole.
+Each run goes open -> reblind (bank points ^ b) -> fetch (own points ^ b, shuffled) -> commit ->
+persisted, once and in order (``partner_node.alignment_runs`` keeps the one open run). Any
+error, a cancelled stream or a replaced run abandons the run; the previous persisted result
+stays in place, whole.
 
 What the bank can learn from the partner's answers is bounded by the run: one re-blinding of at
 most as many points as it announced (never a second pass with the same secret), then the
@@ -20,16 +17,12 @@ per own identifier (the shuffle), plus 24 per match; no Python object per point.
 from __future__ import annotations
 
 import datetime as dt
-import enum
 import logging
 import secrets
-import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 
@@ -58,43 +51,15 @@ from cobrand.alignment_store import (
     intersection_digest,
     write_alignment,
 )
-from cobrand.errors import ConfigError, FailedPrecondition, InvalidRequest, NotFound
+from cobrand.errors import ConfigError, InvalidRequest
 from cobrand.federation import Federation
 from cobrand.pki import Party
 from cobrand.psi_pool import BlindingPool
+from partner_node.alignment_runs import OpenRun, Run, Step
 
 __all__ = ["PsiResponder"]
 
 _LOG = logging.getLogger(__name__)
-
-
-class _Step(enum.Enum):
-    OPEN = "opened"
-    REBLINDING = "re-blinding the bank's points"
-    REBLINDED = "re-blinded the bank's points"
-    FETCHING = "sending its own points"
-    FETCHED = "sent its own points"
-    COMMITTING = "committing"
-
-
-@dataclass
-class _Run:
-    run_id: str
-    bank_set_size: int
-    secret: bytes
-    step: _Step = _Step.OPEN
-    opened_at: float = field(default_factory=time.monotonic)
-    # Join keys of the bank's points after re-blinding, sorted once all have arrived.
-    bank_keys: npt.NDArray[np.void] | None = None
-    # Position in the fetch stream -> row of `ids`.
-    shuffle: npt.NDArray[np.int64] | None = None
-    # One pool from re-blinding to the end of fetching, so its workers start once per run.
-    pool: BlindingPool | None = None
-
-    def close_pool(self) -> None:
-        if self.pool is not None:
-            self.pool.close()
-            self.pool = None
 
 
 class PsiResponder:
@@ -135,14 +100,12 @@ class PsiResponder:
         self._data_dir = data_dir
         self._settings = psi_settings
         self._progress = progress or NoProgress()
-        self._lock = threading.Lock()
-        self._run: _Run | None = None
+        self._runs = OpenRun()
 
     @property
     def open_run_id(self) -> str | None:
         """The id of the run open now, if any."""
-        run = self._run
-        return None if run is None else run.run_id
+        return self._runs.run_id
 
     def open(self, request: OpenRequest) -> OpenReply:
         """Open a run, abandoning any unfinished one.
@@ -166,17 +129,8 @@ class PsiResponder:
             raise InvalidRequest(
                 f"run {request.run_id}: the bank announces an empty set; nothing to align"
             )
-        run = _Run(request.run_id, request.bank_set_size, psi.new_secret())
-        with self._lock:
-            replaced, self._run = self._run, run
-        if replaced is not None:
-            replaced.close_pool()
-            _LOG.warning(
-                "[Alignment.Open] run %s abandoned while %s: run %s replaces it",
-                replaced.run_id,
-                replaced.step.value,
-                run.run_id,
-            )
+        run = Run(request.run_id, request.bank_set_size, psi.new_secret())
+        self._runs.replace(run)
         _LOG.info(
             "[Alignment.Open] run %s: bank %d, partner %d identifiers",
             run.run_id,
@@ -209,16 +163,16 @@ class PsiResponder:
         first = next(incoming, None)
         if first is None:
             raise InvalidRequest("the bank's points: the stream held no chunk")
-        run = self._begin(first.run_id, _Step.OPEN, _Step.REBLINDING)
+        run = self._runs.begin(first.run_id, Step.OPEN, Step.REBLINDING)
 
         def finish() -> None:
             assert run.bank_keys is not None
             run.bank_keys = _sorted_unique(run.bank_keys, "the bank's points")
 
         answers = self._reblind(run, chain([first], incoming))
-        yield from self._complete_before_last(run, answers, finish, _Step.REBLINDED)
+        yield from self._complete_before_last(run, answers, finish, Step.REBLINDED)
 
-    def _reblind(self, run: _Run, chunks: Iterable[PointChunk]) -> Iterator[PointChunk]:
+    def _reblind(self, run: Run, chunks: Iterable[PointChunk]) -> Iterator[PointChunk]:
         keys = run.bank_keys = np.empty(run.bank_set_size, dtype=JOIN_KEY_DTYPE)
         # Filled by the pool's feeder as chunks are read, emptied as their answers come back.
         is_last: deque[bool] = deque()
@@ -238,7 +192,7 @@ class PsiResponder:
         done = 0
         run.pool = BlindingPool(run.secret, self._domain, self._settings.workers)
         for sequence, reblinded in enumerate(run.pool.blind(points())):
-            self._check_current(run)
+            self._runs.check_current(run)
             chunk_keys = join_key_array(reblinded, self._domain)
             keys[done : done + len(chunk_keys)] = chunk_keys
             done += len(chunk_keys)
@@ -255,10 +209,10 @@ class PsiResponder:
         FailedPrecondition
             Before the bank's points are re-blinded, or if they were fetched already.
         """
-        run = self._begin(run_id, _Step.REBLINDED, _Step.FETCHING)
-        yield from self._complete_before_last(run, self._fetch(run), run.close_pool, _Step.FETCHED)
+        run = self._runs.begin(run_id, Step.REBLINDED, Step.FETCHING)
+        yield from self._complete_before_last(run, self._fetch(run), run.close_pool, Step.FETCHED)
 
-    def _fetch(self, run: _Run) -> Iterator[PointChunk]:
+    def _fetch(self, run: Run) -> Iterator[PointChunk]:
         n = len(self._ids)
         size = self._settings.chunk_points
         # The order must be unguessable: the bank learns which positions matched.
@@ -270,7 +224,7 @@ class PsiResponder:
         # A run reaches REBLINDED only with its pool made.
         assert run.pool is not None
         for sequence, points in enumerate(run.pool.hash_and_blind(chunks)):
-            self._check_current(run)
+            self._runs.check_current(run)
             self._progress.advance(len(points) // psi.POINT_BYTES)
             yield PointChunk(run.run_id, sequence, points, sequence == last_sequence)
 
@@ -291,15 +245,13 @@ class PsiResponder:
         first = next(incoming, None)
         if first is None:
             raise InvalidRequest("the bank's matches: the stream held no chunk")
-        run = self._begin(first.run_id, _Step.FETCHED, _Step.COMMITTING)
-        with self._abandon_on_error(run):
+        run = self._runs.begin(first.run_id, Step.FETCHED, Step.COMMITTING)
+        with self._runs.abandon_on_error(run):
             reply = self._commit(run, chain([first], incoming))
-        with self._lock:
-            if self._run is run:
-                self._run = None
+        self._runs.close(run)
         return reply
 
-    def _commit(self, run: _Run, chunks: Iterable[MatchChunk]) -> CommitReply:
+    def _commit(self, run: Run, chunks: Iterable[MatchChunk]) -> CommitReply:
         # A run reaches FETCHED only after both were set.
         assert run.bank_keys is not None
         assert run.shuffle is not None
@@ -344,7 +296,7 @@ class PsiResponder:
             intersection_size=len(sorted_keys),
             intersection_digest=intersection_digest(sorted_keys),
         )
-        self._check_current(run)
+        self._runs.check_current(run)
         write_alignment(
             self._data_dir, summary, sorted_keys, self._ids[run.shuffle[matched[order]]]
         )
@@ -362,10 +314,10 @@ class PsiResponder:
 
     def _complete_before_last(
         self,
-        run: _Run,
+        run: Run,
         answers: Iterator[PointChunk],
         finish: Callable[[], None],
-        step: _Step,
+        step: Step,
     ) -> Iterator[PointChunk]:
         """Pass `answers` on, but the last only once `finish` has run and `run` is at `step`.
 
@@ -373,61 +325,17 @@ class PsiResponder:
         step must be complete; and a bank that hangs up after it abandons nothing.
         """
         held: PointChunk | None = None
-        with self._abandon_on_error(run):
+        with self._runs.abandon_on_error(run):
             for answer in answers:
                 if answer.last:
                     held = answer
                 else:
                     yield answer
             finish()
-            self._advance(run, step)
+            self._runs.advance(run, step)
         # Our own streams end with the chunk marked last.
         assert held is not None
         yield held
-
-    def _begin(self, run_id: str, expected: _Step, step: _Step) -> _Run:
-        with self._lock:
-            run = self._run
-            if run is None or run.run_id != run_id:
-                raise NotFound(
-                    f"alignment run {run_id!r} is not open at the partner (unknown, finished, "
-                    "abandoned or replaced by a newer run); open a new run"
-                )
-            if run.step is not expected:
-                raise FailedPrecondition(
-                    f"run {run_id}: the partner has {run.step.value}; this step needs a run "
-                    f"that has {expected.value}"
-                )
-            run.step = step
-        return run
-
-    def _advance(self, run: _Run, step: _Step) -> None:
-        with self._lock:
-            self._check_current(run)
-            run.step = step
-
-    def _check_current(self, run: _Run) -> None:
-        if self._run is not run:
-            raise NotFound(f"alignment run {run.run_id} was replaced by a newer run")
-
-    @contextmanager
-    def _abandon_on_error(self, run: _Run) -> Iterator[None]:
-        """Abandon `run` when the block ends by any exception, a closed stream included."""
-        try:
-            yield
-        except BaseException as exc:
-            run.close_pool()
-            why = "the stream was closed" if isinstance(exc, GeneratorExit) else str(exc)
-            with self._lock:
-                if self._run is run:
-                    self._run = None
-                    _LOG.warning(
-                        "[Alignment] run %s abandoned while %s: %s",
-                        run.run_id,
-                        run.step.value,
-                        why or type(exc).__name__,
-                    )
-            raise
 
 
 def _check_run_id(run_id: str) -> None:
