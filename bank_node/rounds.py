@@ -3,8 +3,9 @@
 `train_run` takes the partner as a `PartnerControl` (the ServerApp's is Flower messages to the
 partner's SuperNode; tests may call the partner's hand-off service directly) and:
 
-1. asks the partner's status and checks it holds the bank's alignment (same alignment run,
-   federation, intersection digest and size); the partner's bottom width shapes the bank's head;
+1. asks the partner's status (loading its own training set meanwhile) and checks the partner
+   holds the bank's alignment (same alignment run, federation, intersection digest and size);
+   the partner's bottom width shapes the bank's head;
 2. trains with `BankTrainer.fit`, planning every round at the partner before the bank streams it
    on the data plane; early stopping and the round limit come from the `TrainingConfig`;
 3. commits each round once the partner has confirmed it through the control plane (the next
@@ -21,6 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -153,7 +155,7 @@ class _Commits:
 
 def train_run(
     run_id: str,
-    training_set: BankTrainingSet,
+    load_training_set: Callable[[], BankTrainingSet],
     partner: PartnerControl,
     channel: grpc.Channel,
     config: TrainingConfig,
@@ -167,7 +169,9 @@ def train_run(
     ----------
     run_id : str
         The run's id at both sides (the Flower run id).
-    training_set : BankTrainingSet
+    load_training_set : callable
+        Loads the bank's training set; runs while the partner's status is asked, since each
+        takes seconds.
     partner : PartnerControl
     channel : grpc.Channel
         A mutual-TLS channel to partner_node with the bank trainer's certificate.
@@ -185,7 +189,11 @@ def train_run(
         The partner stopped answering on the data plane.
     """
     started = time.perf_counter()
-    status = partner.status(run_id)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="load-training-set") as loader:
+        loading = loader.submit(load_training_set)
+        status = partner.status(run_id)
+        control_seconds = time.perf_counter() - started
+        training_set = loading.result()
     _check_alignment(run_id, training_set, status)
     journal.write(
         "checked",
@@ -193,7 +201,7 @@ def train_run(
         alignment=vars(status.alignment),
         partner_preprocessor_sha256=status.preprocessor_sha256,
         partner_embedding_width=status.embedding_width,
-        control_seconds=time.perf_counter() - started,
+        control_seconds=control_seconds,
     )
     commits = _Commits(run_id, journal)
     client = DataPlaneClient(

@@ -99,7 +99,7 @@ def test_a_run_plans_each_round_then_commits_it_with_both_sides_digests(
 ) -> None:
     journal = RunJournal(tmp_path / "run-1.jsonl")
 
-    outcome = train_run("run-1", training_set, partner, trainer_channel, CONFIG, journal)
+    outcome = train_run("run-1", lambda: training_set, partner, trainer_channel, CONFIG, journal)
 
     events = read_journal(journal.path)
     assert [e["event"] for e in events] == [
@@ -132,7 +132,9 @@ def test_a_partner_on_another_alignment_is_refused_before_any_round_is_planned(
     other = dataclasses.replace(training_set, alignment=alignment)
 
     with pytest.raises(FailedPrecondition, match="differ in run_id, intersection_sha256"):
-        train_run("run-2", other, partner, trainer_channel, CONFIG, RunJournal(tmp_path / "j"))
+        train_run(
+            "run-2", lambda: other, partner, trainer_channel, CONFIG, RunJournal(tmp_path / "j")
+        )
 
     assert partner.plans == []
     assert partner.status("run-2").run is None
