@@ -24,7 +24,9 @@ For each size, in one run and on the same two identifier sets:
   engine's figure is its main process, not its workers).
   Skipped with a note when the package is not installed (it is a benchmark-only dependency).
 
-Throughput is identifiers per side per second (N / seconds); ratios are ratios of times.
+Throughput is identifiers per side per second (N / seconds); ratios are ratios of times. The
+machine may be shared: each measurement says how much CPU other processes used meanwhile, and
+one during which they used much measures the neighbours, not this code.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import importlib.util
 import json
 import multiprocessing
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -174,6 +177,38 @@ def _in_child(variant: str, size: int, seed: int, workers: int) -> dict[str, Any
     return result
 
 
+class _OtherLoad:
+    """CPU seconds that processes other than this one and its children used meanwhile.
+
+    The machine may be shared: a measurement during which others used much CPU is not one of
+    this machine's capacity. Every process a measurement starts is a reaped child (or a child's
+    reaped child), so its CPU time is this process's ``RUSAGE_CHILDREN``.
+    """
+
+    def __enter__(self) -> _OtherLoad:
+        self._start = _machine_busy_seconds() - _own_cpu_seconds()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.seconds = _machine_busy_seconds() - _own_cpu_seconds() - self._start
+
+    def __str__(self) -> str:
+        return f"[others used {self.seconds:.1f} CPU-s meanwhile]"
+
+
+def _machine_busy_seconds() -> float:
+    with open("/proc/stat") as stat:
+        ticks = [int(value) for value in stat.readline().split()[1:9]]
+    idle, iowait = ticks[3], ticks[4]
+    return (sum(ticks) - idle - iowait) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def _rate(label: str, value: float, unit: str) -> str:
     return f"  {label:<44} {value:>10,.0f} {unit}"
 
@@ -189,7 +224,8 @@ def bench_size(size: int, workers: int, seed: int) -> None:
     """Measure and print the floor and openmined-psi at `size` x `size`."""
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     print(f"\nN = {size:,} per side, {size // 2:,} common, {workers} cores (load average {load})")
-    floor = measure_floor(workers)
+    with _OtherLoad() as other_load:
+        floor = measure_floor(workers)
     floor_seconds = 4 * size / floor["all_cores"]
     exchange_us = 1e6 / floor["single_core"]
     hash_us = floor["hash_seconds"] * 1e6
@@ -200,8 +236,10 @@ def bench_size(size: int, workers: int, seed: int) -> None:
         f"  hash_to_points, 1 core: {hash_us:.2f} us/identifier = "
         f"{hash_us / exchange_us:.1%} of one exchange ({exchange_us:.2f} us)"
     )
+    print(f"  {other_load}")
     print(_timed("floor: 4N mults on all cores", size, floor_seconds))
-    engine = _in_child("engine", size, seed, workers)
+    with _OtherLoad() as other_load:
+        engine = _in_child("engine", size, seed, workers)
     print(
         _timed(
             f"engine: 2 BlindingPools x {workers}, no network",
@@ -210,10 +248,11 @@ def bench_size(size: int, workers: int, seed: int) -> None:
             engine["peak_rss_bytes"],
         )
     )
-    print(f"  engine time / floor: {engine['seconds'] / floor_seconds:.2f}")
+    print(f"  engine time / floor: {engine['seconds'] / floor_seconds:.2f}  {other_load}")
 
     bank, partner = identifier_sets(size, seed)
-    sites = run_sites(bank, partner, workers)
+    with _OtherLoad() as other_load:
+        sites = run_sites(bank, partner, workers)
     if sites["bank"]["intersection"] != size // 2:
         raise SystemExit(f"bench.psi: cobrand found {sites['bank']['intersection']:,} common")
     ours = sites["bank"]["seconds"]
@@ -228,16 +267,17 @@ def bench_size(size: int, workers: int, seed: int) -> None:
         f"    bank process {sites['bank']['process_seconds']:.2f} s from start to exit "
         "(Python start-up, reading its table, the run)"
     )
-    print(f"  cobrand time / floor: {ours / floor_seconds:.2f}  (goal <= 1.25)")
+    print(f"  cobrand time / floor: {ours / floor_seconds:.2f}  (goal <= 1.25)  {other_load}")
 
     if importlib.util.find_spec("private_set_intersection") is None:
         print("  openmined-psi: skipped, not installed (pip install --no-deps openmined-psi)")
         return
-    openmined = _in_child("openmined", size, seed, workers)
+    with _OtherLoad() as other_load:
+        openmined = _in_child("openmined", size, seed, workers)
     print(
         _timed("openmined-psi, 1 process", size, openmined["seconds"], openmined["peak_rss_bytes"])
     )
-    print(f"  openmined-psi time / floor: {openmined['seconds'] / floor_seconds:.2f}")
+    print(f"  openmined-psi time / floor: {openmined['seconds'] / floor_seconds:.2f}  {other_load}")
     print(f"  engine throughput / openmined-psi: {openmined['seconds'] / engine['seconds']:.2f}x")
     print(
         f"  cobrand throughput / openmined-psi: {openmined['seconds'] / ours:.2f}x  (goal >= 3.5)"
