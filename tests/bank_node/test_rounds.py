@@ -138,3 +138,30 @@ def test_a_partner_on_another_alignment_is_refused_before_any_round_is_planned(
 
     assert partner.plans == []
     assert partner.status("run-2").run is None
+
+
+class TamperingPartner(DirectPartner):
+    """Reports round 1's checkpoint on the control plane as other bytes than its data plane did."""
+
+    def plan_round(self, plan: RoundPlan) -> RunProgress:
+        progress = super().plan_round(plan)
+        if progress.completed_rounds < 1:
+            return progress
+        forged = (progress.checkpoints[0], bytes(32), *progress.checkpoints[2:])
+        return dataclasses.replace(progress, checkpoints=forged)
+
+
+def test_a_round_whose_checkpoint_differs_between_the_two_planes_is_never_committed(
+    throwaway_pki: ThrowAwayPki,
+    node: PartnerNode,
+    training_set: BankTrainingSet,
+    trainer_channel: grpc.Channel,
+    tmp_path: Path,
+) -> None:
+    journal = RunJournal(tmp_path / "run-3.jsonl")
+    with create_channel(f"127.0.0.1:{node.port}", throwaway_pki.tls("partner")) as channel:
+        partner = TamperingPartner(channel)
+        with pytest.raises(FailedPrecondition, match="checkpoint of round 1 is 000000000000 on"):
+            train_run("run-3", lambda: training_set, partner, trainer_channel, CONFIG, journal)
+
+    assert "committed" not in [e["event"] for e in read_journal(journal.path)]
