@@ -17,7 +17,9 @@ def test_help_lists_every_command_group() -> None:
         assert command in result.output
 
 
-def test_demo_runs_every_step_and_refuses_the_unknown_ca(tmp_path: Path, shared_data: Path) -> None:
+def test_demo_aligns_privately_and_refuses_the_unknown_ca(
+    tmp_path: Path, shared_data: Path
+) -> None:
     result = runner.invoke(
         app,
         [
@@ -33,6 +35,7 @@ def test_demo_runs_every_step_and_refuses_the_unknown_ca(tmp_path: Path, shared_
 
     assert result.exit_code == 0, result.output
     assert "bank     2,000 rows" in result.output
+    assert "intersection            800  (40.0% of the bank's rows)" in result.output
     assert "bank gateway certificate:        accepted (SERVING)" in result.output
     assert "certificate from an unknown CA:  refused (UNAVAILABLE)" in result.output
     assert "bank 30,000 rows x 13 features" in result.output

@@ -2,9 +2,10 @@
 
 Each party does its own part with its own files, as it would at its own site: the bank and the
 partner each create a certificate authority and import only the other's CA certificate; each
-loads and checks its own table and fits its own preprocessing on its own training rows; the
-partner serves over mutual TLS and the bank's gateway certificate gets through while a
-certificate from an unknown CA is refused. Later issues add alignment, training and scoring.
+loads and checks its own table and fits its own preprocessing on its own training rows; the two
+find their common customers by private set intersection, the partner's node running as its own
+process; and a certificate from an unknown CA is refused where the bank's gets through. Later
+issues add training and scoring.
 """
 
 from __future__ import annotations
@@ -21,8 +22,12 @@ import grpc
 import typer
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from bank_node.cli import outcome_lines
 from cobrand import pki
+from cobrand.alignment_protocol import PsiSettings
+from cobrand.commands.align import align_locally
 from cobrand.commands.exits import cli_errors
+from cobrand.commands.progress import ProgressBars
 from cobrand.federation import Federation, load_federation
 from cobrand.preprocess import Preprocessor
 from cobrand.rpc import TlsFiles, create_channel, create_server
@@ -57,11 +62,16 @@ def run(
             ("partner", files.partner_schema, files.partner_table),
         ):
             _load_and_fit(party, federation, schema_path, table_path)
-        _section("3. two certificate authorities, mutual TLS between the parties")
+        _section("3. private alignment: ECDH-PSI, partner node as its own process, mutual TLS")
+        with ProgressBars() as progress:
+            outcome = align_locally(files, out / "align", PsiSettings(), progress)
+        for line in outcome_lines(outcome):
+            typer.echo(line)
+        _section("4. a stranger's certificate is refused")
         _mutual_tls(out / "pki")
-        _section("4. real data: UCI default of credit card clients, as FATE splits it")
+        _section("5. real data: UCI default of credit card clients, as FATE splits it")
         _real_data(real_data)
-    typer.echo("\ndemo finished: alignment, training and scoring arrive with later issues")
+    typer.echo("\ndemo finished: training and scoring arrive with later issues")
 
 
 def _section(title: str) -> None:
