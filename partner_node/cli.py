@@ -25,14 +25,14 @@ __all__ = ["app", "serve"]
 
 app = typer.Typer(
     name="partner",
-    help="The partner's node: answers the bank's private alignment runs.",
+    help="The partner's node: answers the bank's private alignment runs and its training rounds.",
     no_args_is_help=True,
 )
 
 
 @app.callback()
 def main() -> None:
-    """The partner's node: answers the bank's private alignment runs."""
+    """The partner's node: answers the bank's private alignment runs and its training rounds."""
 
 
 @app.command()
