@@ -168,7 +168,7 @@ class BlindingPool:
         self._worker_count = workers
         self._max_in_flight = max_in_flight
         self._workers: list[_Worker] = []
-        self._streaming = False
+        self._streaming = threading.Lock()
         self._closed = False
         self._start_workers()
 
@@ -238,12 +238,19 @@ class BlindingPool:
     def _blind_in_workers(
         self, chunks: Iterable[Chunk], send: Callable[[_Worker, Chunk], None]
     ) -> Generator[bytes, None, None]:
-        # Checked when the stream starts: two streams would take each other's replies.
-        if self._streaming:
+        # Taken when the stream starts: two streams would take each other's replies.
+        if not self._streaming.acquire(blocking=False):
             raise FailedPrecondition("the PSI blinding pool serves one stream at a time")
-        self._streaming = True
-        if not self._workers:
-            self._start_workers()
+        try:
+            if not self._workers:
+                self._start_workers()
+            yield from self._ordered_replies(chunks, send)
+        finally:
+            self._streaming.release()
+
+    def _ordered_replies(
+        self, chunks: Iterable[Chunk], send: Callable[[_Worker, Chunk], None]
+    ) -> Generator[bytes, None, None]:
         workers = self._workers
         sent: queue.SimpleQueue[_Worker | _EndOfInput] = queue.SimpleQueue()
         slots = threading.Semaphore(self._max_in_flight)
@@ -284,7 +291,6 @@ class BlindingPool:
             if not finished:
                 # Chunks still in the workers would answer the next stream: end them here.
                 self._stop_workers()
-            self._streaming = False
 
 
 def _blind_in_process(
