@@ -7,7 +7,9 @@ directory; the partner node runs as a separate process (``python -m partner_node
 in ``partner.log``); the bank runs in this process with progress bars. DIR holds a set as
 ``cobrand data synth`` writes it: ``federation.yaml``, ``{bank,partner}.schema.yaml`` and the two
 tables (``.csv`` or ``.parquet``). The settings files written are the ones each site would use.
-`align_locally` is the same run without the command line, for other commands (``cobrand demo``).
+`align_locally` is the same run without the command line, for other commands (``cobrand demo``,
+``cobrand train``), which also start the partner node (`partner_process`) and write settings
+(`write_settings`) and certificates (`tls_files`) the same way.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Annotated, Any
 
 import typer
 import yaml
+from pydantic import BaseModel
 
 from bank_node.alignment_client import align_with_partner
 from bank_node.cli import outcome_lines
@@ -40,7 +43,7 @@ from cobrand.rpc import TlsFiles
 from cobrand.synth import DatasetFiles
 from partner_node.config import PartnerNodeConfig
 
-__all__ = ["align_locally", "run"]
+__all__ = ["align_locally", "partner_process", "run", "tls_files", "write_settings"]
 
 # Loading a partner table of millions of rows takes a while before the node serves.
 _PARTNER_START_TIMEOUT_S = 600.0
@@ -107,8 +110,8 @@ def align_locally(
         tls=partner_tls,
         psi=psi,
     )
-    partner_settings = _write_settings(work / "partner.yaml", partner_config)
-    with _partner_process(partner_settings, work) as port:
+    partner_settings = write_settings(work / "partner.yaml", partner_config)
+    with partner_process(partner_settings, work) as port:
         bank_config = BankNodeConfig(
             federation=files.federation.resolve(),
             schema=files.bank_schema.resolve(),
@@ -118,7 +121,7 @@ def align_locally(
             tls=bank_tls,
             psi=psi,
         )
-        _write_settings(work / "bank.yaml", bank_config)
+        write_settings(work / "bank.yaml", bank_config)
         outcome = align_with_partner(bank_config, progress)
     _check_agreement(bank_config.data_dir, partner_config.data_dir)
     return outcome
@@ -146,10 +149,11 @@ def _two_party_pki(directory: Path) -> tuple[TlsFiles, TlsFiles]:
     pki.import_peer_ca(partner_dir, bank_ca)
     bank = pki.issue(bank_dir, pki.Role.BANK, "bank-node", ())
     partner = pki.issue(partner_dir, pki.Role.PARTNER, "partner-node", (_LOOPBACK, "localhost"))
-    return _tls(bank_dir, bank), _tls(partner_dir, partner)
+    return tls_files(bank_dir, bank), tls_files(partner_dir, partner)
 
 
-def _tls(ca_dir: Path, issued: pki.IssuedFiles) -> TlsFiles:
+def tls_files(ca_dir: Path, issued: pki.IssuedFiles) -> TlsFiles:
+    """A holder's certificate and key issued from `ca_dir`, with that party's trust bundle."""
     return TlsFiles(
         ca_bundle=(ca_dir / pki.TRUST_BUNDLE).resolve(),
         cert=issued.cert.resolve(),
@@ -157,14 +161,15 @@ def _tls(ca_dir: Path, issued: pki.IssuedFiles) -> TlsFiles:
     )
 
 
-def _write_settings(path: Path, config: PartnerNodeConfig | BankNodeConfig) -> Path:
+def write_settings(path: Path, config: BaseModel) -> Path:
+    """Write a settings model as the YAML file its process reads; return `path`."""
     document: dict[str, Any] = config.model_dump(mode="json", by_alias=True, exclude_none=True)
     path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
     return path
 
 
 @contextmanager
-def _partner_process(settings: Path, work: Path) -> Iterator[int]:
+def partner_process(settings: Path, work: Path) -> Iterator[int]:
     """The partner node as a child process, from start (yielding its port) to a graceful stop."""
     port_file, log_path = work / "partner.port", work / "partner.log"
     port_file.unlink(missing_ok=True)
