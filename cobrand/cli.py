@@ -15,7 +15,7 @@ configure_offline_flower()
 import typer  # noqa: E402
 
 from bank_node import cli as bank_cli  # noqa: E402
-from cobrand.commands import align, data, demo, pki  # noqa: E402
+from cobrand.commands import align, data, demo, pki, train  # noqa: E402
 from partner_node import cli as partner_cli  # noqa: E402
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app.add_typer(pki.app, name="pki")
 app.add_typer(data.app, name="data")
 app.command(name="demo")(demo.run)
 app.command(name="align")(align.run)
+app.command(name="train")(train.run)
 app.add_typer(bank_cli.app, name="bank")
 app.add_typer(partner_cli.app, name="partner")
 

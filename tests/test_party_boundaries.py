@@ -13,6 +13,7 @@ COMPOSITION_ROOT = {
     Path("cobrand/cli.py"),
     Path("cobrand/commands/demo.py"),
     Path("cobrand/commands/align.py"),
+    Path("cobrand/commands/train.py"),
 }
 FORBIDDEN = {
     "bank_node": {"partner_node", "gateway"},

@@ -1,0 +1,129 @@
+"""A finished training run's ``report.json``, built from the alignment and the run's journal.
+
+The report holds what the risk team reads first: the model's version, the alignment's sizes,
+each task's test figures through the full model and its bank-only path, the run's cost and the
+label-leakage figures. Binary tasks get ``test_rows``, ``auc``, ``ks``, ``bank_only_auc`` (and
+``bank_only_ks``); a K-class task (one whose figures are ``top1_accuracy``) gets ``test_rows``,
+``top1_accuracy``, ``bank_only_top1_accuracy``. A figure the evaluation left out (a test set
+holding one class only) is null.
+
+The model registry does not exist yet: ``model_version`` is derived from both sides' checkpoint
+digests of the run's best round, which the journal records, so the same weights get the same
+version. The label-leakage defence is not built yet either, and the run's gradients stay inside
+the bank's ServerApp process: ``privacy.defence`` is ``"none"`` and both attack AUCs are null,
+with a note saying why, rather than figures measured elsewhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from cobrand.alignment_store import AlignmentSummary
+
+__all__ = ["PRIVACY_NOTE", "model_version", "summary_lines", "training_report", "write_report"]
+
+PRIVACY_NOTE: Final = (
+    "label-leakage defence not built yet; attack AUCs not measured: the run's gradients stay "
+    "inside the bank's ServerApp process"
+)
+
+_BINARY_FIGURES: Final = ("auc", "ks", "bank_only_auc", "bank_only_ks")
+_CLASS_FIGURES: Final = ("top1_accuracy", "bank_only_top1_accuracy")
+
+
+def model_version(bank_sha256: str, partner_sha256: str) -> str:
+    """The version id of the model both digests (hex) describe: 16 hex digits of their hash."""
+    both = bytes.fromhex(bank_sha256) + bytes.fromhex(partner_sha256)
+    return hashlib.sha256(both).hexdigest()[:16]
+
+
+def training_report(
+    run_id: str, alignment: AlignmentSummary, finished: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The report of a run.
+
+    Parameters
+    ----------
+    run_id : str
+        The Flower run id.
+    alignment : AlignmentSummary
+        The bank's alignment result the run trained on.
+    finished : mapping
+        The journal's ``finished`` event (``bank_node.rounds.train_run``).
+    """
+    return {
+        "run_id": run_id,
+        "model_version": model_version(finished["bank_sha256"], finished["partner_sha256"]),
+        "model": {
+            "best_round": finished["best_round"],
+            "bank_sha256": finished["bank_sha256"],
+            "partner_sha256": finished["partner_sha256"],
+        },
+        "alignment": {
+            "run_id": alignment.run_id,
+            "bank_rows": alignment.own_rows,
+            "partner_rows": alignment.peer_rows,
+            "intersection": alignment.intersection_size,
+        },
+        "tasks": {task: _task(figures) for task, figures in finished["test"].items()},
+        "training": {
+            "seconds": finished["seconds"],
+            "rounds": finished["rounds"],
+            "bytes_exchanged": finished["bytes_sent"] + finished["bytes_received"],
+        },
+        "privacy": {
+            "defence": "none",
+            "leak_auc_norm": None,
+            "leak_auc_direction": None,
+            "note": PRIVACY_NOTE,
+        },
+    }
+
+
+def _task(figures: Mapping[str, float | None]) -> dict[str, Any]:
+    names = _CLASS_FIGURES if any(name in figures for name in _CLASS_FIGURES) else _BINARY_FIGURES
+    return {"test_rows": int(figures["rows"] or 0)} | {name: figures.get(name) for name in names}
+
+
+def write_report(path: Path, report: Mapping[str, Any]) -> None:
+    """Write `report` as indented JSON, replacing `path` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(partial, path)
+
+
+def summary_lines(report: Mapping[str, Any]) -> list[str]:
+    """The report as a person reads it: each task's figures joint vs bank-only, then the cost."""
+    lines = [f"model {report['model_version']} (best round {report['model']['best_round']})"]
+    for task, figures in report["tasks"].items():
+        if "top1_accuracy" in figures:
+            joint, alone, name = (
+                figures["top1_accuracy"],
+                figures["bank_only_top1_accuracy"],
+                "top-1",
+            )
+        else:
+            joint, alone, name = figures["auc"], figures["bank_only_auc"], "AUC"
+        lines.append(
+            f"  {task:<16}{name} {_figure(joint)} with the partner vs {_figure(alone)} bank-only"
+            + (f", KS {_figure(figures['ks'])}" if "ks" in figures else "")
+            + f"  ({figures['test_rows']:,} test rows)"
+        )
+    training = report["training"]
+    lines.append(
+        f"  training        {training['rounds']} rounds in {training['seconds']:.1f} s, "
+        f"{training['bytes_exchanged'] / 1e6:.1f} MB exchanged on the data plane"
+    )
+    privacy = report["privacy"]
+    lines.append(f"  privacy         defence {privacy['defence']}; {privacy['note']}")
+    return lines
+
+
+def _figure(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

@@ -1,0 +1,163 @@
+"""`cobrand train --job JOB.yaml`: align, then train one model federated, both parties on loopback.
+
+The local run of what two sites run apart, in order:
+
+1. private alignment of the job's tables (`align_locally`: each party's CA, certificates,
+   settings and data directory under ``OUT/work``);
+2. the partner node again as its own process, now serving training on that alignment;
+3. the bank's SuperLink (TLS, SuperNode authentication) with the bank trainer's settings
+   (``trainer.yaml``) in its environment, and the partner's SuperNode, registered with its own
+   key, whose ClientApp reaches the partner node with the partner's certificate
+   (`LocalFederation`, under ``OUT/work/flower``);
+4. ``flwr run bank_node/flower_app`` with the job's training keys as run config, followed
+   through the run's journal with a progress bar over rounds;
+5. ``OUT/report.json`` (`bank_node.report`) from the alignment and the journal's last event.
+
+The SuperLink's server certificate and the trainer's data-plane certificate (role
+``bank-trainer``) are issued from the bank's CA; nothing leaves ``OUT/work`` but the report.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+import bank_node.flower_app
+from bank_node.config import BankNodeConfig, PartnerEndpoint
+from bank_node.report import summary_lines, training_report, write_report
+from bank_node.run_journal import read_journal
+from bank_node.trainer_config import TRAINER_CONFIG_ENV, TrainerConfig
+from bank_node.training_job import TrainingJob, load_job
+from cobrand import pki
+from cobrand.alignment_protocol import Progress, PsiSettings
+from cobrand.commands.align import align_locally, partner_process, tls_files, write_settings
+from cobrand.commands.exits import cli_errors
+from cobrand.commands.progress import ProgressBars
+from cobrand.errors import FailedPrecondition
+from cobrand.flower_local import LocalFederation, SuperLinkTls
+from cobrand.settings import load_settings
+from partner_node.config import PartnerNodeConfig
+
+__all__ = ["run", "train_locally"]
+
+_APP = Path(bank_node.flower_app.__file__).parent
+_LOOPBACK = "127.0.0.1"
+_JOURNAL_POLL_S = 0.5
+# Each `flwr ls` is a process of its own (about a second): ask Flower less often than the file.
+_STATUS_POLL_S = 5.0
+
+
+def run(
+    job: Annotated[Path, typer.Option(help="The job file (YAML): data, output directory, rounds.")],
+    workers: Annotated[
+        int | None,
+        typer.Option(min=0, help="Blinding processes per party for alignment (default: cores)."),
+    ] = None,
+) -> None:
+    """Align privately, train one model federated with Flower, write OUT/report.json."""
+    with cli_errors():
+        spec = load_job(job)
+        typer.echo(f"aligning, then training (settings, certificates and logs in {_work(spec)})")
+        with ProgressBars() as progress:
+            report = train_locally(spec, PsiSettings(workers=workers), progress)
+    for line in summary_lines(report):
+        typer.echo(line)
+    typer.echo(f"  report          {spec.out / 'report.json'}")
+
+
+def _work(job: TrainingJob) -> Path:
+    return job.out / "work"
+
+
+def train_locally(
+    job: TrainingJob, psi: PsiSettings, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Run the job on this machine (see the module docstring); return the report written.
+
+    Raises
+    ------
+    FailedPrecondition
+        The run ended without finishing (stopped, or its ServerApp failed: the message holds
+        the end of ``flwr log``).
+    CobrandError, grpc.RpcError
+        As alignment and the Flower processes raise them.
+    """
+    work = _work(job)
+    alignment = align_locally(job.dataset_files, work, psi, progress)
+    partner = load_settings(PartnerNodeConfig, work / "partner.yaml")
+    bank = load_settings(BankNodeConfig, work / "bank.yaml")
+    bank_ca = bank.tls.ca_bundle.parent if bank.tls else None
+    if bank_ca is None or partner.tls is None:
+        raise FailedPrecondition(f"{work}: alignment left settings without TLS files")
+    superlink = tls_files(bank_ca, pki.issue(bank_ca, pki.Role.BANK, "superlink", (_LOOPBACK,)))
+    trainer_tls = tls_files(bank_ca, pki.issue(bank_ca, pki.Role.BANK_TRAINER, "bank-trainer"))
+    with partner_process(work / "partner.yaml", work) as port:
+        bank_settings = write_settings(
+            work / "bank.yaml",
+            bank.model_copy(update={"partner": PartnerEndpoint(address=f"{_LOOPBACK}:{port}")}),
+        )
+        trainer_settings = write_settings(
+            work / "trainer.yaml",
+            TrainerConfig(bank=bank_settings, runs_dir=work / "runs", tls=trainer_tls),
+        )
+        with LocalFederation(
+            work / "flower",
+            SuperLinkTls(ca_cert=bank_ca / pki.CA_CERT, cert=superlink.cert, key=superlink.key),
+            superlink_env={TRAINER_CONFIG_ENV: str(trainer_settings)},
+        ) as federation:
+            federation.start_superlink()
+            federation.start_supernode(
+                {
+                    "partner-node": f"{_LOOPBACK}:{port}",
+                    "ca-bundle": str(partner.tls.ca_bundle),
+                    "cert": str(partner.tls.cert),
+                    "key": str(partner.tls.key),
+                }
+            )
+            run_id = federation.run(_APP, job.run_config)
+            finished = _follow(federation, run_id, work / "runs", job, progress)
+    report = training_report(str(run_id), alignment.summary, finished)
+    write_report(job.out / "report.json", report)
+    return report
+
+
+def _follow(
+    federation: LocalFederation,
+    run_id: int,
+    runs_dir: Path,
+    job: TrainingJob,
+    progress: Progress | None,
+) -> dict[str, Any]:
+    """Advance a bar per committed round until the journal's ``finished`` event; return it."""
+    rounds = job.training.rounds
+    if progress is not None:
+        progress.start(f"training run {run_id} (up to {rounds} rounds)", rounds)
+    journal = runs_dir / f"{run_id}.jsonl"
+    committed = 0
+    next_status = time.monotonic() + _STATUS_POLL_S
+    while True:
+        events = read_journal(journal)
+        done = sum(event["event"] == "committed" for event in events)
+        if progress is not None and done > committed:
+            progress.advance(done - committed)
+        committed = done
+        if events and events[-1]["event"] == "finished":
+            return events[-1]
+        if time.monotonic() > next_status:
+            status = federation.run_status(run_id)
+            # The journal is written before the run ends: read it once more before giving up.
+            if status.startswith("finished") and not _finished_in(journal):
+                tail = federation.log(run_id).strip().splitlines()[-5:]
+                raise FailedPrecondition(
+                    f"run {run_id} ended {status} without finishing; `flwr log` ends: "
+                    + " | ".join(tail)
+                )
+            next_status = time.monotonic() + _STATUS_POLL_S
+        time.sleep(_JOURNAL_POLL_S)
+
+
+def _finished_in(journal: Path) -> bool:
+    return any(event["event"] == "finished" for event in read_journal(journal))
