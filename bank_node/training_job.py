@@ -61,6 +61,17 @@ def _as_in(field: str) -> Any:
     return TrainingConfig.model_fields[field]
 
 
+_RUN_CONFIG_KEYS: Final = {
+    "rounds": "num-rounds",
+    "patience": "patience",
+    "learning_rate": "learning-rate",
+    "batch_size": "batch-size",
+    "partner_dropout": "partner-dropout",
+    "pipeline_depth": "pipeline-depth",
+    "seed": "seed",
+}
+
+
 class SideFiles(Section):
     """One party's schema file and table."""
 
@@ -79,16 +90,10 @@ class TrainingSection(Section):
     pipeline_depth: Annotated[int, _as_in("pipeline_depth")]
     seed: Annotated[int, _as_in("seed")]
 
-
-_RUN_CONFIG_KEYS: Final = {
-    "rounds": "num-rounds",
-    "patience": "patience",
-    "learning_rate": "learning-rate",
-    "batch_size": "batch-size",
-    "partner_dropout": "partner-dropout",
-    "pipeline_depth": "pipeline-depth",
-    "seed": "seed",
-}
+    @property
+    def run_config(self) -> dict[str, Any]:
+        """The Flower run config (``flwr run --run-config``) of these keys."""
+        return {_RUN_CONFIG_KEYS[key]: value for key, value in self.model_dump().items()}
 
 
 class TrainingJob(Section):
@@ -110,11 +115,6 @@ class TrainingJob(Section):
             partner_schema=self.partner.schema_file,
             partner_table=self.partner.table,
         )
-
-    @property
-    def run_config(self) -> dict[str, Any]:
-        """The Flower run config (``flwr run --run-config``) of the training section."""
-        return {_RUN_CONFIG_KEYS[key]: value for key, value in self.training.model_dump().items()}
 
 
 def load_job(path: Path) -> TrainingJob:

@@ -13,7 +13,8 @@ The local run of what two sites run apart, in order:
    through the run's journal with a progress bar over rounds;
 5. ``OUT/report.json`` (`bank_node.report`) from the alignment and the journal's last event.
 
-The SuperLink's server certificate and the trainer's data-plane certificate (role
+`train_aligned` is steps 2 to 5 on an alignment already made (``cobrand demo``). The
+SuperLink's server certificate and the trainer's data-plane certificate (role
 ``bank-trainer``) are issued from the bank's CA; nothing leaves ``OUT/work`` but the report.
 """
 
@@ -30,9 +31,10 @@ from bank_node.config import BankNodeConfig, PartnerEndpoint
 from bank_node.report import summary_lines, training_report, write_report
 from bank_node.run_journal import read_journal
 from bank_node.trainer_config import TRAINER_CONFIG_ENV, TrainerConfig
-from bank_node.training_job import TrainingJob, load_job
+from bank_node.training_job import TrainingJob, TrainingSection, load_job
 from cobrand import pki
 from cobrand.alignment_protocol import Progress, PsiSettings
+from cobrand.alignment_store import AlignmentSummary
 from cobrand.commands.align import align_locally, partner_process, tls_files, write_settings
 from cobrand.commands.exits import cli_errors
 from cobrand.commands.progress import ProgressBars
@@ -41,7 +43,7 @@ from cobrand.flower_local import LocalFederation, SuperLinkTls
 from cobrand.settings import load_settings
 from partner_node.config import PartnerNodeConfig
 
-__all__ = ["run", "train_locally"]
+__all__ = ["run", "train_aligned", "train_locally"]
 
 _APP = Path(bank_node.flower_app.__file__).parent
 _LOOPBACK = "127.0.0.1"
@@ -75,7 +77,33 @@ def _work(job: TrainingJob) -> Path:
 def train_locally(
     job: TrainingJob, psi: PsiSettings, progress: Progress | None = None
 ) -> dict[str, Any]:
-    """Run the job on this machine (see the module docstring); return the report written.
+    """Align the job's tables, then train on them (`train_aligned`); return the report written."""
+    work = _work(job)
+    alignment = align_locally(job.dataset_files, work, psi, progress)
+    return train_aligned(work, alignment.summary, job.training, job.out / "report.json", progress)
+
+
+def train_aligned(
+    work: Path,
+    alignment: AlignmentSummary,
+    training: TrainingSection,
+    report_path: Path,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Train on the alignment `align_locally` left in `work`; write and return the report.
+
+    Parameters
+    ----------
+    work : Path
+        `align_locally`'s working directory: its settings, certificates and data directories.
+    alignment : AlignmentSummary
+        The bank's result of that alignment.
+    training : TrainingSection
+        The run's hyperparameters.
+    report_path : Path
+        Where ``report.json`` goes.
+    progress : Progress, optional
+        Gets one phase, the rounds, advanced as each is committed.
 
     Raises
     ------
@@ -83,15 +111,15 @@ def train_locally(
         The run ended without finishing (stopped, or its ServerApp failed: the message holds
         the end of ``flwr log``).
     CobrandError, grpc.RpcError
-        As alignment and the Flower processes raise them.
+        As the Flower processes and the partner node raise them.
     """
-    work = _work(job)
-    alignment = align_locally(job.dataset_files, work, psi, progress)
+    # Flower's processes run in their own directory: every path handed to them is absolute.
+    work = work.resolve()
     partner = load_settings(PartnerNodeConfig, work / "partner.yaml")
     bank = load_settings(BankNodeConfig, work / "bank.yaml")
-    bank_ca = bank.tls.ca_bundle.parent if bank.tls else None
-    if bank_ca is None or partner.tls is None:
-        raise FailedPrecondition(f"{work}: alignment left settings without TLS files")
+    if bank.tls is None or partner.tls is None:
+        raise FailedPrecondition(f"{work}: the alignment's settings name no TLS files")
+    bank_ca = bank.tls.ca_bundle.parent
     superlink = tls_files(bank_ca, pki.issue(bank_ca, pki.Role.BANK, "superlink", (_LOOPBACK,)))
     trainer_tls = tls_files(bank_ca, pki.issue(bank_ca, pki.Role.BANK_TRAINER, "bank-trainer"))
     with partner_process(work / "partner.yaml", work) as port:
@@ -117,10 +145,10 @@ def train_locally(
                     "key": str(partner.tls.key),
                 }
             )
-            run_id = federation.run(_APP, job.run_config)
-            finished = _follow(federation, run_id, work / "runs", job, progress)
-    report = training_report(str(run_id), alignment.summary, finished)
-    write_report(job.out / "report.json", report)
+            run_id = federation.run(_APP, training.run_config)
+            finished = _follow(federation, run_id, work / "runs", training.rounds, progress)
+    report = training_report(str(run_id), alignment, finished)
+    write_report(report_path, report)
     return report
 
 
@@ -128,13 +156,12 @@ def _follow(
     federation: LocalFederation,
     run_id: int,
     runs_dir: Path,
-    job: TrainingJob,
+    rounds: int,
     progress: Progress | None,
 ) -> dict[str, Any]:
     """Advance a bar per committed round until the journal's ``finished`` event; return it."""
-    rounds = job.training.rounds
     if progress is not None:
-        progress.start(f"training run {run_id} (up to {rounds} rounds)", rounds)
+        progress.start(f"training rounds (at most {rounds})", rounds)
     journal = runs_dir / f"{run_id}.jsonl"
     committed = 0
     next_status = time.monotonic() + _STATUS_POLL_S

@@ -54,13 +54,13 @@ def test_paths_are_relative_to_the_job_file_not_the_working_directory(
 def test_a_job_without_training_keys_runs_with_the_flower_apps_defaults(job_dir: Path) -> None:
     defaults = tomllib.loads(APP_PYPROJECT.read_text())["tool"]["flwr"]["app"]["config"]
 
-    assert load_job(_write(job_dir, _job())).run_config == defaults
+    assert load_job(_write(job_dir, _job())).training.run_config == defaults
 
 
 def test_training_keys_become_the_run_config(job_dir: Path) -> None:
     training = {"rounds": 4, "batch_size": 64, "learning_rate": 0.01, "seed": 9}
 
-    run_config = load_job(_write(job_dir, _job(training=training))).run_config
+    run_config = load_job(_write(job_dir, _job(training=training))).training.run_config
 
     assert run_config["num-rounds"] == 4
     assert run_config["batch-size"] == 64
