@@ -1,7 +1,9 @@
 """The `cobrand` command as a user runs it: every group mounted, the demo end to end."""
 
+import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from cobrand.cli import app
@@ -13,11 +15,12 @@ def test_help_lists_every_command_group() -> None:
     result = runner.invoke(app, ["--help"])
 
     assert result.exit_code == 0
-    for command in ("pki", "data", "demo"):
+    for command in ("pki", "data", "demo", "align", "train"):
         assert command in result.output
 
 
-def test_demo_aligns_privately_and_refuses_the_unknown_ca(
+@pytest.mark.slow
+def test_demo_aligns_privately_trains_federated_and_refuses_the_unknown_ca(
     tmp_path: Path, shared_data: Path
 ) -> None:
     result = runner.invoke(
@@ -28,6 +31,8 @@ def test_demo_aligns_privately_and_refuses_the_unknown_ca(
             str(tmp_path / "demo"),
             "--customers",
             "2000",
+            "--rounds",
+            "2",
             "--real-data",
             str(shared_data),
         ],
@@ -36,6 +41,15 @@ def test_demo_aligns_privately_and_refuses_the_unknown_ca(
     assert result.exit_code == 0, result.output
     assert "bank     2,000 rows" in result.output
     assert "intersection            800  (40.0% of the bank's rows)" in result.output
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert report["alignment"]["intersection"] == 800
+    assert report["training"]["rounds"] == 2
+    risk = report["tasks"]["risk"]
+    assert (
+        f"risk            AUC {risk['auc']:.3f} with the partner vs "
+        f"{risk['bank_only_auc']:.3f} bank-only" in result.output
+    )
+    assert "rights_package  top-1" in result.output
     assert "bank gateway certificate:        accepted (SERVING)" in result.output
     assert "certificate from an unknown CA:  refused (UNAVAILABLE)" in result.output
     assert "bank 30,000 rows x 13 features" in result.output

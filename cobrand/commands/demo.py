@@ -4,8 +4,9 @@ Each party does its own part with its own files, as it would at its own site: th
 partner each create a certificate authority and import only the other's CA certificate; each
 loads and checks its own table and fits its own preprocessing on its own training rows; the two
 find their common customers by private set intersection, the partner's node running as its own
-process; and a certificate from an unknown CA is refused where the bank's gets through. Later
-issues add training and scoring.
+process; they train one model on those customers with Flower as the control plane and a gRPC
+data plane, and the report compares it with its bank-only path; and a certificate from an
+unknown CA is refused where the bank's gets through. A later issue adds scoring.
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ import typer
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from bank_node.cli import outcome_lines
+from bank_node.report import summary_lines
+from bank_node.training_job import TrainingSection
 from cobrand import pki
 from cobrand.alignment_protocol import PsiSettings
 from cobrand.commands.align import align_locally
 from cobrand.commands.exits import cli_errors
 from cobrand.commands.progress import ProgressBars
+from cobrand.commands.train import train_aligned
 from cobrand.federation import Federation, load_federation
 from cobrand.preprocess import Preprocessor
 from cobrand.rpc import TlsFiles, create_channel, create_server
@@ -46,6 +50,7 @@ def run(
     ),
     customers: Annotated[int, typer.Option(min=100, help="Synthetic bank customers.")] = 100_000,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the synthetic data.")] = 7,
+    rounds: Annotated[int, typer.Option(min=1, help="Training rounds at most.")] = 3,
     real_data: Annotated[
         Path, typer.Option(help="Directory holding the UCI default-credit files, if present.")
     ] = Path("../shared/data"),
@@ -67,11 +72,24 @@ def run(
             outcome = align_locally(files, out / "align", PsiSettings(), progress)
         for line in outcome_lines(outcome):
             typer.echo(line)
-        _section("4. a stranger's certificate is refused")
+        _section("4. federated training: Flower control plane, gRPC data plane, mutual TLS")
+        with ProgressBars() as progress:
+            report = train_aligned(
+                out / "align",
+                outcome.summary,
+                TrainingSection.model_validate({"rounds": rounds}),
+                out / "report.json",
+                progress,
+            )
+        for line in summary_lines(report):
+            typer.echo(line)
+        _section("5. a stranger's certificate is refused")
         _mutual_tls(out / "pki")
-        _section("5. real data: UCI default of credit card clients, as FATE splits it")
+        _section("6. real data: UCI default of credit card clients, as FATE splits it")
         _real_data(real_data)
-    typer.echo("\ndemo finished: training and scoring arrive with later issues")
+    typer.echo(
+        f"\ndemo finished: report in {out / 'report.json'}; scoring arrives with a later issue"
+    )
 
 
 def _section(title: str) -> None:
