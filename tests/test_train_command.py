@@ -1,5 +1,6 @@
-"""`cobrand train --job JOB.yaml` end to end: PSI, the partner node, SuperLink and SuperNode on
-loopback, a few rounds submitted with ``flwr run``, and ``OUT/report.json``.
+"""`cobrand train --job JOB.yaml`: end to end (PSI, the partner node, SuperLink and SuperNode on
+loopback, a few rounds submitted with ``flwr run``, ``OUT/report.json``), a bad job file, and a
+run that ends without finishing.
 """
 
 import json
@@ -10,14 +11,51 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from bank_node.run_journal import RunJournal
 from cobrand.cli import app
+from cobrand.commands.train import _follow
+from cobrand.errors import FailedPrecondition
+from cobrand.flower_local import LocalFederation, SuperLinkTls
 from cobrand.synth import SynthConfig, write_dataset
-
-pytestmark = pytest.mark.slow
 
 runner = CliRunner()
 
 
+class _EndedRun(LocalFederation):
+    """A federation whose run has failed, as ``flwr ls`` and ``flwr log`` tell it."""
+
+    def run_status(self, run_id: int) -> str:
+        return "finished:failed"
+
+    def log(self, run_id: int) -> str:
+        return "INFO starting\nERROR the partner holds alignment 'b' and the bank 'a'\n"
+
+
+def test_a_run_that_ends_without_finishing_is_an_error_quoting_its_log(tmp_path: Path) -> None:
+    journal = RunJournal(tmp_path / "runs" / "7.jsonl")
+    journal.write("checked", run_id="7")
+    ended = _EndedRun(tmp_path, SuperLinkTls(tmp_path, tmp_path, tmp_path))
+
+    with pytest.raises(FailedPrecondition) as failed:
+        _follow(ended, 7, tmp_path / "runs", rounds=3, progress=None)
+
+    assert "run 7 ended finished:failed without finishing" in str(failed.value)
+    assert "the partner holds alignment 'b' and the bank 'a'" in str(failed.value)
+
+
+def test_a_mistaken_job_file_exits_2_with_one_line_naming_the_key(tmp_path: Path) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text("federation: missing.yaml\n")
+
+    result = runner.invoke(app, ["train", "--job", str(job)])
+
+    assert result.exit_code == 2
+    assert "key 'federation': no such file" in result.output
+    assert "missing key 'bank'" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
 def test_train_aligns_trains_the_rounds_and_writes_the_report(tmp_path: Path) -> None:
     files, _ = write_dataset(SynthConfig(customers=2000, seed=5), tmp_path / "set")
 

@@ -164,7 +164,7 @@ def _follow(
         progress.start(f"training rounds (at most {rounds})", rounds)
     journal = runs_dir / f"{run_id}.jsonl"
     committed = 0
-    next_status = time.monotonic() + _STATUS_POLL_S
+    next_status = time.monotonic()
     while True:
         events = read_journal(journal)
         done = sum(event["event"] == "committed" for event in events)
