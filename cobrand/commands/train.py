@@ -173,7 +173,7 @@ def _follow(
         committed = done
         if events and events[-1]["event"] == "finished":
             return events[-1]
-        if time.monotonic() > next_status:
+        if time.monotonic() >= next_status:
             status = federation.run_status(run_id)
             # The journal is written before the run ends: read it once more before giving up.
             if status.startswith("finished") and not _finished_in(journal):
