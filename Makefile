@@ -44,6 +44,7 @@ demo: install
 
 bench: install
 	$(BIN)/python -m bench.synth
+	$(BIN)/python -m bench.dataplane
 
 clean:
 	rm -rf $(VENV) cobrand/v1 .flwr .mypy_cache .pytest_cache .ruff_cache
