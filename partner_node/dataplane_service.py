@@ -89,19 +89,21 @@ class DataPlaneService:
         trainer = self._trainer
         if trainer is None:
             raise FailedPrecondition(f"unknown run {opening.open.run_id!r}: no run is in progress")
-        try:
-            with trainer.open_pass(opening.open.run_id, opening.open.round, kind) as current:
+        with trainer.open_pass(opening.open.run_id, opening.open.round, kind) as current:
+            try:
                 yield from _steps(request_iterator, current, trainer.rows)
-                summary = current.finish()
-        except grpc.RpcError:
-            # Reading the next request failed: the bank cancelled the pass or its connection
-            # dropped. Leaving `open_pass` undid a training pass; there is nobody to answer.
-            _LOG.warning(
-                "[TrainingDataPlane.Exchange] %s pass of round %d cancelled by the bank",
-                kind.value,
-                opening.open.round,
-            )
-            return
+            except (grpc.RpcError, GeneratorExit):
+                # Reading the next request failed, or gRPC closed this reply stream: the bank
+                # cancelled the pass or its connection dropped; there is nobody to answer.
+                # Logged before leaving `open_pass`, which undoes a training pass and frees the
+                # trainer for the bank's retry.
+                _LOG.warning(
+                    "[TrainingDataPlane.Exchange] %s pass of round %d cancelled by the bank",
+                    kind.value,
+                    opening.open.round,
+                )
+                return
+            summary = current.finish()
         yield training_pb2.ExchangeResponse(summary=_summary_to_proto(summary))
 
 
