@@ -42,9 +42,12 @@ test: lint typecheck
 demo: install
 	$(BIN)/cobrand demo
 
+# openmined-psi (the PSI benchmark's baseline) pins protobuf 6.30 but runs on 6.33: no deps.
 bench: install
+	$(BIN)/pip install -q --no-deps openmined-psi==2.0.6
 	$(BIN)/python -m bench.synth
 	$(BIN)/python -m bench.dataplane
+	$(BIN)/python -m bench.psi --sizes 100000
 
 clean:
 	rm -rf $(VENV) cobrand/v1 .flwr .mypy_cache .pytest_cache .ruff_cache
