@@ -32,7 +32,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -249,17 +250,43 @@ class PartnerProcess:
         self._process.wait(timeout=30)
 
 
+@contextmanager
+def partner_process(aligned: Aligned) -> Iterator[tuple[PartnerProcess, TlsFiles, int]]:
+    """Certificates and the partner's rows in a temporary folder, and its process serving them.
+
+    Yields the process, the bank trainer's TLS files and the partner's embedding width.
+    """
+    with tempfile.TemporaryDirectory(prefix="cobrand-bench-dataplane-") as tmp:
+        work = Path(tmp)
+        _make_pki(work / "pki")
+        np.savez(
+            work / "partner.npz",
+            numeric=aligned.partner.numeric,
+            categorical=aligned.partner.categorical,
+        )
+        (work / "partner-preprocessor.json").write_text(aligned.partner_preprocessor.to_json())
+        partner = PartnerProcess(work)
+        try:
+            width = BottomSpec.from_preprocessor(aligned.partner_preprocessor).embedding_width
+            yield partner, _tls(work / "pki", "bank", "bank-trainer"), width
+        finally:
+            partner.close()
+
+
 def train_federated(
     aligned: Aligned,
     config: TrainingConfig,
     partner: PartnerProcess,
     tls: TlsFiles,
     partner_width: int,
+    make_client: Callable[..., DataPlaneClient] = DataPlaneClient,
 ) -> dict[str, Any]:
+    """Train with the bank's trainer here and the partner's in `partner`; `make_client` (the
+    client's constructor by default) lets a bench observe the data plane."""
     run_id = f"bench-d{config.pipeline_depth}-s{config.seed}"
     partner.command("run", run_id, config.seed + 1)
     with create_channel(f"127.0.0.1:{partner.port}", tls) as channel:
-        client = DataPlaneClient(channel, run_id=run_id, embedding_width=partner_width)
+        client = make_client(channel, run_id=run_id, embedding_width=partner_width)
         trainer = BankTrainer(aligned.bank, aligned.bank_spec, client, config)
         result = trainer.fit(partner.planner())
     return {
@@ -307,7 +334,6 @@ def main() -> None:
         return
     default_threads = torch.get_num_threads()
     aligned = load_aligned(args.data_dir)
-    partner_width = BottomSpec.from_preprocessor(aligned.partner_preprocessor).embedding_width
     split = aligned.bank.split
     print(
         f"bench.dataplane: default credit, {len(split):,} aligned customers "
@@ -316,36 +342,23 @@ def main() -> None:
         f"{os.cpu_count()} CPUs, torch default threads {default_threads}"
     )
     runs: dict[str, list[dict[str, Any]]] = {variant: [] for variant in VARIANTS}
-    with tempfile.TemporaryDirectory(prefix="cobrand-bench-dataplane-") as tmp:
-        work = Path(tmp)
-        _make_pki(work / "pki")
-        tls = _tls(work / "pki", "bank", "bank-trainer")
-        np.savez(
-            work / "partner.npz",
-            numeric=aligned.partner.numeric,
-            categorical=aligned.partner.categorical,
-        )
-        (work / "partner-preprocessor.json").write_text(aligned.partner_preprocessor.to_json())
-        partner = PartnerProcess(work)
-        try:
-            for seed in range(args.repeats):
-                config = TrainingConfig(
-                    max_rounds=args.epochs,
-                    patience=args.epochs,
-                    batch_size=args.batch_size,
-                    seed=seed,
+    with partner_process(aligned) as (partner, tls, partner_width):
+        for seed in range(args.repeats):
+            config = TrainingConfig(
+                max_rounds=args.epochs,
+                patience=args.epochs,
+                batch_size=args.batch_size,
+                seed=seed,
+            )
+            for variant, threads in zip(_CENTRALIZED, (1, default_threads), strict=True):
+                torch.set_num_threads(threads)
+                runs[variant].append(train_centralized(aligned, config))
+            for variant, depth in (("federated pipelined", 2), ("federated synchronous", 1)):
+                depth_config = config.model_copy(update={"pipeline_depth": depth})
+                runs[variant].append(
+                    train_federated(aligned, depth_config, partner, tls, partner_width)
                 )
-                for variant, threads in zip(_CENTRALIZED, (1, default_threads), strict=True):
-                    torch.set_num_threads(threads)
-                    runs[variant].append(train_centralized(aligned, config))
-                for variant, depth in (("federated pipelined", 2), ("federated synchronous", 1)):
-                    depth_config = config.model_copy(update={"pipeline_depth": depth})
-                    runs[variant].append(
-                        train_federated(aligned, depth_config, partner, tls, partner_width)
-                    )
-                print(f"  seed {seed} done", flush=True)
-        finally:
-            partner.close()
+            print(f"  seed {seed} done", flush=True)
     centralized = statistics.median(r["seconds"] for r in runs[_CENTRALIZED[0]])
     print(f"  ratios are to centralized with 1 thread ({centralized:.2f} s)")
     for variant in VARIANTS:
