@@ -44,9 +44,11 @@ demo: install
 
 # openmined-psi (the PSI benchmark's baseline) pins protobuf 6.30 but runs on 6.33: no deps.
 bench: install
+	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/pip install -q --no-deps openmined-psi==2.0.6
 	$(BIN)/python -m bench.synth
 	$(BIN)/python -m bench.dataplane
+	$(BIN)/python -m bench.quality
 	$(BIN)/python -m bench.psi --sizes 100000
 
 clean:
