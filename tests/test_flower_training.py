@@ -28,7 +28,6 @@ from cobrand.flower_local import LocalFederation, SuperLinkTls
 from cobrand.rounds_serde import status_from_proto
 from cobrand.rpc import create_channel
 from cobrand.v1 import rounds_pb2, rounds_pb2_grpc
-from partner_node.config import PartnerNodeConfig
 from tests.conftest import ThrowAwayPki
 from tests.training_sites import TrainingSites, write_training_sites
 
@@ -62,14 +61,7 @@ def _start_partner_node(
 ) -> tuple[subprocess.Popen[bytes], int]:
     settings = _write(
         work / "partner.yaml",
-        PartnerNodeConfig(
-            federation=training.files.federation,
-            schema=training.files.partner_schema,
-            table=training.files.partner_table,
-            listen="127.0.0.1:0",
-            data_dir=training.partner_data,
-            tls=pki.tls("partner"),
-        ),
+        training.partner_node_config(pki.tls("partner")),
     )
     port_file = work / "partner.port"
     command = [sys.executable, "-m", "partner_node", "serve", "--config", str(settings)]

@@ -22,9 +22,11 @@ from cobrand.alignment_store import (
 )
 from cobrand.federation import load_federation
 from cobrand.pki import Party
+from cobrand.rpc import TlsFiles
 from cobrand.schema import load_party_schema
 from cobrand.synth import DatasetFiles, SynthConfig, write_dataset
 from cobrand.tables import load_party_table
+from partner_node.config import PartnerNodeConfig
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,17 @@ class TrainingSites:
     bank_data: Path
     partner_data: Path
     intersection: int
+
+    def partner_node_config(self, tls: TlsFiles) -> PartnerNodeConfig:
+        """The partner node's settings for this set, serving on a free loopback port."""
+        return PartnerNodeConfig(
+            federation=self.files.federation,
+            schema=self.files.partner_schema,
+            table=self.files.partner_table,
+            listen="127.0.0.1:0",
+            data_dir=self.partner_data,
+            tls=tls,
+        )
 
 
 def write_training_sites(directory: Path, customers: int, seed: int) -> TrainingSites:

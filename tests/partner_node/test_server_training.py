@@ -16,7 +16,6 @@ from cobrand.rounds_protocol import RoundPlan
 from cobrand.rounds_serde import plan_to_proto, progress_from_proto, status_from_proto
 from cobrand.rpc import create_channel
 from cobrand.v1 import rounds_pb2, rounds_pb2_grpc
-from partner_node.config import PartnerNodeConfig
 from partner_node.server import PartnerNode, start_partner_node
 from tests.conftest import ThrowAwayPki
 from tests.training_sites import TrainingSites, write_training_sites
@@ -29,16 +28,7 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> TrainingSites:
 
 @pytest.fixture(scope="module")
 def node(throwaway_pki: ThrowAwayPki, sites: TrainingSites) -> Iterator[PartnerNode]:
-    started = start_partner_node(
-        PartnerNodeConfig(
-            federation=sites.files.federation,
-            schema=sites.files.partner_schema,
-            table=sites.files.partner_table,
-            listen="127.0.0.1:0",
-            data_dir=sites.partner_data,
-            tls=throwaway_pki.tls("partner"),
-        )
-    )
+    started = start_partner_node(sites.partner_node_config(throwaway_pki.tls("partner")))
     yield started
     started.stop(grace=None)
 
