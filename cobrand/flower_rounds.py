@@ -23,6 +23,7 @@ from typing import Final
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
 from cobrand.errors import FailedPrecondition, InvalidRequest, Unavailable
+from cobrand.rpc import full_method_name
 from cobrand.v1 import rounds_pb2
 
 __all__ = [
@@ -52,8 +53,8 @@ RESPONSE: Final = "response"
 
 _SERVICE = rounds_pb2.DESCRIPTOR.services_by_name["PartnerRounds"]
 HAND_OFF_METHODS: Final = {
-    STATUS_MESSAGE: f"/{_SERVICE.full_name}/GetStatus",
-    ROUND_MESSAGE: f"/{_SERVICE.full_name}/PlanRound",
+    STATUS_MESSAGE: full_method_name(_SERVICE, "GetStatus"),
+    ROUND_MESSAGE: full_method_name(_SERVICE, "PlanRound"),
 }
 """The PartnerRounds method each message type is handed to."""
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 
 from cobrand.errors import CertificateError, CobrandError, ConfigError, PermissionDenied
 from cobrand.pki import PeerIdentity, Role, identity_from_pem, load_tls_material
@@ -46,6 +47,8 @@ __all__ = [
     "caller",
     "create_channel",
     "create_server",
+    "full_method_name",
+    "service_roles",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -96,6 +99,16 @@ def caller(context: grpc.ServicerContext) -> PeerIdentity:
 def _identity(pem: bytes) -> PeerIdentity:
     # Peers reuse one certificate for every call; parsing it once per certificate is enough.
     return identity_from_pem(pem)
+
+
+def full_method_name(service: ServiceDescriptor, method: str) -> str:
+    """The path gRPC names a method by, ``/<package>.<Service>/<Method>``, from the contract."""
+    return f"/{service.full_name}/{service.methods_by_name[method].name}"
+
+
+def service_roles(service: ServiceDescriptor, roles: frozenset[Role]) -> dict[str, frozenset[Role]]:
+    """An allow-list (for ``create_server``) admitting `roles` to every method of `service`."""
+    return {full_method_name(service, method.name): roles for method in service.methods}
 
 
 def create_server(

@@ -16,12 +16,14 @@ import numpy as np
 import numpy.typing as npt
 
 from cobrand.errors import InvalidRequest
+from cobrand.rpc import full_method_name
 from cobrand.v1 import training_pb2
 
 __all__ = ["EXCHANGE_METHOD", "pack_matrix", "pack_positions", "unpack_matrix", "unpack_positions"]
 
-_SERVICE = training_pb2.DESCRIPTOR.services_by_name["TrainingDataPlane"]
-EXCHANGE_METHOD: Final = f"/{_SERVICE.full_name}/{_SERVICE.methods_by_name['Exchange'].name}"
+EXCHANGE_METHOD: Final = full_method_name(
+    training_pb2.DESCRIPTOR.services_by_name["TrainingDataPlane"], "Exchange"
+)
 """Full method path of the one data-plane stream, for handlers, stubs and allow-lists."""
 
 _POSITION = np.dtype("<u4")

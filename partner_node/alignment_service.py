@@ -19,16 +19,15 @@ from cobrand.alignment_serde import (
     point_chunk_to_proto,
 )
 from cobrand.pki import Role
-from cobrand.rpc import ServicerAdder
+from cobrand.rpc import ServicerAdder, service_roles
 from cobrand.v1 import alignment_pb2, alignment_pb2_grpc
 from partner_node.psi_responder import PsiResponder
 
 __all__ = ["ALIGNMENT_ROLES", "AlignmentServicer", "alignment_service"]
 
-_SERVICE = alignment_pb2.DESCRIPTOR.services_by_name["AlignmentService"]
-ALIGNMENT_ROLES: dict[str, frozenset[Role]] = {
-    f"/{_SERVICE.full_name}/{method.name}": frozenset({Role.BANK}) for method in _SERVICE.methods
-}
+ALIGNMENT_ROLES = service_roles(
+    alignment_pb2.DESCRIPTOR.services_by_name["AlignmentService"], frozenset({Role.BANK})
+)
 """Who may call each AlignmentService method: the bank's node (role ``bank``) alone."""
 
 

@@ -12,16 +12,15 @@ import grpc
 
 from cobrand.pki import Role
 from cobrand.rounds_serde import plan_from_proto, progress_to_proto, status_to_proto
-from cobrand.rpc import ServicerAdder
+from cobrand.rpc import ServicerAdder, service_roles
 from cobrand.v1 import rounds_pb2, rounds_pb2_grpc
 from partner_node.training_runs import TrainingRuns
 
 __all__ = ["ROUNDS_ROLES", "PartnerRoundsServicer", "rounds_service"]
 
-_SERVICE = rounds_pb2.DESCRIPTOR.services_by_name["PartnerRounds"]
-ROUNDS_ROLES: dict[str, frozenset[Role]] = {
-    f"/{_SERVICE.full_name}/{method.name}": frozenset({Role.PARTNER}) for method in _SERVICE.methods
-}
+ROUNDS_ROLES = service_roles(
+    rounds_pb2.DESCRIPTOR.services_by_name["PartnerRounds"], frozenset({Role.PARTNER})
+)
 """Who may call each PartnerRounds method: the partner's own ClientApp (role ``partner``)."""
 
 

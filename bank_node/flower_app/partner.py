@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from flwr.app import Message
 from flwr.serverapp import Grid
-from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+from google.protobuf.message import DecodeError
 
 from cobrand.errors import FailedPrecondition, InvalidRequest, Unavailable
 from cobrand.flower_rounds import (

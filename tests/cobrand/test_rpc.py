@@ -19,7 +19,10 @@ from cobrand.rpc import (
     caller,
     create_channel,
     create_server,
+    full_method_name,
+    service_roles,
 )
+from cobrand.v1 import alignment_pb2
 from tests.conftest import ThrowAwayPki, forge_leaf
 
 SERVICE = "cobrand.test.Probe"
@@ -351,3 +354,15 @@ def test_insecure_server_warns_and_authenticates_nobody(caplog: pytest.LogCaptur
 def test_unbindable_address_is_a_config_error(throwaway_pki: ThrowAwayPki) -> None:
     with pytest.raises(ConfigError, match="cannot bind server address"):
         create_server(_add_probe, "256.0.0.1:0", throwaway_pki.tls("gateway"))
+
+
+def test_allow_lists_name_every_method_of_a_service_by_its_grpc_path() -> None:
+    service = alignment_pb2.DESCRIPTOR.services_by_name["AlignmentService"]
+
+    assert full_method_name(service, "OpenAlignment") == (
+        "/cobrand.v1.AlignmentService/OpenAlignment"
+    )
+    assert service_roles(service, frozenset({Role.BANK})) == {
+        f"/cobrand.v1.AlignmentService/{name}": frozenset({Role.BANK})
+        for name in ("OpenAlignment", "ReblindBankPoints", "FetchPartnerPoints", "CommitAlignment")
+    }
