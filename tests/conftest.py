@@ -3,7 +3,8 @@
 import os
 import tempfile
 
-# Before anything imports flwr: no telemetry, no update check, a throw-away FLWR_HOME.
+# Before anything imports flwr: no telemetry, no update check, a throw-away FLWR_HOME
+# (removed by pytest_unconfigure).
 os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
 os.environ["FLWR_DISABLE_UPDATE_CHECK"] = "1"
 os.environ["FLWR_HOME"] = tempfile.mkdtemp(prefix="cobrand-flwr-home-")
@@ -12,6 +13,7 @@ os.environ["FLWR_HOME"] = tempfile.mkdtemp(prefix="cobrand-flwr-home-")
 # --- A throw-away PKI, made once per test run (never committed keys or certificates) ----------
 # Imported after the environment is set: cobrand must not pull flwr in before that.
 import datetime as dt
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,11 @@ from cryptography.x509.oid import NameOID
 
 from cobrand import pki as _pki
 from cobrand.rpc import TlsFiles
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(os.environ["FLWR_HOME"], ignore_errors=True)
+
 
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 # holder -> (CA directory, role, hosts); the holder is also the certificate's name.
