@@ -1,0 +1,246 @@
+"""The model registry: versions round-trip, are written whole or not at all, refuse any file that
+differs from the manifest, and cross-party digests catch a peer holding other files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cobrand.errors import FailedPrecondition, InvalidRequest, UnknownModelVersion
+from cobrand.model_store import (
+    MANIFEST_FILE,
+    ModelDigests,
+    ModelStore,
+    manifest_digest,
+    model_version,
+    verify_peer,
+)
+
+MODEL = ModelDigests.of(
+    bank_weights=hashlib.sha256(b"bank").digest(),
+    partner_weights=hashlib.sha256(b"partner").digest(),
+    partner_preprocessor=hashlib.sha256(b"preprocessor").digest(),
+)
+FILES = {"bottom.pt": b"\x00weights\xff" * 10, "scaling.json": b'{"pdo": 20}\n'}
+
+
+def test_version_id_is_the_hash_of_both_weights_digests() -> None:
+    expected = hashlib.sha256(
+        hashlib.sha256(b"bank").digest() + hashlib.sha256(b"partner").digest()
+    ).hexdigest()[:16]
+
+    assert MODEL.version_id == expected
+    assert model_version(MODEL.bank_weights_sha256, MODEL.partner_weights_sha256) == expected
+
+
+def test_saved_version_loads_with_the_same_files_and_manifest(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "models")
+
+    saved = store.save("bank", MODEL, FILES)
+    loaded = store.load(MODEL.version_id)
+
+    assert store.versions() == [MODEL.version_id]
+    assert loaded.files == FILES
+    assert loaded.manifest == saved == store.manifest(MODEL.version_id)
+    assert saved.artefacts["bottom.pt"].sha256 == hashlib.sha256(FILES["bottom.pt"]).hexdigest()
+    assert saved.artefacts["bottom.pt"].size == len(FILES["bottom.pt"])
+    assert saved.party == "bank"
+    assert saved.peer_manifest_sha256 is None
+    assert loaded.document("scaling.json") == {"pdo": 20}
+
+
+def test_saving_a_saved_version_again_keeps_the_first(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    first = store.save("partner", MODEL, FILES)
+
+    again = store.save("partner", MODEL, {"bottom.pt": b"other bytes, same weights digest"})
+
+    assert again == first
+    assert store.load(MODEL.version_id).files == FILES
+
+
+def test_a_version_saved_by_the_other_party_in_the_same_registry_is_refused(
+    tmp_path: Path,
+) -> None:
+    store = ModelStore(tmp_path)
+    store.save("partner", MODEL, FILES)
+
+    with pytest.raises(FailedPrecondition, match="saved by the partner"):
+        store.save("bank", MODEL, FILES)
+
+
+def test_unknown_version_is_not_found_and_names_the_versions_held(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    store.save("bank", MODEL, FILES)
+
+    with pytest.raises(UnknownModelVersion, match=MODEL.version_id) as raised:
+        store.load("0123456789abcdef")
+    assert "0123456789abcdef" in str(raised.value)
+
+
+@pytest.mark.parametrize("version_id", ["../../etc", "ABCDEF0123456789", "abc"])
+def test_malformed_version_id_is_an_invalid_request(tmp_path: Path, version_id: str) -> None:
+    with pytest.raises(InvalidRequest, match="16 lower-case hexadecimal"):
+        ModelStore(tmp_path).load(version_id)
+
+
+def test_artefact_name_that_is_not_a_plain_file_name_is_refused(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+
+    for name in ("../escape.pt", "manifest.json", "Bottom.pt"):
+        with pytest.raises(InvalidRequest, match="plain file names"):
+            store.save("bank", MODEL, {name: b"x"})
+    assert store.versions() == []
+
+
+def test_a_flipped_byte_in_an_artefact_is_refused_naming_the_file(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    store.save("bank", MODEL, FILES)
+    path = tmp_path / MODEL.version_id / "bottom.pt"
+    data = bytearray(path.read_bytes())
+    data[3] ^= 0x01
+    path.write_bytes(bytes(data))
+
+    with pytest.raises(FailedPrecondition, match=r"bottom\.pt has .* SHA-256"):
+        store.load(MODEL.version_id)
+
+
+def test_a_missing_artefact_is_refused_naming_the_file(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    store.save("bank", MODEL, FILES)
+    (tmp_path / MODEL.version_id / "scaling.json").unlink()
+
+    with pytest.raises(FailedPrecondition, match=r"scaling\.json is missing"):
+        store.load(MODEL.version_id)
+
+
+def test_a_file_the_manifest_does_not_list_is_refused_naming_it(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    store.save("bank", MODEL, FILES)
+    (tmp_path / MODEL.version_id / "head.pt").write_bytes(b"planted")
+
+    with pytest.raises(FailedPrecondition, match=r"head\.pt is not in the manifest"):
+        store.load(MODEL.version_id)
+
+
+def test_a_manifest_naming_another_version_is_refused(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    store.save("bank", MODEL, FILES)
+    path = tmp_path / MODEL.version_id / MANIFEST_FILE
+    document = json.loads(path.read_text())
+    document["version_id"] = "0" * 16
+    path.write_text(json.dumps(document))
+
+    with pytest.raises(FailedPrecondition, match=r"manifest\.json: .*not the id"):
+        store.load(MODEL.version_id)
+
+
+def test_a_failure_before_the_rename_leaves_no_version_and_no_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ModelStore(tmp_path)
+
+    def crash(source: Path, target: Path) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "rename", crash)
+    with pytest.raises(OSError, match="disk full"):
+        store.save("bank", MODEL, FILES)
+
+    assert store.versions() == []
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(UnknownModelVersion):
+        store.load(MODEL.version_id)
+
+
+def test_a_writer_killed_mid_write_leaves_a_hidden_directory_never_listed_then_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ModelStore(tmp_path)
+    written = 0
+    real_fsync = os.fsync
+
+    def die_after_first_file(fd: int) -> None:
+        nonlocal written
+        real_fsync(fd)
+        written += 1
+        if written == 1:
+            # A kill leaves the partial directory behind: nothing gets to clean it up.
+            raise SystemExit
+
+    monkeypatch.setattr(os, "fsync", die_after_first_file)
+    monkeypatch.setattr(shutil, "rmtree", lambda *args, **kwargs: None)
+    with pytest.raises(SystemExit):
+        store.save("bank", MODEL, FILES)
+    monkeypatch.undo()
+    leftovers = [entry.name for entry in tmp_path.iterdir()]
+
+    assert len(leftovers) == 1
+    assert leftovers[0].startswith(".partial-")
+    assert store.versions() == []
+    store.save("bank", MODEL, FILES)
+    assert [entry.name for entry in tmp_path.iterdir()] == [MODEL.version_id]
+
+
+def test_recording_the_peer_digest_keeps_the_own_digest(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    saved = store.save("bank", MODEL, FILES)
+    peer = hashlib.sha256(b"partner manifest").digest()
+
+    recorded = store.record_peer(MODEL.version_id, peer)
+
+    assert recorded.peer_manifest_sha256 == peer.hex()
+    assert store.manifest(MODEL.version_id) == recorded
+    assert manifest_digest(recorded) == manifest_digest(saved)
+    assert store.record_peer(MODEL.version_id, peer) == recorded
+    with pytest.raises(FailedPrecondition, match="recorded already"):
+        store.record_peer(MODEL.version_id, hashlib.sha256(b"another").digest())
+
+
+def test_manifest_digest_changes_with_any_artefact(tmp_path: Path) -> None:
+    one = ModelStore(tmp_path / "one").save("bank", MODEL, FILES)
+    other = ModelStore(tmp_path / "two").save("bank", MODEL, {**FILES, "bottom.pt": b"changed"})
+
+    assert manifest_digest(one) != manifest_digest(other)
+
+
+def test_peer_holding_the_recorded_manifest_is_verified(tmp_path: Path) -> None:
+    partner = ModelStore(tmp_path / "partner").save("partner", MODEL, FILES)
+    bank_store = ModelStore(tmp_path / "bank")
+    bank_store.save("bank", MODEL, FILES, peer_manifest_sha256=manifest_digest(partner))
+
+    verify_peer(bank_store.manifest(MODEL.version_id), MODEL.version_id, manifest_digest(partner))
+
+
+def test_peer_holding_other_files_is_refused_with_both_digests(tmp_path: Path) -> None:
+    published = ModelStore(tmp_path / "partner").save("partner", MODEL, FILES)
+    changed = ModelStore(tmp_path / "changed").save("partner", MODEL, {"bottom.pt": b"retrained"})
+    bank = ModelStore(tmp_path / "bank").save(
+        "bank", MODEL, FILES, peer_manifest_sha256=manifest_digest(published)
+    )
+
+    with pytest.raises(FailedPrecondition) as raised:
+        verify_peer(bank, MODEL.version_id, manifest_digest(changed))
+
+    message = str(raised.value)
+    assert f"the partner holds manifest {manifest_digest(changed).hex()[:12]}" in message
+    assert f"the bank recorded {manifest_digest(published).hex()[:12]}" in message
+
+
+def test_peer_answering_for_another_version_is_refused(tmp_path: Path) -> None:
+    bank = ModelStore(tmp_path).save("bank", MODEL, FILES, peer_manifest_sha256=b"\x01" * 32)
+
+    with pytest.raises(FailedPrecondition, match="answered for version 0000000000000000"):
+        verify_peer(bank, "0" * 16, b"\x01" * 32)
+
+
+def test_version_without_a_recorded_peer_is_not_used(tmp_path: Path) -> None:
+    partner = ModelStore(tmp_path).save("partner", MODEL, FILES)
+
+    with pytest.raises(FailedPrecondition, match="no bank manifest recorded"):
+        verify_peer(partner, MODEL.version_id, b"\x01" * 32)
