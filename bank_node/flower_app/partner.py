@@ -65,16 +65,25 @@ class FlowerPartner:
     def status(self, run_id: str) -> PartnerStatus:
         """The partner's alignment, bottom width and progress of `run_id` (``query.status``)."""
         request = rounds_pb2.GetStatusRequest(run_id=run_id).SerializeToString()
-        reply = self._exchange(STATUS_MESSAGE, request, group="status")
+        reply = self.exchange(STATUS_MESSAGE, request, group="status")
         return status_from_proto(_parse(rounds_pb2.GetStatusResponse.FromString, reply))
 
     def plan_round(self, plan: RoundPlan) -> RunProgress:
         """Plan a round at the partner (``train.round``)."""
         request = plan_to_proto(plan).SerializeToString()
-        reply = self._exchange(ROUND_MESSAGE, request, group=str(plan.round))
+        reply = self.exchange(ROUND_MESSAGE, request, group=str(plan.round))
         return progress_from_proto(_parse(rounds_pb2.PlanRoundResponse.FromString, reply).run)
 
-    def _exchange(self, message_type: str, request: bytes, group: str) -> bytes:
+    def exchange(self, message_type: str, request: bytes, group: str) -> bytes:
+        """One message round trip: `request` to the partner's SuperNode, its reply's payload.
+
+        Raises
+        ------
+        Unavailable
+            The SuperLink refused the message, or no reply came within the timeout.
+        CobrandError
+            The partner answered with an error (`error_from_reply`).
+        """
         deadline = time.monotonic() + self._timeout
         message = Message(
             with_payload(REQUEST, request),
