@@ -39,6 +39,7 @@ __all__ = [
     "rank_curves",
     "save_test_scores",
     "score_histogram",
+    "scores_from_logits",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -122,6 +123,51 @@ def _first_bad(
             f"task {task!r}: {what} at test row {row} is {values[row]}, {expected} "
             f"({rows.size} such rows)"
         )
+
+
+def scores_from_logits(
+    full: Mapping[str, npt.NDArray[np.floating[Any]]],
+    bank_only: Mapping[str, npt.NDArray[np.floating[Any]]],
+    labels: Mapping[str, npt.NDArray[Any]],
+    classes: Mapping[str, tuple[str, ...]],
+) -> dict[str, TaskScores]:
+    """Both paths' logits per task as `TaskScores`, keeping the labelled rows only.
+
+    Labels follow `bank_node.evaluation.task_metrics`: NaN marks an unlabelled row of a binary
+    task, -1 of a K-class task. Probabilities are computed in float64, where logits up to about
+    36 stay below 1 (float32 rounds them to 1 from about 17, tying the riskiest rows).
+
+    Parameters
+    ----------
+    full, bank_only : mapping of task to ndarray
+        Logits, ``(n,)`` for a binary task, ``(n, K)`` for a K-class one.
+    labels : mapping of task to ndarray, each shape (n,)
+    classes : mapping of task to tuple of str
+        The class names of each K-class task (``CategoricalLabel.classes``).
+    """
+    result = {}
+    for task, values in labels.items():
+        binary = full[task].ndim == 1
+        truth = np.asarray(values, dtype=np.float64)
+        labelled = ~np.isnan(truth) if binary else truth >= 0
+        result[task] = TaskScores(
+            labels=truth[labelled].astype(np.int64),
+            full=_probabilities(full[task][labelled]),
+            bank_only=_probabilities(bank_only[task][labelled]),
+            classes=() if binary else classes[task],
+        )
+    return result
+
+
+def _probabilities(logits: npt.NDArray[np.floating[Any]]) -> FloatArray:
+    wide = logits.astype(np.float64)
+    if wide.ndim == 1:
+        # The tanh form of the sigmoid does not overflow for large negative logits.
+        sigmoid: FloatArray = 0.5 * (1.0 + np.tanh(wide / 2.0))
+        return sigmoid
+    exp = np.exp(wide - wide.max(axis=1, keepdims=True))
+    softmax: FloatArray = exp / exp.sum(axis=1, keepdims=True)
+    return softmax
 
 
 def save_test_scores(path: Path, scores: Mapping[str, TaskScores]) -> None:

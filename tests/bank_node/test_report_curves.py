@@ -1,6 +1,7 @@
 """The report's curves and tables on small inputs whose answers are known by hand."""
 
 import itertools
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from bank_node.report_curves import (
     rank_curves,
     save_test_scores,
     score_histogram,
+    scores_from_logits,
 )
 from cobrand.errors import ConfigError, InvalidRequest
 from cobrand.metrics import auc, ks
@@ -252,3 +254,27 @@ def test_loading_nan_scores_names_the_file_and_the_task(tmp_path: Path) -> None:
     np.savez(path, **arrays)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"nan\.npz: task 'risk': full-model score at test row 1"):
         load_test_scores(path)
+
+
+def test_scores_from_logits_keep_labelled_rows_as_probabilities() -> None:
+    logits = {
+        "risk": np.array([0.0, 20.0, 21.0, -1000.0, 3.0], dtype=np.float32),
+        "rights_package": np.array([[0.0, 0.0], [1000.0, 0.0], [0.0, 2.0], [1.0, 1.0], [0, 0]]),
+    }
+    labels = {
+        "risk": np.array([0.0, 1.0, 1.0, 0.0, np.nan], dtype=np.float32),
+        "rights_package": np.array([1, 0, -1, 1, 0]),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow on the large logits
+        scores = scores_from_logits(logits, logits, labels, {"rights_package": ("a", "b")})
+    risk, rights = scores["risk"], scores["rights_package"]
+    np.testing.assert_array_equal(risk.labels, [0, 1, 1, 0])
+    assert risk.full[0] == 0.5
+    assert risk.full[1] < risk.full[2] < 1.0  # float32 would tie them at 1
+    assert risk.full[3] == 0.0
+    np.testing.assert_array_equal(rights.labels, [1, 0, 1, 0])
+    np.testing.assert_allclose(rights.full, [[0.5, 0.5], [1.0, 0.0], [0.5, 0.5], [0.5, 0.5]])
+    assert rights.classes == ("a", "b")
+    risk.check("risk")
+    rights.check("rights_package")
