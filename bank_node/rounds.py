@@ -124,6 +124,12 @@ class _Commits:
     def trained(self, result: RoundResult, bank_sha256: bytes) -> None:
         self._trained[result.round] = (result, bank_sha256)
 
+    def partner_sha256(self, round_number: int) -> bytes:
+        """The partner's digest of a round trained (round 0: none yet, the run starts)."""
+        if round_number == 0:
+            return b""
+        return self._trained[round_number][0].partner_weights_sha256
+
     def confirm(self, progress: RunProgress) -> None:
         """Commit every trained round the partner's progress confirms."""
         for round_number in sorted(self._trained):
@@ -214,7 +220,10 @@ def train_run(
 
     def plan_partner_round(round_number: int, learning_rate: float) -> None:
         asked = time.perf_counter()
-        progress = partner.plan_round(RoundPlan(run_id, round_number, config.seed, learning_rate))
+        previous = commits.partner_sha256(round_number - 1)
+        progress = partner.plan_round(
+            RoundPlan(run_id, round_number, config.seed, learning_rate, previous_sha256=previous)
+        )
         if round_number == 1:
             commits.start(initial, progress)
         commits.confirm(progress)

@@ -27,13 +27,31 @@ from typing import Any, Final
 
 import torch
 
-from cobrand.errors import FailedPrecondition
+from cobrand.errors import FailedPrecondition, InvalidRequest
 from cobrand.weights import weights_digest
 
-__all__ = ["CheckpointDir", "RoundCheckpoint"]
+__all__ = ["CheckpointDir", "RoundCheckpoint", "run_directory"]
 
 _FORMAT: Final = 1
 _NAME: Final = re.compile(r"round-(\d+)\.pt")
+# A run id names a directory: no separators, no leading dot, nothing a shell would mangle.
+_RUN_ID: Final = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+
+
+def run_directory(runs_dir: Path, run_id: str) -> Path:
+    """``runs_dir/run_id``, the directory of one run's checkpoints.
+
+    Raises
+    ------
+    InvalidRequest
+        `run_id` could not be a directory name of its own (a separator, a leading dot...).
+    """
+    if not _RUN_ID.fullmatch(run_id):
+        raise InvalidRequest(
+            f"run id {run_id!r} cannot name a checkpoint directory: use letters, digits, '.', "
+            "'_' and '-' (not first), at most 128"
+        )
+    return runs_dir / run_id
 
 
 @dataclass(frozen=True)

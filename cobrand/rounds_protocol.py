@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from cobrand.alignment_store import AlignmentSummary
 from cobrand.errors import InvalidRequest
 
-__all__ = ["AlignmentVersion", "PartnerStatus", "RoundPlan", "RunProgress"]
+__all__ = ["DIGEST_BYTES", "AlignmentVersion", "PartnerStatus", "RoundPlan", "RunProgress"]
+
+DIGEST_BYTES = 32
+"""Length of every checkpoint, alignment and preprocessor digest (SHA-256)."""
 
 
 @dataclass(frozen=True)
@@ -62,26 +65,50 @@ class RoundPlan:
     ----------
     run_id : str
     round : int
-        1 starts the run.
+        1 starts the run; a later round continues from round ``round - 1``'s checkpoint.
     seed : int
         The run's seed (the partner's initial weights and dropout).
     learning_rate : float
+    epochs : int
+        Training passes in the round; the round completes with the last.
+    previous_sha256 : bytes
+        The partner's checkpoint digest of round ``round - 1``, the weights the round starts
+        from (restored from the partner's checkpoint file after a restart); empty only for
+        round 1 of a run starting afresh.
+    best_round : int
+        The round whose weights are the best so far, whose checkpoint the partner keeps.
     """
 
     run_id: str
     round: int
     seed: int
     learning_rate: float
+    epochs: int = 1
+    previous_sha256: bytes = b""
+    best_round: int = 0
 
     def __post_init__(self) -> None:
+        what = f"round plan of run {self.run_id!r}"
         if not self.run_id:
             raise InvalidRequest("round plan: run_id is empty")
         if self.round < 1:
-            raise InvalidRequest(f"round plan of run {self.run_id!r}: round must be at least 1")
+            raise InvalidRequest(f"{what}: round must be at least 1")
         if not math.isfinite(self.learning_rate) or self.learning_rate <= 0:
             raise InvalidRequest(
-                f"round plan of run {self.run_id!r}: learning_rate must be positive and "
-                f"finite, got {self.learning_rate}"
+                f"{what}: learning_rate must be positive and finite, got {self.learning_rate}"
+            )
+        if self.epochs < 1:
+            raise InvalidRequest(f"{what}: epochs must be at least 1, got {self.epochs}")
+        if len(self.previous_sha256) not in (
+            (0, DIGEST_BYTES) if self.round == 1 else (DIGEST_BYTES,)
+        ):
+            raise InvalidRequest(
+                f"{what}: previous_sha256 must be a {DIGEST_BYTES}-byte digest of round "
+                f"{self.round - 1}'s checkpoint, got {len(self.previous_sha256)} bytes"
+            )
+        if not 0 <= self.best_round < self.round:
+            raise InvalidRequest(
+                f"{what}: best_round {self.best_round} is not a round before {self.round}"
             )
 
 

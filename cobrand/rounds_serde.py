@@ -8,7 +8,13 @@ what the other decodes. Decoding refuses what the plain types cannot hold with `
 from __future__ import annotations
 
 from cobrand.errors import InvalidRequest
-from cobrand.rounds_protocol import AlignmentVersion, PartnerStatus, RoundPlan, RunProgress
+from cobrand.rounds_protocol import (
+    DIGEST_BYTES,
+    AlignmentVersion,
+    PartnerStatus,
+    RoundPlan,
+    RunProgress,
+)
 from cobrand.v1 import rounds_pb2
 
 __all__ = [
@@ -20,13 +26,17 @@ __all__ = [
     "status_to_proto",
 ]
 
-_DIGEST_BYTES = 32
-
 
 def plan_to_proto(plan: RoundPlan) -> rounds_pb2.PlanRoundRequest:
     """Encode a round plan."""
     return rounds_pb2.PlanRoundRequest(
-        run_id=plan.run_id, round=plan.round, seed=plan.seed, learning_rate=plan.learning_rate
+        run_id=plan.run_id,
+        round=plan.round,
+        seed=plan.seed,
+        learning_rate=plan.learning_rate,
+        epochs=plan.epochs,
+        previous_sha256=plan.previous_sha256,
+        best_round=plan.best_round,
     )
 
 
@@ -37,6 +47,9 @@ def plan_from_proto(message: rounds_pb2.PlanRoundRequest) -> RoundPlan:
         round=message.round,
         seed=message.seed,
         learning_rate=message.learning_rate,
+        epochs=message.epochs,
+        previous_sha256=message.previous_sha256,
+        best_round=message.best_round,
     )
 
 
@@ -102,5 +115,5 @@ def status_from_proto(message: rounds_pb2.GetStatusResponse) -> PartnerStatus:
 
 
 def _check_digest(value: bytes, what: str) -> None:
-    if len(value) != _DIGEST_BYTES:
-        raise InvalidRequest(f"{what} is {len(value)} bytes; a SHA-256 digest is {_DIGEST_BYTES}")
+    if len(value) != DIGEST_BYTES:
+        raise InvalidRequest(f"{what} is {len(value)} bytes; a SHA-256 digest is {DIGEST_BYTES}")

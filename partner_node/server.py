@@ -68,7 +68,11 @@ def start_partner_node(config: PartnerNodeConfig, progress: Progress | None = No
     responder = PsiResponder(federation, table.ids, config.data_dir, config.psi, progress)
     schema = load_party_schema(config.schema_file, federation)
     dataplane = DataPlaneService()
-    runs = TrainingRuns(AlignedTrainingSets(table, schema, config.data_dir), dataplane)
+    runs = TrainingRuns(
+        AlignedTrainingSets(table, schema, config.data_dir),
+        dataplane,
+        runs_dir=config.data_dir / "runs",
+    )
     server, port = create_server(
         [alignment_service(responder), dataplane.adder(), rounds_service(runs)],
         config.listen,

@@ -7,9 +7,16 @@ later round in it, so the bank's data-plane pass of that round is accepted. The 
 from a `TrainingSetSource`, loaded once per alignment and kept: torch, the model and the data live
 in this process, not in the ClientApp Flower starts for every message.
 
-Only one run is served at a time: round 1 of a new run replaces the previous one (its checkpoints
-are dropped with it). A round's checkpoint is the trainer's; a pass that does not finish rolls
-the weights back to the last completed round (``partner_node.trainer``).
+Only one run is served at a time: round 1 of a new run replaces the previous one in memory. A
+round's checkpoint is the trainer's, written under ``<data_dir>/runs/<run id>/``
+(``partner_node.run_checkpoints``); a pass that does not finish rolls the weights back to the
+last completed round (``partner_node.trainer``).
+
+Resuming. Every plan after round 1 names the checkpoint digest of the round it continues from.
+A node restarted mid-run (its operator, a crash) holds no run in memory; asked to plan round
+k+1, it restores the run from round k's checkpoint file, which must hold that digest and have
+been trained on the alignment and preprocessing the node holds now, or the plan is refused
+with `FailedPrecondition` naming the file.
 """
 
 from __future__ import annotations
@@ -18,13 +25,15 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-from cobrand.errors import FailedPrecondition, InvalidRequest
+from cobrand.errors import InvalidRequest
 from cobrand.preprocess import Encoded
 from cobrand.rounds_protocol import AlignmentVersion, PartnerStatus, RoundPlan, RunProgress
 from cobrand.split_model import BottomSpec
 from partner_node.dataplane_service import DataPlaneService
-from partner_node.trainer import PartnerTrainer
+from partner_node.run_checkpoints import RunCheckpoints
+from partner_node.trainer import PartnerTrainer, Restore
 
 __all__ = ["PartnerTrainingSet", "TrainingRuns", "TrainingSetSource"]
 
@@ -75,15 +84,23 @@ class TrainingRuns:
     source : TrainingSetSource
     dataplane : DataPlaneService
         The data plane each started run is attached to.
+    runs_dir : Path
+        Where each run's checkpoints are written, ``<data_dir>/runs``.
     max_pending_steps : int
         The pipeline depth each run's trainer accepts (see `PartnerTrainer`).
     """
 
     def __init__(
-        self, source: TrainingSetSource, dataplane: DataPlaneService, *, max_pending_steps: int = 4
+        self,
+        source: TrainingSetSource,
+        dataplane: DataPlaneService,
+        *,
+        runs_dir: Path,
+        max_pending_steps: int = 4,
     ) -> None:
         self._source = source
         self._dataplane = dataplane
+        self._runs_dir = runs_dir
         self._max_pending_steps = max_pending_steps
         self._run: _Run | None = None
         # Two runs' messages may arrive at once; starting and planning must not interleave.
@@ -103,45 +120,62 @@ class TrainingRuns:
         )
 
     def plan_round(self, plan: RoundPlan) -> RunProgress:
-        """Plan `plan.round` of its run; round 1 starts the run.
+        """Plan `plan.round` of its run; round 1 without a previous checkpoint starts the run.
 
         Raises
         ------
         FailedPrecondition
-            A round other than the one after the last completed (the trainer's check), or a
-            round after 1 of a run the partner does not hold.
+            A round the trainer cannot continue to (the trainer's check), or a run the partner
+            does not hold whose named checkpoint it cannot restore (`RunCheckpoints.read`).
         InvalidRequest
-            A seed other than the run's.
+            A seed other than the run's, or a run id that cannot name a directory.
         """
         with self._lock:
             held = self._run
             run = held if held is not None and held.trainer.run_id == plan.run_id else None
             if run is None:
-                if plan.round != 1:
-                    raise FailedPrecondition(
-                        f"unknown run {plan.run_id!r}: the partner holds "
-                        f"{repr(held.trainer.run_id) if held else 'no run'}; a run starts at "
-                        "round 1"
-                    )
                 run = self._start(plan)
             if plan.seed != run.seed:
                 raise InvalidRequest(
                     f"run {plan.run_id!r} started with seed {run.seed}; round {plan.round} "
                     f"names seed {plan.seed}"
                 )
-            run.trainer.plan_round(plan.round, learning_rate=plan.learning_rate)
+            run.trainer.plan_round(
+                plan.round,
+                learning_rate=plan.learning_rate,
+                epochs=plan.epochs,
+                previous_sha256=plan.previous_sha256 or None,
+                best_round=plan.best_round,
+            )
             run.planned = plan.round
             _LOG.info("[PartnerRounds.PlanRound] run %s: round %d planned", plan.run_id, plan.round)
             return _progress(run)
 
     def _start(self, plan: RoundPlan) -> _Run:
+        """Start `plan`'s run, or restore it from the checkpoint the plan continues from."""
         training_set = self._source()
+        alignment = training_set.alignment
+        checkpoints = RunCheckpoints(
+            self._runs_dir,
+            plan.run_id,
+            {
+                "alignment": f"{alignment.run_id}/{alignment.intersection_sha256.hex()}",
+                "preprocessing": training_set.preprocessor_sha256.hex(),
+            },
+        )
+        restore = (
+            Restore(plan.round - 1, plan.previous_sha256, plan.best_round)
+            if plan.previous_sha256
+            else None
+        )
         trainer = PartnerTrainer(
             plan.run_id,
             training_set.features,
             training_set.spec,
             seed=plan.seed,
             max_pending_steps=self._max_pending_steps,
+            checkpoints=checkpoints,
+            restore=restore,
         )
         if self._run is not None:
             _LOG.warning(
@@ -152,19 +186,19 @@ class TrainingRuns:
         self._run = _Run(trainer, plan.seed)
         self._dataplane.attach(trainer)
         _LOG.info(
-            "[PartnerRounds.PlanRound] run %s started on %d aligned rows (alignment %s)",
+            "[PartnerRounds.PlanRound] run %s %s on %d aligned rows (alignment %s)",
             plan.run_id,
+            f"resumed after round {restore.round}" if restore else "started",
             trainer.rows,
-            training_set.alignment.run_id,
+            alignment.run_id,
         )
         return self._run
 
 
 def _progress(run: _Run) -> RunProgress:
     trainer = run.trainer
-    completed = trainer.completed_rounds
     return RunProgress(
         run_id=trainer.run_id,
-        checkpoints=tuple(trainer.round_digest(r) for r in range(completed + 1)),
-        planned_round=run.planned if run.planned > completed else 0,
+        checkpoints=trainer.history,
+        planned_round=run.planned if run.planned > trainer.completed_rounds else 0,
     )

@@ -8,8 +8,8 @@ from unittest import mock
 import pytest
 import torch
 
-from cobrand.checkpoint_files import CheckpointDir, RoundCheckpoint
-from cobrand.errors import FailedPrecondition
+from cobrand.checkpoint_files import CheckpointDir, RoundCheckpoint, run_directory
+from cobrand.errors import FailedPrecondition, InvalidRequest
 from cobrand.weights import weights_digest
 
 
@@ -139,3 +139,13 @@ def test_keep_only_deletes_the_other_rounds(tmp_path: Path) -> None:
     checkpoints.keep_only({1, 3})
 
     assert checkpoints.rounds() == [1, 3]
+
+
+@pytest.mark.parametrize("run_id", ["../etc", "a/b", ".hidden", "", "x" * 129])
+def test_a_run_id_that_cannot_be_a_directory_name_is_refused(run_id: str) -> None:
+    with pytest.raises(InvalidRequest, match="cannot name a checkpoint directory"):
+        run_directory(Path("runs"), run_id)
+
+
+def test_a_flower_run_id_names_its_directory() -> None:
+    assert run_directory(Path("runs"), "8312664413904582312") == Path("runs/8312664413904582312")

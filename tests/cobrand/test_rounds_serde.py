@@ -33,12 +33,38 @@ STATUS = PartnerStatus(
 
 
 def test_plan_progress_and_status_survive_a_round_trip() -> None:
-    plan = RoundPlan("run-1", 3, 7, 2e-3)
+    plan = RoundPlan("run-1", 3, 7, 2e-3, epochs=2, previous_sha256=_digest("2"), best_round=1)
     without_run = dataclasses.replace(STATUS, run=None)
 
     assert plan_from_proto(plan_to_proto(plan)) == plan
     assert status_from_proto(status_to_proto(STATUS)) == STATUS
     assert status_from_proto(status_to_proto(without_run)) == without_run
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"epochs": 0}, "epochs must be at least 1, got 0"),
+        ({"previous_sha256": b""}, "previous_sha256 must be a 32-byte digest of round 2's"),
+        ({"previous_sha256": b"short"}, "got 5 bytes"),
+        ({"best_round": 3}, "best_round 3 is not a round before 3"),
+    ],
+)
+def test_a_plan_the_partner_cannot_follow_is_refused_naming_the_field(
+    fields: dict[str, object], message: str
+) -> None:
+    plan = rounds_pb2.PlanRoundRequest(
+        run_id="run-1", round=3, seed=0, learning_rate=1e-3, epochs=1, previous_sha256=_digest("2")
+    )
+    for name, value in fields.items():
+        setattr(plan, name, value)
+
+    with pytest.raises(InvalidRequest, match=message):
+        plan_from_proto(plan)
+
+
+def test_round_one_may_start_afresh_without_a_previous_checkpoint() -> None:
+    assert RoundPlan("run-1", 1, 0, 1e-3).previous_sha256 == b""
 
 
 def test_progress_without_a_round_zero_checkpoint_is_refused() -> None:

@@ -53,10 +53,10 @@ def _training_set() -> PartnerTrainingSet:
 
 
 @pytest.fixture(scope="module")
-def port(throwaway_pki: ThrowAwayPki) -> Iterator[int]:
+def port(throwaway_pki: ThrowAwayPki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """One partner server with both services, as partner_node serves them."""
     dataplane = DataPlaneService()
-    runs = TrainingRuns(_training_set, dataplane)
+    runs = TrainingRuns(_training_set, dataplane, runs_dir=tmp_path_factory.mktemp("runs"))
     server, bound = create_server(
         [dataplane.adder(), rounds_service(runs)],
         "127.0.0.1:0",
@@ -86,7 +86,13 @@ def bank_channel(throwaway_pki: ThrowAwayPki, port: int) -> Iterator[grpc.Channe
 
 
 def _plan(stub: Any, run: str, round_number: int, seed: int = 3) -> Any:
-    request = plan_to_proto(RoundPlan(run, round_number, seed, 1e-2))
+    """Plan a round as the bank does: continuing from the previous round's checkpoint."""
+    previous = b""
+    if round_number > 1:
+        held = status_from_proto(stub.GetStatus(rounds_pb2.GetStatusRequest(run_id=run))).run
+        assert held is not None
+        previous = held.checkpoints[round_number - 1]
+    request = plan_to_proto(RoundPlan(run, round_number, seed, 1e-2, previous_sha256=previous))
     return progress_from_proto(stub.PlanRound(request, timeout=TIMEOUT).run)
 
 
@@ -151,13 +157,19 @@ def test_the_bank_cannot_stream_a_round_before_the_control_plane_planned_it(
 def test_a_round_that_does_not_follow_the_last_completed_one_is_refused(rounds: Any) -> None:
     _plan(rounds, "run-c", 1)
 
-    skipped = _refusal(rounds.PlanRound, plan_to_proto(RoundPlan("run-c", 3, 3, 1e-2)))
-    unknown = _refusal(rounds.PlanRound, plan_to_proto(RoundPlan("run-never", 2, 3, 1e-2)))
+    digest = bytes(32)
+    skipped = _refusal(
+        rounds.PlanRound, plan_to_proto(RoundPlan("run-c", 3, 3, 1e-2, previous_sha256=digest))
+    )
+    unknown = _refusal(
+        rounds.PlanRound,
+        plan_to_proto(RoundPlan("run-never", 2, 3, 1e-2, previous_sha256=digest)),
+    )
 
     assert skipped.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "cannot plan round 3" in skipped.details()
     assert unknown.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "unknown run 'run-never'" in unknown.details()
+    assert "run-never/round-1.pt: no checkpoint of round 1" in unknown.details()
 
 
 def test_a_later_round_naming_another_seed_is_refused(
@@ -166,7 +178,8 @@ def test_a_later_round_naming_another_seed_is_refused(
     _plan(rounds, "run-d", 1, seed=3)
     _train_pass(bank_channel, "run-d", 1)
 
-    refused = _refusal(rounds.PlanRound, plan_to_proto(RoundPlan("run-d", 2, 9, 1e-2)))
+    later = RoundPlan("run-d", 2, 9, 1e-2, previous_sha256=bytes(32))
+    refused = _refusal(rounds.PlanRound, plan_to_proto(later))
 
     assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "started with seed 3" in refused.details()

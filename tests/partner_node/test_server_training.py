@@ -51,13 +51,19 @@ def test_a_round_planned_through_the_node_is_streamed_on_its_current_alignment(
             stream.send(gradient=np.zeros_like(stream.receive()))
             summary = stream.close()
         after = progress_from_proto(
-            rounds.PlanRound(plan_to_proto(RoundPlan("r1", 2, 0, 1e-3)), timeout=10.0).run
+            rounds.PlanRound(
+                plan_to_proto(RoundPlan("r1", 2, 0, 1e-3, previous_sha256=summary.weights_sha256)),
+                timeout=10.0,
+            ).run
         )
 
     with AlignmentStore(sites.partner_data) as store:
         assert status.alignment.intersection_sha256 == store.summary.intersection_digest
     assert summary.rows == sites.intersection
     assert after.checkpoints[1] == summary.weights_sha256
+    # Both rounds' checkpoints are on disk, under the node's data directory.
+    kept = sorted(p.name for p in (sites.partner_data / "runs" / "r1").iterdir())
+    assert kept == ["round-0.pt", "round-1.pt"]
 
 
 @pytest.mark.parametrize(
