@@ -383,8 +383,10 @@ def _confusion_plot(scores: TaskScores) -> str:
     for ax, (name, title, _) in zip(axes, _PATHS, strict=True):
         matrix = np.array(confusion_matrix(scores.labels, getattr(scores, name)))
         ax.imshow(matrix, cmap="Blues")
+        # The colour map spans min..max: white text only on the darker half of it.
+        dark = (int(matrix.min()) + int(matrix.max())) / 2
         for (row, column), count in np.ndenumerate(matrix):
-            colour = "white" if count > matrix.max() / 2 else "black"
+            colour = "white" if count > dark else "black"
             ax.text(column, row, f"{count:,}", ha="center", va="center", color=colour)
         # Class names are data: parse_math=False keeps a "$" from being read as TeX.
         ax.set_xticks(ticks, scores.classes, rotation=30, parse_math=False)
