@@ -6,10 +6,11 @@
 Both sides' tables are aligned first with private set intersection, as ``cobrand train`` does
 (timed, and excluded from the comparison). Then, in the same run and on the same aligned rows:
 
-- federated: what ``cobrand train`` runs after alignment (`train_aligned`): the partner node, the
-  bank's SuperLink (TLS, SuperNode authentication) and the partner's SuperNode on loopback, the
-  ServerApp driving the rounds over Flower and each round's pass over the data plane, and the
-  report; timed from starting the partner node to the report written. The ServerApp's own figure
+- federated: what ``cobrand train`` runs after alignment (`train_aligned`), with the partner
+  node that aligned still serving: the bank's SuperLink (TLS, SuperNode authentication) and the
+  partner's SuperNode on loopback, the ServerApp driving the rounds over Flower and each round's
+  pass over the data plane, the partner node loading its training set, and the report; timed
+  from starting the SuperLink to the report written. The ServerApp's own figure
   (loading the bank's rows, training, evaluation; ``training.seconds``) is printed beside it.
 - centralized: each side's rows loaded and encoded as its node does, joined in the alignment's
   order (bench only), and the same network trained on them in this one process with one torch
@@ -45,7 +46,7 @@ from cobrand import pki
 from cobrand.aligned_rows import aligned_table
 from cobrand.alignment_protocol import PsiSettings
 from cobrand.alignment_store import AlignmentStore
-from cobrand.commands.align import align_locally, tls_files
+from cobrand.commands.align import align_sites, local_sites, tls_files
 from cobrand.commands.train import train_aligned
 from cobrand.flower_local import LocalFederation, SuperLinkTls
 from cobrand.party_files import load_own_table
@@ -134,6 +135,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--synthetic", type=int, metavar="ALIGNED", help="synthetic customers")
     args = parser.parse_args()
+    training = TrainingSection.model_validate(
+        {"rounds": args.rounds, "patience": args.rounds, "batch_size": args.batch_size}
+        | {"seed": args.seed}
+    )
     # Flower starts the floor app's components by module name: bench is not installed.
     path = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
     os.environ["PYTHONPATH"] = os.pathsep.join(path)
@@ -144,32 +149,22 @@ def main() -> None:
             files = synthetic_files(args.synthetic, work / "set")
         else:
             what, files = "default credit", default_credit_files()
-        started = time.perf_counter()
-        alignment = align_locally(files, work / "train", PsiSettings())
-        align_seconds = time.perf_counter() - started
-        print(
-            f"bench.training_time: {what}: {alignment.summary.intersection_size:,} aligned "
-            f"(PSI {align_seconds:.1f} s, excluded), {args.rounds} rounds of one epoch, batch "
-            f"{args.batch_size}, seed {args.seed}, {os.cpu_count()} CPUs",
-            flush=True,
-        )
-        training = TrainingSection.model_validate(
-            {
-                "rounds": args.rounds,
-                "patience": args.rounds,
-                "batch_size": args.batch_size,
-                "seed": args.seed,
-            }
-        )
-        started = time.perf_counter()
-        report = train_aligned(
-            work / "train", alignment.summary, training, work / "train" / "report.json"
-        )
-        federated = time.perf_counter() - started
+        with local_sites(files, work / "sites", PsiSettings()) as sites:
+            started = time.perf_counter()
+            alignment = align_sites(sites)
+            print(
+                f"bench.training_time: {what}: {alignment.summary.intersection_size:,} aligned "
+                f"(PSI {time.perf_counter() - started:.1f} s, excluded), {args.rounds} rounds "
+                f"of one epoch, batch {args.batch_size}, seed {args.seed}, {os.cpu_count()} CPUs",
+                flush=True,
+            )
+            started = time.perf_counter()
+            report = train_aligned(sites, alignment.summary, training, work / "report.json")
+            federated = time.perf_counter() - started
         print(f"  federated done in {federated:.1f} s", flush=True)
-        centralized, test = _centralized(work / "train", training)
+        centralized, test = _centralized(sites.work, training)
         messages = report["training"]["rounds"] + 2
-        floor, startup = flower_floor(work / "train", messages)
+        floor, startup = flower_floor(sites.work, messages)
     _print_figures(report, federated, centralized, test)
     print(
         f"  Flower floor                  {floor:8.1f} s  (SuperLink and SuperNode start-up "

@@ -7,9 +7,10 @@ directory; the partner node runs as a separate process (``python -m partner_node
 in ``partner.log``); the bank runs in this process with progress bars. DIR holds a set as
 ``cobrand data synth`` writes it: ``federation.yaml``, ``{bank,partner}.schema.yaml`` and the two
 tables (``.csv`` or ``.parquet``). The settings files written are the ones each site would use.
-`align_locally` is the same run without the command line, for other commands (``cobrand demo``,
-``cobrand train``), which also start the partner node (`partner_process`) and write settings
-(`write_settings`) and certificates (`tls_files`) the same way.
+`align_locally` is the same run without the command line; other commands (``cobrand demo``,
+``cobrand train``) set the parties up with `local_sites` and keep its partner node serving
+after `align_sites`, to train on the alignment, and issue more certificates (`tls_files`) and
+settings files (`write_settings`) the same way.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -43,7 +45,15 @@ from cobrand.rpc import TlsFiles
 from cobrand.synth import DatasetFiles
 from partner_node.config import PartnerNodeConfig
 
-__all__ = ["align_locally", "partner_process", "run", "tls_files", "write_settings"]
+__all__ = [
+    "LocalSites",
+    "align_locally",
+    "align_sites",
+    "local_sites",
+    "run",
+    "tls_files",
+    "write_settings",
+]
 
 # Loading a partner table of millions of rows takes a while before the node serves.
 _PARTNER_START_TIMEOUT_S = 600.0
@@ -81,14 +91,88 @@ def run(
     )
 
 
-def align_locally(
-    files: DatasetFiles, work: Path, psi: PsiSettings, progress: Progress | None = None
-) -> AlignmentOutcome:
-    """Run both parties' sides of one alignment on this machine; return the bank's outcome.
+@dataclass(frozen=True)
+class LocalSites:
+    """Both parties' settings on this machine, with the partner node serving.
+
+    Attributes
+    ----------
+    work : Path
+        Their working directory: certificates, settings files, data directories, logs.
+    bank, partner : BankNodeConfig, PartnerNodeConfig
+        The settings written to ``work/bank.yaml`` and ``work/partner.yaml``; the bank's names
+        the serving partner node's address.
+    partner_port : int
+        The partner node's loopback port.
+    """
+
+    work: Path
+    bank: BankNodeConfig
+    partner: PartnerNodeConfig
+    partner_port: int
+
+
+@contextmanager
+def local_sites(files: DatasetFiles, work: Path, psi: PsiSettings) -> Iterator[LocalSites]:
+    """Set both parties up under `work` and run the partner node until the block ends.
 
     Each party gets a fresh CA and node certificate under ``work/pki``, its settings file
     (``work/{bank,partner}.yaml``) and data directory (``work/{bank,partner}-data``); the
-    partner node runs as a child process logging to ``work/partner.log``.
+    partner node runs as a child process logging to ``work/partner.log``, long-lived as at its
+    site: it serves the alignment and then the training on it.
+
+    Raises
+    ------
+    Unavailable
+        If the partner node does not start.
+    """
+    work = work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    bank_tls, partner_tls = _two_party_pki(work / "pki")
+    partner_config = PartnerNodeConfig(
+        federation=files.federation.resolve(),
+        schema=files.partner_schema.resolve(),
+        table=files.partner_table.resolve(),
+        listen=f"{_LOOPBACK}:0",
+        data_dir=work / "partner-data",
+        tls=partner_tls,
+        psi=psi,
+    )
+    partner_settings = write_settings(work / "partner.yaml", partner_config)
+    with _partner_process(partner_settings, work) as port:
+        bank_config = BankNodeConfig(
+            federation=files.federation.resolve(),
+            schema=files.bank_schema.resolve(),
+            table=files.bank_table.resolve(),
+            data_dir=work / "bank-data",
+            partner=PartnerEndpoint(address=f"{_LOOPBACK}:{port}"),
+            tls=bank_tls,
+            psi=psi,
+        )
+        write_settings(work / "bank.yaml", bank_config)
+        yield LocalSites(work, bank_config, partner_config, port)
+
+
+def align_sites(sites: LocalSites, progress: Progress | None = None) -> AlignmentOutcome:
+    """Align the two parties' tables; return the bank's outcome.
+
+    Raises
+    ------
+    FailedPrecondition
+        If the two persisted results disagree (they never should).
+    CobrandError, grpc.RpcError
+        As the run raises them.
+    """
+    outcome = align_with_partner(sites.bank, progress)
+    _check_agreement(sites.bank.data_dir, sites.partner.data_dir)
+    return outcome
+
+
+def align_locally(
+    files: DatasetFiles, work: Path, psi: PsiSettings, progress: Progress | None = None
+) -> AlignmentOutcome:
+    """Run both parties' sides of one alignment on this machine (`local_sites`, `align_sites`);
+    return the bank's outcome.
 
     Raises
     ------
@@ -99,32 +183,8 @@ def align_locally(
     CobrandError, grpc.RpcError
         As the run raises them.
     """
-    work.mkdir(parents=True, exist_ok=True)
-    bank_tls, partner_tls = _two_party_pki(work / "pki")
-    partner_config = PartnerNodeConfig(
-        federation=files.federation.resolve(),
-        schema=files.partner_schema.resolve(),
-        table=files.partner_table.resolve(),
-        listen=f"{_LOOPBACK}:0",
-        data_dir=(work / "partner-data").resolve(),
-        tls=partner_tls,
-        psi=psi,
-    )
-    partner_settings = write_settings(work / "partner.yaml", partner_config)
-    with partner_process(partner_settings, work) as port:
-        bank_config = BankNodeConfig(
-            federation=files.federation.resolve(),
-            schema=files.bank_schema.resolve(),
-            table=files.bank_table.resolve(),
-            data_dir=(work / "bank-data").resolve(),
-            partner=PartnerEndpoint(address=f"{_LOOPBACK}:{port}"),
-            tls=bank_tls,
-            psi=psi,
-        )
-        write_settings(work / "bank.yaml", bank_config)
-        outcome = align_with_partner(bank_config, progress)
-    _check_agreement(bank_config.data_dir, partner_config.data_dir)
-    return outcome
+    with local_sites(files, work, psi) as sites:
+        return align_sites(sites, progress)
 
 
 def _dataset_files(directory: Path) -> DatasetFiles:
@@ -169,7 +229,7 @@ def write_settings(path: Path, config: BaseModel) -> Path:
 
 
 @contextmanager
-def partner_process(settings: Path, work: Path) -> Iterator[int]:
+def _partner_process(settings: Path, work: Path) -> Iterator[int]:
     """The partner node as a child process, from start (yielding its port) to a graceful stop."""
     port_file, log_path = work / "partner.port", work / "partner.log"
     port_file.unlink(missing_ok=True)

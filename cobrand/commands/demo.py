@@ -28,7 +28,7 @@ from bank_node.report import summary_lines
 from bank_node.training_job import TrainingSection
 from cobrand import pki
 from cobrand.alignment_protocol import PsiSettings
-from cobrand.commands.align import align_locally
+from cobrand.commands.align import align_sites, local_sites
 from cobrand.commands.exits import cli_errors
 from cobrand.commands.progress import ProgressBars
 from cobrand.commands.train import train_aligned
@@ -68,19 +68,20 @@ def run(
         ):
             _load_and_fit(party, federation, schema_path, table_path)
         _section("3. private alignment: ECDH-PSI, partner node as its own process, mutual TLS")
-        with ProgressBars() as progress:
-            outcome = align_locally(files, out / "align", PsiSettings(), progress)
-        for line in outcome_lines(outcome):
-            typer.echo(line)
-        _section("4. federated training: Flower control plane, gRPC data plane, mutual TLS")
-        with ProgressBars() as progress:
-            report = train_aligned(
-                out / "align",
-                outcome.summary,
-                TrainingSection.model_validate({"rounds": rounds}),
-                out / "report.json",
-                progress,
-            )
+        with local_sites(files, out / "align", PsiSettings()) as sites:
+            with ProgressBars() as progress:
+                outcome = align_sites(sites, progress)
+            for line in outcome_lines(outcome):
+                typer.echo(line)
+            _section("4. federated training: Flower control plane, gRPC data plane, mutual TLS")
+            with ProgressBars() as progress:
+                report = train_aligned(
+                    sites,
+                    outcome.summary,
+                    TrainingSection.model_validate({"rounds": rounds}),
+                    out / "report.json",
+                    progress,
+                )
         for line in summary_lines(report):
             typer.echo(line)
         _section("5. a stranger's certificate is refused")

@@ -2,9 +2,9 @@
 
 The local run of what two sites run apart, in order:
 
-1. private alignment of the job's tables (`align_locally`: each party's CA, certificates,
-   settings and data directory under ``OUT/work``);
-2. the partner node again as its own process, now serving training on that alignment;
+1. each party's CA, certificates, settings and data directory under ``OUT/work``, and the
+   partner node as its own long-lived process (`local_sites`);
+2. private alignment of the job's tables (`align_sites`);
 3. the bank's SuperLink (TLS, SuperNode authentication) with the bank trainer's settings
    (``trainer.yaml``) in its environment, and the partner's SuperNode, registered with its own
    key, whose ClientApp reaches the partner node with the partner's certificate
@@ -13,7 +13,7 @@ The local run of what two sites run apart, in order:
    through the run's journal with a progress bar over rounds;
 5. ``OUT/report.json`` (`bank_node.report`) from the alignment and the journal's last event.
 
-`train_aligned` is steps 2 to 5 on an alignment already made (``cobrand demo``). The
+`train_aligned` is steps 3 to 5 on sites already aligned (``cobrand demo``). The
 SuperLink's server certificate and the trainer's data-plane certificate (role
 ``bank-trainer``) are issued from the bank's CA; nothing leaves ``OUT/work`` but the report.
 """
@@ -27,7 +27,6 @@ from typing import Annotated, Any
 import typer
 
 import bank_node.flower_app
-from bank_node.config import BankNodeConfig, PartnerEndpoint
 from bank_node.report import summary_lines, training_report, write_report
 from bank_node.run_journal import read_journal
 from bank_node.trainer_config import TRAINER_CONFIG_ENV, TrainerConfig
@@ -35,13 +34,17 @@ from bank_node.training_job import TrainingJob, TrainingSection, load_job
 from cobrand import pki
 from cobrand.alignment_protocol import Progress, PsiSettings
 from cobrand.alignment_store import AlignmentSummary
-from cobrand.commands.align import align_locally, partner_process, tls_files, write_settings
+from cobrand.commands.align import (
+    LocalSites,
+    align_sites,
+    local_sites,
+    tls_files,
+    write_settings,
+)
 from cobrand.commands.exits import cli_errors
 from cobrand.commands.progress import ProgressBars
 from cobrand.errors import FailedPrecondition
 from cobrand.flower_local import LocalFederation, SuperLinkTls
-from cobrand.settings import load_settings
-from partner_node.config import PartnerNodeConfig
 
 __all__ = ["run", "train_aligned", "train_locally"]
 
@@ -77,25 +80,28 @@ def _work(job: TrainingJob) -> Path:
 def train_locally(
     job: TrainingJob, psi: PsiSettings, progress: Progress | None = None
 ) -> dict[str, Any]:
-    """Align the job's tables, then train on them (`train_aligned`); return the report written."""
-    work = _work(job)
-    alignment = align_locally(job.dataset_files, work, psi, progress)
-    return train_aligned(work, alignment.summary, job.training, job.out / "report.json", progress)
+    """Align the job's tables, then train on them (`train_aligned`) with the same partner node;
+    return the report written."""
+    with local_sites(job.dataset_files, _work(job), psi) as sites:
+        alignment = align_sites(sites, progress)
+        return train_aligned(
+            sites, alignment.summary, job.training, job.out / "report.json", progress
+        )
 
 
 def train_aligned(
-    work: Path,
+    sites: LocalSites,
     alignment: AlignmentSummary,
     training: TrainingSection,
     report_path: Path,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Train on the alignment `align_locally` left in `work`; write and return the report.
+    """Train on the sites' alignment, their partner node serving; write and return the report.
 
     Parameters
     ----------
-    work : Path
-        `align_locally`'s working directory: its settings, certificates and data directories.
+    sites : LocalSites
+        Both parties set up by `local_sites`, aligned by `align_sites`.
     alignment : AlignmentSummary
         The bank's result of that alignment.
     training : TrainingSection
@@ -114,39 +120,32 @@ def train_aligned(
         As the Flower processes and the partner node raise them.
     """
     # Flower's processes run in their own directory: every path handed to them is absolute.
-    work = work.resolve()
-    partner = load_settings(PartnerNodeConfig, work / "partner.yaml")
-    bank = load_settings(BankNodeConfig, work / "bank.yaml")
-    if bank.tls is None or partner.tls is None:
-        raise FailedPrecondition(f"{work}: the alignment's settings name no TLS files")
-    bank_ca = bank.tls.ca_bundle.parent
+    work, partner_tls = sites.work, sites.partner.tls
+    if sites.bank.tls is None or partner_tls is None:
+        raise FailedPrecondition(f"{work}: the sites' settings name no TLS files")
+    bank_ca = sites.bank.tls.ca_bundle.parent
     superlink = tls_files(bank_ca, pki.issue(bank_ca, pki.Role.BANK, "superlink", (_LOOPBACK,)))
     trainer_tls = tls_files(bank_ca, pki.issue(bank_ca, pki.Role.BANK_TRAINER, "bank-trainer"))
-    with partner_process(work / "partner.yaml", work) as port:
-        bank_settings = write_settings(
-            work / "bank.yaml",
-            bank.model_copy(update={"partner": PartnerEndpoint(address=f"{_LOOPBACK}:{port}")}),
+    trainer_settings = write_settings(
+        work / "trainer.yaml",
+        TrainerConfig(bank=work / "bank.yaml", runs_dir=work / "runs", tls=trainer_tls),
+    )
+    with LocalFederation(
+        work / "flower",
+        SuperLinkTls(ca_cert=bank_ca / pki.CA_CERT, cert=superlink.cert, key=superlink.key),
+        superlink_env={TRAINER_CONFIG_ENV: str(trainer_settings)},
+    ) as federation:
+        federation.start_superlink()
+        federation.start_supernode(
+            {
+                "partner-node": f"{_LOOPBACK}:{sites.partner_port}",
+                "ca-bundle": str(partner_tls.ca_bundle),
+                "cert": str(partner_tls.cert),
+                "key": str(partner_tls.key),
+            }
         )
-        trainer_settings = write_settings(
-            work / "trainer.yaml",
-            TrainerConfig(bank=bank_settings, runs_dir=work / "runs", tls=trainer_tls),
-        )
-        with LocalFederation(
-            work / "flower",
-            SuperLinkTls(ca_cert=bank_ca / pki.CA_CERT, cert=superlink.cert, key=superlink.key),
-            superlink_env={TRAINER_CONFIG_ENV: str(trainer_settings)},
-        ) as federation:
-            federation.start_superlink()
-            federation.start_supernode(
-                {
-                    "partner-node": f"{_LOOPBACK}:{port}",
-                    "ca-bundle": str(partner.tls.ca_bundle),
-                    "cert": str(partner.tls.cert),
-                    "key": str(partner.tls.key),
-                }
-            )
-            run_id = federation.run(_APP, training.run_config)
-            finished = _follow(federation, run_id, work / "runs", training.rounds, progress)
+        run_id = federation.run(_APP, training.run_config)
+        finished = _follow(federation, run_id, work / "runs", training.rounds, progress)
     report = training_report(str(run_id), alignment, finished)
     write_report(report_path, report)
     return report
