@@ -1,0 +1,419 @@
+"""The bank's half of a model version: its networks and preprocessing, and what serving needs.
+
+`save_bank_version` runs at the end of a training run, with the run's best round restored in the
+bank's modules, and saves under the version id of the bank's and the partner's weights digests:
+
+    bank_bottom.pt, head.pt      the bank's bottom and head state dicts
+    bank_preprocessor.json       the bank's fitted preprocessing (its file hash is its digest)
+    model.json                   tasks and output widths, the bottom's and head's sizes and the
+                                 partner's embedding width: what rebuilds the networks
+    score_scaling.json           `ScoreScaling`: points from the risk probability
+    reason_codes.json            one code per bank feature (``B01``... in the preprocessor's
+                                 order: numeric features, then categorical, each in schema order)
+                                 with its reference value and text, and ``P01``, the partner's
+                                 contribution as one reason that names no partner feature
+    monitoring_baseline.json     on the training rows: bins and shares of each binary task's
+                                 predicted probability and of each bank feature (numeric ones in
+                                 raw units, clipped as the preprocessor clips them)
+    calibration.json             per binary task, `calibration_check` on the labelled test rows
+
+`load_bank_version` reads it back whole (every file checked against the manifest), rebuilds the
+networks and checks their weights against the digest the version id is made of.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+import pydantic
+import torch
+from pydantic import ConfigDict, TypeAdapter
+from torch import nn
+
+from bank_node.monitoring_baseline import CategoryBins, NumericBins
+from bank_node.serving_reference import (
+    CalibrationCheck,
+    FeatureReference,
+    ScoreScaling,
+    calibration_check,
+    category_reference,
+    numeric_reference,
+)
+from bank_node.training_data import TEST, TRAIN, BankTrainingData
+from cobrand.errors import FailedPrecondition, InvalidRequest
+from cobrand.model_artefacts import (
+    bottom_sizes,
+    json_bytes,
+    load_bottom,
+    load_preprocessor,
+    load_state_dict,
+    state_dict_bytes,
+)
+from cobrand.model_store import Manifest, ModelDigests, ModelStore, StoredVersion
+from cobrand.preprocess import MISSING_INDEX, UNSEEN_INDEX, Preprocessor
+from cobrand.split_model import BottomModel, HeadModel
+from cobrand.weights import weights_digest
+
+__all__ = [
+    "BANK_BOTTOM",
+    "BANK_PREPROCESSOR",
+    "CALIBRATION",
+    "HEAD",
+    "MODEL_SHAPE",
+    "MONITORING_BASELINE",
+    "PARTNER_REASON",
+    "REASON_CODES",
+    "SCORE_SCALING",
+    "BankVersion",
+    "MonitoringBaseline",
+    "PartnerReason",
+    "ReasonCodes",
+    "bank_weights_digest",
+    "load_bank_version",
+    "save_bank_version",
+]
+
+_LOG = logging.getLogger(__name__)
+
+BANK_BOTTOM: Final = "bank_bottom.pt"
+HEAD: Final = "head.pt"
+BANK_PREPROCESSOR: Final = "bank_preprocessor.json"
+MODEL_SHAPE: Final = "model.json"
+SCORE_SCALING: Final = "score_scaling.json"
+REASON_CODES: Final = "reason_codes.json"
+MONITORING_BASELINE: Final = "monitoring_baseline.json"
+CALIBRATION: Final = "calibration.json"
+
+_CALIBRATION_BINS: Final = 10
+_BASELINE_BINS: Final = 10
+
+
+class _Frozen(pydantic.BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class PartnerReason(_Frozen):
+    """The partner's contribution as one reason: the score with the partner slice against
+    the score without it (the head's bank-only path). Names no partner feature."""
+
+    code: str = "P01"
+    text: str = "The customer's relationship with the co-brand partner lowered the score"
+
+
+PARTNER_REASON: Final = PartnerReason()
+
+
+class ReasonCodes(_Frozen):
+    """A version's reason codes: one per bank feature, then the partner's."""
+
+    bank: tuple[FeatureReference, ...]
+    partner: PartnerReason
+
+
+class MonitoringBaseline(_Frozen):
+    """What production is compared with: bins and shares on the training rows.
+
+    Attributes
+    ----------
+    rows : int
+        Training rows the shares come from.
+    scores : mapping of str to NumericBins
+        Per binary task, its predicted probability of the event.
+    numeric : mapping of str to NumericBins
+        Per numeric bank feature, in raw units.
+    categorical : mapping of str to CategoryBins
+        Per categorical bank feature.
+    """
+
+    rows: int
+    scores: dict[str, NumericBins]
+    numeric: dict[str, NumericBins]
+    categorical: dict[str, CategoryBins]
+
+
+_CALIBRATIONS = TypeAdapter(dict[str, CalibrationCheck | None])
+_Document = TypeVar("_Document")
+
+
+@dataclass(frozen=True)
+class BankVersion:
+    """The bank's half of a model version, checked and ready to serve.
+
+    Attributes
+    ----------
+    manifest : Manifest
+    preprocessor : Preprocessor
+    bottom : BottomModel
+    head : HeadModel
+        Both in evaluation mode.
+    tasks : mapping of str to int
+        Output width per task: 1 binary, K for a K-class task.
+    scaling : ScoreScaling
+    reasons : ReasonCodes
+    baseline : MonitoringBaseline
+    calibration : mapping of str to CalibrationCheck or None
+        Per binary task; None where the test rows had fewer labelled rows than bins.
+    """
+
+    manifest: Manifest
+    preprocessor: Preprocessor
+    bottom: BottomModel
+    head: HeadModel
+    tasks: Mapping[str, int]
+    scaling: ScoreScaling
+    reasons: ReasonCodes
+    baseline: MonitoringBaseline
+    calibration: dict[str, CalibrationCheck | None]
+
+
+def bank_weights_digest(
+    bottom: Mapping[str, torch.Tensor], head: Mapping[str, torch.Tensor]
+) -> bytes:
+    """`weights_digest` of the bank's bottom and head as one checkpoint (names prefixed)."""
+    return weights_digest(
+        {
+            **{f"bottom.{name}": tensor for name, tensor in bottom.items()},
+            **{f"head.{name}": tensor for name, tensor in head.items()},
+        }
+    )
+
+
+def save_bank_version(
+    store: ModelStore,
+    *,
+    bottom: BottomModel,
+    head: HeadModel,
+    preprocessor: Preprocessor,
+    data: BankTrainingData,
+    probabilities: Mapping[str, npt.NDArray[np.floating[Any]]],
+    partner_weights_sha256: bytes,
+    partner_preprocessor_sha256: bytes,
+    scaling: ScoreScaling | None = None,
+) -> Manifest:
+    """Save the bank's half of the trained model as a version.
+
+    Parameters
+    ----------
+    store : ModelStore
+        The bank's registry.
+    bottom, head : BottomModel, HeadModel
+        The bank's modules with the chosen round's weights.
+    preprocessor : Preprocessor
+        The bank's preprocessing that encoded `data`.
+    data : BankTrainingData
+        The run's aligned rows (features, labels, split).
+    probabilities : mapping of str to ndarray, each shape (n,)
+        Per binary task, the full model's predicted probability of the event for every
+        aligned row (train rows for the baseline, test rows for calibration).
+    partner_weights_sha256 : bytes
+        The partner's weights digest of the chosen round, as the run committed it.
+    partner_preprocessor_sha256 : bytes
+        The partner preprocessing's digest the run checked.
+    scaling : ScoreScaling, optional
+        Defaults to 600 points at odds 50:1 good to bad, 20 points to double the odds.
+
+    Returns
+    -------
+    Manifest
+        Its ``version_id`` is the run's model version.
+
+    Raises
+    ------
+    InvalidRequest
+        A binary task without probabilities, or probabilities of another length or outside
+        [0, 1] (the task is named).
+    """
+    binary = [task for task, width in data.tasks.items() if width == 1]
+    for task in binary:
+        given = probabilities.get(task)
+        if given is None or np.shape(given) != data.split.shape:
+            raise InvalidRequest(
+                f"task {task}: needs a probability per aligned row ({data.split.size}), got "
+                f"{'none' if given is None else np.shape(given)}"
+            )
+    bottom_state, head_state = bottom.state_dict(), head.state_dict()
+    model = ModelDigests.of(
+        bank_weights=bank_weights_digest(bottom_state, head_state),
+        partner_weights=partner_weights_sha256,
+        partner_preprocessor=partner_preprocessor_sha256,
+    )
+    train, test = data.split == TRAIN, data.split == TEST
+    scores = {task: np.asarray(probabilities[task], dtype=np.float64) for task in binary}
+    calibration = {
+        task: (
+            calibration_check(y_true=data.labels[task][test], y_score=scores[task][test])
+            if np.count_nonzero(~np.isnan(data.labels[task][test])) >= _CALIBRATION_BINS
+            else None
+        )
+        for task in binary
+    }
+    files = {
+        BANK_BOTTOM: state_dict_bytes(bottom_state),
+        HEAD: state_dict_bytes(head_state),
+        BANK_PREPROCESSOR: preprocessor.to_json().encode("ascii"),
+        MODEL_SHAPE: json_bytes(_model_shape(bottom, head)),
+        SCORE_SCALING: json_bytes((scaling or ScoreScaling()).model_dump(mode="json")),
+        REASON_CODES: json_bytes(_reason_codes(preprocessor, data, train).model_dump(mode="json")),
+        MONITORING_BASELINE: json_bytes(
+            _baseline(preprocessor, data, train, scores).model_dump(mode="json")
+        ),
+        CALIBRATION: json_bytes(_CALIBRATIONS.dump_python(calibration, mode="json")),
+    }
+    manifest = store.save("bank", model, files)
+    _LOG.info("[ModelRegistry] bank model version %s saved", manifest.version_id)
+    return manifest
+
+
+def load_bank_version(store: ModelStore, version_id: str) -> BankVersion:
+    """Read the bank's half of a version, rebuild its networks and check their weights.
+
+    Raises
+    ------
+    UnknownModelVersion
+        The bank holds no such version.
+    FailedPrecondition
+        A file differs from the manifest, does not parse (named), or the weights are not the
+        ones the version id names.
+    """
+    version = store.load(version_id)
+    preprocessor = load_preprocessor(version, BANK_PREPROCESSOR)
+    shape = version.document(MODEL_SHAPE)
+    try:
+        bottom = load_bottom(version, BANK_BOTTOM, shape["bank_bottom"], preprocessor)
+        head = HeadModel(
+            bottom.spec.embedding_width,
+            shape["partner_embedding_width"],
+            shape["tasks"],
+            hidden=shape["head"]["hidden"],
+            dropout=shape["head"]["dropout"],
+        )
+        head.load_state_dict(load_state_dict(version, HEAD))
+    except (KeyError, TypeError, RuntimeError) as err:
+        raise FailedPrecondition(
+            f"model version {version_id}: {MODEL_SHAPE} and {HEAD} do not rebuild the head: {err}"
+        ) from err
+    head.eval()
+    digest = bank_weights_digest(bottom.state_dict(), head.state_dict())
+    if digest.hex() != version.manifest.model.bank_weights_sha256:
+        raise FailedPrecondition(
+            f"model version {version_id}: the bank's weights hash to {digest.hex()[:12]}, the "
+            f"version names {version.manifest.model.bank_weights_sha256[:12]}"
+        )
+    return BankVersion(
+        manifest=version.manifest,
+        preprocessor=preprocessor,
+        bottom=bottom,
+        head=head,
+        tasks=dict(shape["tasks"]),
+        scaling=_parsed(version, SCORE_SCALING, TypeAdapter(ScoreScaling)),
+        reasons=_parsed(version, REASON_CODES, TypeAdapter(ReasonCodes)),
+        baseline=_parsed(version, MONITORING_BASELINE, TypeAdapter(MonitoringBaseline)),
+        calibration=_parsed(version, CALIBRATION, _CALIBRATIONS),
+    )
+
+
+def _model_shape(bottom: BottomModel, head: HeadModel) -> dict[str, Any]:
+    first, dropout = head.trunk[0], head.trunk[2]
+    assert isinstance(first, nn.Linear)
+    assert isinstance(dropout, nn.Dropout)
+    tasks = {}
+    for task, layer in head.outputs.items():
+        assert isinstance(layer, nn.Linear)
+        tasks[task] = layer.out_features
+    return {
+        "tasks": tasks,
+        "bank_bottom": bottom_sizes(bottom.spec),
+        # The head's input is both embeddings and the partner-missing flag.
+        "partner_embedding_width": first.in_features - bottom.spec.embedding_width - 1,
+        "head": {"hidden": first.out_features, "dropout": dropout.p},
+    }
+
+
+def _reason_codes(
+    preprocessor: Preprocessor, data: BankTrainingData, train: npt.NDArray[np.bool_]
+) -> ReasonCodes:
+    numeric = data.features.numeric[train]
+    categorical = data.features.categorical[train]
+    indicator = len(preprocessor.numeric)
+    references: list[FeatureReference] = []
+    for j, state in enumerate(preprocessor.numeric):
+        median = numeric_reference(numeric[:, j])
+        inputs = [(j, median)]
+        if state.missing_indicator:
+            inputs.append((indicator, 0.0))
+            indicator += 1
+        references.append(
+            FeatureReference(
+                code=f"B{len(references) + 1:02d}",
+                feature=state.name,
+                kind="numeric",
+                text=f"{state.name} of {{value}} lowered the score",
+                reference=f"{median * state.scale + state.median:.6g}",
+                numeric=tuple(inputs),
+            )
+        )
+    for j, category in enumerate(preprocessor.categorical):
+        index = category_reference(categorical[:, j])
+        references.append(
+            FeatureReference(
+                code=f"B{len(references) + 1:02d}",
+                feature=category.name,
+                kind="categorical",
+                text=f"{category.name} '{{value}}' lowered the score",
+                reference=_category_name(category.vocabulary, index),
+                categorical=((j, index),),
+            )
+        )
+    return ReasonCodes(bank=tuple(references), partner=PARTNER_REASON)
+
+
+def _category_name(vocabulary: tuple[str, ...], index: int) -> str:
+    if index == MISSING_INDEX:
+        return "missing"
+    if index == UNSEEN_INDEX:
+        return "other"
+    # Known categories are indexed from just after the unseen index, in vocabulary order.
+    return vocabulary[index - (UNSEEN_INDEX + 1)]
+
+
+def _baseline(
+    preprocessor: Preprocessor,
+    data: BankTrainingData,
+    train: npt.NDArray[np.bool_],
+    scores: Mapping[str, npt.NDArray[np.float64]],
+) -> MonitoringBaseline:
+    numeric = data.features.numeric[train].astype(np.float64)
+    categorical = data.features.categorical[train]
+    indicator = len(preprocessor.numeric)
+    numeric_bins = {}
+    for j, state in enumerate(preprocessor.numeric):
+        raw = numeric[:, j] * state.scale + state.median
+        if state.missing_indicator:
+            raw[numeric[:, indicator] == 1.0] = np.nan
+            indicator += 1
+        numeric_bins[state.name] = NumericBins.fit(raw, _BASELINE_BINS)
+    return MonitoringBaseline(
+        rows=int(train.sum()),
+        scores={
+            task: NumericBins.fit(score[train], _BASELINE_BINS) for task, score in scores.items()
+        },
+        numeric=numeric_bins,
+        categorical={
+            state.name: CategoryBins.fit(categorical[:, j], state.vocabulary)
+            for j, state in enumerate(preprocessor.categorical)
+        },
+    )
+
+
+def _parsed(version: StoredVersion, name: str, adapter: TypeAdapter[_Document]) -> _Document:
+    try:
+        return adapter.validate_python(version.document(name))
+    except pydantic.ValidationError as err:
+        raise FailedPrecondition(
+            f"model version {version.manifest.version_id}: {name}: {err.errors()[0]['msg']}"
+        ) from err

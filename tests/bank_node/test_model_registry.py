@@ -1,0 +1,260 @@
+"""The bank's half of a model version: saved and rebuilt with the same outputs, with reason-code
+references, a monitoring baseline and a calibration check computed from the run's rows."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import torch
+
+from bank_node.model_registry import (
+    HEAD,
+    MODEL_SHAPE,
+    bank_weights_digest,
+    load_bank_version,
+    save_bank_version,
+)
+from bank_node.serving_reference import ScoreScaling, adverse_reasons, attribution_batch
+from bank_node.training_data import TEST, TRAIN, BankTrainingData
+from cobrand.errors import FailedPrecondition, InvalidRequest, UnknownModelVersion
+from cobrand.model_artefacts import state_dict_bytes
+from cobrand.model_store import MANIFEST_FILE, ModelStore, model_version
+from cobrand.preprocess import Preprocessor
+from cobrand.split_model import BottomModel, BottomSpec, HeadModel
+from tests.model_parts import fitted_table
+
+PARTNER_WEIGHTS = hashlib.sha256(b"partner weights").digest()
+PARTNER_PREPROCESSOR = hashlib.sha256(b"partner preprocessor").digest()
+TASKS = {"risk": 1, "rights_package": 3}
+
+
+class _Run:
+    """A trained-looking bank model over a small table (weights random, seeded)."""
+
+    def __init__(self, rows: int = 600) -> None:
+        table, self.preprocessor = fitted_table("bank", rows)
+        rng = np.random.default_rng(1)
+        self.probability = rng.uniform(0.02, 0.5, rows)
+        risk = (rng.random(rows) < self.probability).astype(np.float32)
+        self.data = BankTrainingData(
+            features=self.preprocessor.transform(table),
+            labels={"risk": risk, "rights_package": rng.integers(-1, 3, rows)},
+            split=table.split,
+            tasks=TASKS,
+        )
+        torch.manual_seed(0)
+        self.bottom = BottomModel(
+            BottomSpec.from_preprocessor(self.preprocessor, embedding_width=4, hidden=8)
+        ).eval()
+        self.head = HeadModel(4, 3, TASKS, hidden=8, dropout=0.2).eval()
+
+    def save(
+        self,
+        store: ModelStore,
+        *,
+        data: BankTrainingData | None = None,
+        probabilities: dict[str, npt.NDArray[np.float64]] | None = None,
+    ) -> str:
+        return save_bank_version(
+            store,
+            bottom=self.bottom,
+            head=self.head,
+            preprocessor=self.preprocessor,
+            data=data or self.data,
+            probabilities=probabilities or {"risk": self.probability},
+            partner_weights_sha256=PARTNER_WEIGHTS,
+            partner_preprocessor_sha256=PARTNER_PREPROCESSOR,
+        ).version_id
+
+
+@pytest.fixture(scope="module")
+def run() -> _Run:
+    return _Run()
+
+
+def test_the_version_id_is_the_runs_model_version(run: _Run, tmp_path: Path) -> None:
+    version_id = run.save(ModelStore(tmp_path))
+
+    bank = bank_weights_digest(run.bottom.state_dict(), run.head.state_dict())
+    assert version_id == model_version(bank.hex(), PARTNER_WEIGHTS.hex())
+
+
+def test_a_saved_version_rebuilds_networks_with_the_same_outputs(run: _Run, tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    version = load_bank_version(store, run.save(store))
+    numeric = torch.from_numpy(run.data.features.numeric[:50])
+    categorical = torch.from_numpy(run.data.features.categorical[:50])
+    partner = torch.randn(50, 3)
+    missing = torch.zeros(50, dtype=torch.bool)
+
+    with torch.no_grad():
+        expected = run.head(run.bottom(numeric, categorical), partner, missing)
+        got = version.head(version.bottom(numeric, categorical), partner, missing)
+
+    assert version.tasks == TASKS
+    assert version.preprocessor.digest() == run.preprocessor.digest()
+    assert version.manifest.model.partner_preprocessor_sha256 == PARTNER_PREPROCESSOR.hex()
+    assert version.scaling == ScoreScaling()
+    for task in TASKS:
+        assert torch.equal(got[task], expected[task])
+
+
+def test_reason_codes_name_each_bank_feature_with_its_training_reference(
+    run: _Run, tmp_path: Path
+) -> None:
+    store = ModelStore(tmp_path)
+    reasons = load_bank_version(store, run.save(store)).reasons
+    train = run.data.split == TRAIN
+    income = run.preprocessor.numeric[0]
+    scaled_median = float(np.median(run.data.features.numeric[train, 0]))
+
+    codes = [(r.code, r.feature, r.kind) for r in reasons.bank]
+    assert codes == [
+        ("B01", "income", "numeric"),
+        ("B02", "tenure", "numeric"),
+        ("B03", "segment", "categorical"),
+    ]
+    # income has missing values, so its reference also clears its missing indicator (column 2).
+    (column, value), indicator = reasons.bank[0].numeric
+    assert column == 0
+    assert value == pytest.approx(scaled_median)
+    assert indicator == (2, 0.0)
+    assert float(reasons.bank[0].reference) == pytest.approx(
+        scaled_median * income.scale + income.median, rel=1e-5
+    )
+    assert reasons.bank[1].numeric[1:] == ()
+    assert reasons.bank[2].reference == "retail"
+    assert "{value}" in reasons.bank[0].text
+    assert reasons.partner.code == "P01"
+    assert not any(name in reasons.partner.text for name in ("income", "tenure", "segment"))
+
+
+def test_an_applicant_at_every_reference_value_has_no_adverse_reason(
+    run: _Run, tmp_path: Path
+) -> None:
+    store = ModelStore(tmp_path)
+    version = load_bank_version(store, run.save(store))
+    references = version.reasons.bank
+    numeric = run.data.features.numeric[0].copy()
+    categorical = run.data.features.categorical[0].copy()
+    for reference in references:
+        for column, value in reference.numeric:
+            numeric[column] = value
+        for column, index in reference.categorical:
+            categorical[column] = index
+
+    rows, categories = attribution_batch(numeric, categorical, references)
+    with torch.no_grad():
+        bank = version.bottom(torch.from_numpy(rows), torch.from_numpy(categories))
+        logits = version.head(
+            bank, torch.zeros(len(rows), 3), torch.ones(len(rows), dtype=torch.bool)
+        )
+    points = version.scaling.points(torch.sigmoid(logits["risk"]).numpy())
+
+    assert len(rows) == 1 + len(references)
+    assert adverse_reasons(points[0], points[1:], [r.code for r in references]) == []
+
+
+def test_the_baseline_bins_training_scores_and_raw_bank_features(run: _Run, tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    baseline = load_bank_version(store, run.save(store)).baseline
+    train = run.data.split == TRAIN
+    income_missing = float(np.mean(run.data.features.numeric[train, 2] == 1.0))
+
+    assert baseline.rows == int(train.sum())
+    assert list(baseline.scores) == ["risk"]
+    assert len(baseline.scores["risk"].edges) == 9
+    assert baseline.scores["risk"].edges[0] == pytest.approx(
+        np.quantile(run.probability[train], 0.1)
+    )
+    assert baseline.numeric["income"].shares[-1] == pytest.approx(income_missing)
+    assert baseline.numeric["income"].edges[0] > 100.0  # raw units, not scaled
+    assert baseline.numeric["tenure"].shares[-1] == 0.0
+    assert baseline.categorical["segment"].categories == ("gold", "retail", "student")
+    shares = [b.shares for b in baseline.numeric.values()]
+    shares += [b.shares for b in baseline.categorical.values()]
+    assert [sum(s) for s in shares] == pytest.approx([1.0] * 3)
+
+
+def test_calibration_is_checked_on_the_labelled_test_rows(run: _Run, tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    check = load_bank_version(store, run.save(store)).calibration["risk"]
+    test = run.data.split == TEST
+
+    assert check is not None
+    assert check.rows == int(test.sum())
+    assert check.brier == pytest.approx(
+        np.mean((run.probability[test] - run.data.labels["risk"][test]) ** 2)
+    )
+
+
+def test_too_few_labelled_test_rows_record_no_calibration(run: _Run, tmp_path: Path) -> None:
+    risk = run.data.labels["risk"].copy()
+    risk[np.flatnonzero(run.data.split == TEST)[5:]] = np.nan
+    data = replace(run.data, labels={**run.data.labels, "risk": risk})
+    store = ModelStore(tmp_path)
+
+    assert load_bank_version(store, run.save(store, data=data)).calibration == {"risk": None}
+
+
+def test_a_binary_task_without_probabilities_is_refused_naming_it(
+    run: _Run, tmp_path: Path
+) -> None:
+    with pytest.raises(InvalidRequest, match="task risk: needs a probability per aligned row"):
+        run.save(ModelStore(tmp_path), probabilities={"risk": run.probability[:10]})
+
+
+def test_weights_other_than_the_version_names_are_refused(run: _Run, tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    version_id = run.save(store)
+    other = HeadModel(4, 3, TASKS, hidden=8).state_dict()
+    # Rewrite the head and its manifest entry together: only the weights digest can tell.
+    directory = tmp_path / version_id
+    data = state_dict_bytes(other)
+    (directory / HEAD).write_bytes(data)
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    manifest["artefacts"][HEAD] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+    with pytest.raises(FailedPrecondition, match="the bank's weights hash to"):
+        load_bank_version(store, version_id)
+
+
+def test_a_model_shape_that_does_not_fit_the_head_is_refused(run: _Run, tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    version_id = run.save(store)
+    directory = tmp_path / version_id
+    shape = json.loads((directory / MODEL_SHAPE).read_text())
+    shape["head"]["hidden"] = 9
+    data = json.dumps(shape).encode()
+    (directory / MODEL_SHAPE).write_bytes(data)
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    manifest["artefacts"][MODEL_SHAPE] = {
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size": len(data),
+    }
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+    with pytest.raises(FailedPrecondition, match=r"do not rebuild the head"):
+        load_bank_version(store, version_id)
+
+
+def test_an_unknown_version_is_not_found(tmp_path: Path) -> None:
+    with pytest.raises(UnknownModelVersion):
+        load_bank_version(ModelStore(tmp_path), "0123456789abcdef")
+
+
+def test_preprocessor_round_trips_byte_for_byte(run: _Run, tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    version_id = run.save(store)
+
+    text = (tmp_path / version_id / "bank_preprocessor.json").read_bytes()
+
+    assert Preprocessor.from_json(text) == run.preprocessor
+    assert hashlib.sha256(text).digest() == run.preprocessor.digest()
