@@ -26,9 +26,9 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from bank_node.holdout_scores import TaskScores
 from bank_node.report_curves import (
     RankCurves,
-    TaskScores,
     binary_figures,
     calibration_bins,
     class_figures,

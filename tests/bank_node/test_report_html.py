@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bank_node.report_curves import TaskScores
+from bank_node.holdout_scores import TaskScores
 from bank_node.report_html import render_report_html, write_report_html
 from cobrand.errors import InvalidRequest
 
