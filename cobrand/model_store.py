@@ -449,7 +449,8 @@ class ModelStore:
             )
         updated = manifest.model_copy(update={"peer_manifest_sha256": digest})
         path = self._directory(version_id) / MANIFEST_FILE
-        partial = path.with_name(f".{MANIFEST_FILE}.partial")
+        # Beside the versions, not inside one: a crash must not leave a file the manifest lacks.
+        partial = self.root / f"{_PARTIAL_PREFIX}{version_id}.{MANIFEST_FILE}"
         _write_synced(partial, updated.to_json().encode("ascii"))
         os.replace(partial, path)
         _fsync(path.parent)

@@ -202,6 +202,23 @@ def test_recording_the_peer_digest_keeps_the_own_digest(tmp_path: Path) -> None:
         store.record_peer(MODEL.version_id, hashlib.sha256(b"another").digest())
 
 
+def test_a_crash_while_recording_the_peer_leaves_the_version_loadable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ModelStore(tmp_path)
+    saved = store.save("bank", MODEL, FILES)
+
+    def crash(source: Path, target: Path) -> None:
+        raise OSError("power cut")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="power cut"):
+        store.record_peer(MODEL.version_id, hashlib.sha256(b"partner manifest").digest())
+    monkeypatch.undo()
+
+    assert store.load(MODEL.version_id).manifest == saved
+
+
 def test_manifest_digest_changes_with_any_artefact(tmp_path: Path) -> None:
     one = ModelStore(tmp_path / "one").save("bank", MODEL, FILES)
     other = ModelStore(tmp_path / "two").save("bank", MODEL, {**FILES, "bottom.pt": b"changed"})
