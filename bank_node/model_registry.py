@@ -236,6 +236,11 @@ def save_bank_version(
                 f"task {task}: needs a probability per aligned row ({data.split.size}), got "
                 f"{'none' if given is None else np.shape(given)}"
             )
+        outside = np.flatnonzero(~((given >= 0.0) & (given <= 1.0)))
+        if outside.size:
+            raise InvalidRequest(
+                f"task {task}: probability of aligned row {outside[0]} is {given[outside[0]]}"
+            )
     bottom_state, head_state = bottom.state_dict(), head.state_dict()
     model = ModelDigests.of(
         bank_weights=bank_weights_digest(bottom_state, head_state),

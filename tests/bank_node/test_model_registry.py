@@ -210,6 +210,16 @@ def test_a_binary_task_without_probabilities_is_refused_naming_it(
         run.save(ModelStore(tmp_path), probabilities={"risk": run.probability[:10]})
 
 
+def test_a_probability_that_is_not_one_is_refused_naming_the_task_and_row(
+    run: _Run, tmp_path: Path
+) -> None:
+    probability = run.probability.copy()
+    probability[7] = np.nan
+
+    with pytest.raises(InvalidRequest, match="task risk: probability of aligned row 7 is nan"):
+        run.save(ModelStore(tmp_path), probabilities={"risk": probability})
+
+
 def test_weights_other_than_the_version_names_are_refused(run: _Run, tmp_path: Path) -> None:
     store = ModelStore(tmp_path)
     version_id = run.save(store)
