@@ -54,7 +54,8 @@ from cobrand.model_artefacts import (
     load_state_dict,
     state_dict_bytes,
 )
-from cobrand.model_store import Manifest, ModelDigests, ModelStore, StoredVersion
+from cobrand.model_manifest import Manifest, ModelDigests
+from cobrand.model_store import ModelStore, StoredVersion
 from cobrand.preprocess import MISSING_INDEX, UNSEEN_INDEX, Preprocessor
 from cobrand.split_model import BottomModel, HeadModel
 from cobrand.weights import weights_digest

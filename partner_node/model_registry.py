@@ -30,7 +30,8 @@ from cobrand.model_artefacts import (
     load_preprocessor,
     state_dict_bytes,
 )
-from cobrand.model_store import Manifest, ModelDigests, ModelStore, manifest_digest
+from cobrand.model_manifest import Manifest, ModelDigests, manifest_digest
+from cobrand.model_store import ModelStore
 from cobrand.preprocess import Preprocessor
 from cobrand.split_model import BottomModel, BottomSpec
 from cobrand.weights import weights_digest

@@ -14,7 +14,8 @@ import torch
 from bank_node.model_registry import load_bank_version, save_bank_version
 from bank_node.training_data import BankTrainingData
 from cobrand.errors import FailedPrecondition
-from cobrand.model_store import ModelStore, manifest_digest, verify_peer
+from cobrand.model_manifest import manifest_digest, verify_peer
+from cobrand.model_store import ModelStore
 from cobrand.split_model import BottomModel, BottomSpec, HeadModel
 from cobrand.weights import weights_digest
 from partner_node.model_registry import load_partner_version, publish

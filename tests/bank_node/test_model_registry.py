@@ -24,7 +24,8 @@ from bank_node.serving_reference import ScoreScaling, adverse_reasons, attributi
 from bank_node.training_data import TEST, TRAIN, BankTrainingData
 from cobrand.errors import FailedPrecondition, InvalidRequest, UnknownModelVersion
 from cobrand.model_artefacts import state_dict_bytes
-from cobrand.model_store import MANIFEST_FILE, ModelStore, model_version
+from cobrand.model_manifest import MANIFEST_FILE, model_version
+from cobrand.model_store import ModelStore
 from cobrand.preprocess import Preprocessor
 from cobrand.split_model import BottomModel, BottomSpec, HeadModel
 from tests.model_parts import fitted_table

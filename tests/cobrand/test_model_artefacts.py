@@ -19,7 +19,8 @@ from cobrand.model_artefacts import (
     load_state_dict,
     state_dict_bytes,
 )
-from cobrand.model_store import ModelDigests, ModelStore, StoredVersion
+from cobrand.model_manifest import ModelDigests
+from cobrand.model_store import ModelStore, StoredVersion
 from cobrand.split_model import BottomModel, BottomSpec
 from tests.model_parts import fitted_table
 

@@ -1,5 +1,5 @@
-"""The model registry: versions round-trip, are written whole or not at all, refuse any file that
-differs from the manifest, and cross-party digests catch a peer holding other files."""
+"""The model registry: versions round-trip, are written whole or not at all, and refuse any file
+that differs from the manifest."""
 
 from __future__ import annotations
 
@@ -12,14 +12,8 @@ from pathlib import Path
 import pytest
 
 from cobrand.errors import FailedPrecondition, InvalidRequest, UnknownModelVersion
-from cobrand.model_store import (
-    MANIFEST_FILE,
-    ModelDigests,
-    ModelStore,
-    manifest_digest,
-    model_version,
-    verify_peer,
-)
+from cobrand.model_manifest import MANIFEST_FILE, ModelDigests, manifest_digest
+from cobrand.model_store import ModelStore
 
 MODEL = ModelDigests.of(
     bank_weights=hashlib.sha256(b"bank").digest(),
@@ -27,15 +21,6 @@ MODEL = ModelDigests.of(
     partner_preprocessor=hashlib.sha256(b"preprocessor").digest(),
 )
 FILES = {"bottom.pt": b"\x00weights\xff" * 10, "scaling.json": b'{"pdo": 20}\n'}
-
-
-def test_version_id_is_the_hash_of_both_weights_digests() -> None:
-    expected = hashlib.sha256(
-        hashlib.sha256(b"bank").digest() + hashlib.sha256(b"partner").digest()
-    ).hexdigest()[:16]
-
-    assert MODEL.version_id == expected
-    assert model_version(MODEL.bank_weights_sha256, MODEL.partner_weights_sha256) == expected
 
 
 def test_saved_version_loads_with_the_same_files_and_manifest(tmp_path: Path) -> None:
@@ -217,47 +202,3 @@ def test_a_crash_while_recording_the_peer_leaves_the_version_loadable(
     monkeypatch.undo()
 
     assert store.load(MODEL.version_id).manifest == saved
-
-
-def test_manifest_digest_changes_with_any_artefact(tmp_path: Path) -> None:
-    one = ModelStore(tmp_path / "one").save("bank", MODEL, FILES)
-    other = ModelStore(tmp_path / "two").save("bank", MODEL, {**FILES, "bottom.pt": b"changed"})
-
-    assert manifest_digest(one) != manifest_digest(other)
-
-
-def test_peer_holding_the_recorded_manifest_is_verified(tmp_path: Path) -> None:
-    partner = ModelStore(tmp_path / "partner").save("partner", MODEL, FILES)
-    bank_store = ModelStore(tmp_path / "bank")
-    bank_store.save("bank", MODEL, FILES, peer_manifest_sha256=manifest_digest(partner))
-
-    verify_peer(bank_store.manifest(MODEL.version_id), MODEL.version_id, manifest_digest(partner))
-
-
-def test_peer_holding_other_files_is_refused_with_both_digests(tmp_path: Path) -> None:
-    published = ModelStore(tmp_path / "partner").save("partner", MODEL, FILES)
-    changed = ModelStore(tmp_path / "changed").save("partner", MODEL, {"bottom.pt": b"retrained"})
-    bank = ModelStore(tmp_path / "bank").save(
-        "bank", MODEL, FILES, peer_manifest_sha256=manifest_digest(published)
-    )
-
-    with pytest.raises(FailedPrecondition) as raised:
-        verify_peer(bank, MODEL.version_id, manifest_digest(changed))
-
-    message = str(raised.value)
-    assert f"the partner holds manifest {manifest_digest(changed).hex()[:12]}" in message
-    assert f"the bank recorded {manifest_digest(published).hex()[:12]}" in message
-
-
-def test_peer_answering_for_another_version_is_refused(tmp_path: Path) -> None:
-    bank = ModelStore(tmp_path).save("bank", MODEL, FILES, peer_manifest_sha256=b"\x01" * 32)
-
-    with pytest.raises(FailedPrecondition, match="answered for version 0000000000000000"):
-        verify_peer(bank, "0" * 16, b"\x01" * 32)
-
-
-def test_version_without_a_recorded_peer_is_not_used(tmp_path: Path) -> None:
-    partner = ModelStore(tmp_path).save("partner", MODEL, FILES)
-
-    with pytest.raises(FailedPrecondition, match="no bank manifest recorded"):
-        verify_peer(partner, MODEL.version_id, b"\x01" * 32)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from cobrand.errors import FailedPrecondition, InvalidRequest, UnknownModelVersion
-from cobrand.model_store import ModelDigests, ModelStore, manifest_digest
+from cobrand.model_manifest import ModelDigests, manifest_digest
+from cobrand.model_store import ModelStore
 from cobrand.preprocess import Preprocessor
 from cobrand.split_model import BottomModel, BottomSpec
 from cobrand.weights import weights_digest
