@@ -191,7 +191,8 @@ def save_bank_version(
     head: HeadModel,
     preprocessor: Preprocessor,
     data: BankTrainingData,
-    probabilities: Mapping[str, npt.NDArray[np.floating[Any]]],
+    train_probabilities: Mapping[str, npt.NDArray[np.floating[Any]]],
+    test_probabilities: Mapping[str, npt.NDArray[np.floating[Any]]],
     partner_weights_sha256: bytes,
     partner_preprocessor_sha256: bytes,
     scaling: ScoreScaling | None = None,
@@ -208,9 +209,10 @@ def save_bank_version(
         The bank's preprocessing that encoded `data`.
     data : BankTrainingData
         The run's aligned rows (features, labels, split).
-    probabilities : mapping of str to ndarray, each shape (n,)
-        Per binary task, the full model's predicted probability of the event for every
-        aligned row (train rows for the baseline, test rows for calibration).
+    train_probabilities, test_probabilities : mapping of str to ndarray
+        Per binary task, the full model's predicted probability of the event on the training
+        rows (for the baseline) and on the test rows (for calibration), each in aligned order:
+        ``np.flatnonzero(data.split == TRAIN)`` and ``... == TEST``.
     partner_weights_sha256 : bytes
         The partner's weights digest of the chosen round, as the run committed it.
     partner_preprocessor_sha256 : bytes
@@ -227,32 +229,27 @@ def save_bank_version(
     ------
     InvalidRequest
         A binary task without probabilities, or probabilities of another length or outside
-        [0, 1] (the task is named).
+        [0, 1] (the task, split and row are named).
     """
     binary = [task for task, width in data.tasks.items() if width == 1]
-    for task in binary:
-        given = probabilities.get(task)
-        if given is None or np.shape(given) != data.split.shape:
-            raise InvalidRequest(
-                f"task {task}: needs a probability per aligned row ({data.split.size}), got "
-                f"{'none' if given is None else np.shape(given)}"
-            )
-        outside = np.flatnonzero(~((given >= 0.0) & (given <= 1.0)))
-        if outside.size:
-            raise InvalidRequest(
-                f"task {task}: probability of aligned row {outside[0]} is {given[outside[0]]}"
-            )
+    train, test = data.split == TRAIN, data.split == TEST
+    scores = {
+        task: _probabilities(task, "training", train_probabilities.get(task), int(train.sum()))
+        for task in binary
+    }
+    test_scores = {
+        task: _probabilities(task, "test", test_probabilities.get(task), int(test.sum()))
+        for task in binary
+    }
     bottom_state, head_state = bottom.state_dict(), head.state_dict()
     model = ModelDigests.of(
         bank_weights=bank_weights_digest(bottom_state, head_state),
         partner_weights=partner_weights_sha256,
         partner_preprocessor=partner_preprocessor_sha256,
     )
-    train, test = data.split == TRAIN, data.split == TEST
-    scores = {task: np.asarray(probabilities[task], dtype=np.float64) for task in binary}
     calibration = {
         task: (
-            calibration_check(y_true=data.labels[task][test], y_score=scores[task][test])
+            calibration_check(y_true=data.labels[task][test], y_score=test_scores[task])
             if np.count_nonzero(~np.isnan(data.labels[task][test])) >= _CALIBRATION_BINS
             else None
         )
@@ -321,6 +318,23 @@ def load_bank_version(store: ModelStore, version_id: str) -> BankVersion:
         baseline=_parsed(version, MONITORING_BASELINE, TypeAdapter(MonitoringBaseline)),
         calibration=_parsed(version, CALIBRATION, _CALIBRATIONS),
     )
+
+
+def _probabilities(
+    task: str, split: str, given: npt.NDArray[np.floating[Any]] | None, rows: int
+) -> npt.NDArray[np.float64]:
+    if given is None or np.shape(given) != (rows,):
+        raise InvalidRequest(
+            f"task {task}: needs a probability per {split} row ({rows}), got "
+            f"{'none' if given is None else np.shape(given)}"
+        )
+    values = np.asarray(given, dtype=np.float64)
+    outside = np.flatnonzero(~((values >= 0.0) & (values <= 1.0)))
+    if outside.size:
+        raise InvalidRequest(
+            f"task {task}: probability of {split} row {outside[0]} is {values[outside[0]]}"
+        )
+    return values
 
 
 def _model_shape(bottom: BottomModel, head: HeadModel) -> dict[str, Any]:
@@ -405,9 +419,7 @@ def _baseline(
         numeric_bins[state.name] = NumericBins.fit(raw, _BASELINE_BINS)
     return MonitoringBaseline(
         rows=int(train.sum()),
-        scores={
-            task: NumericBins.fit(score[train], _BASELINE_BINS) for task, score in scores.items()
-        },
+        scores={task: NumericBins.fit(score, _BASELINE_BINS) for task, score in scores.items()},
         numeric=numeric_bins,
         categorical={
             state.name: CategoryBins.fit(categorical[:, j], state.vocabulary)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from bank_node.model_registry import load_bank_version, save_bank_version
-from bank_node.training_data import BankTrainingData
+from bank_node.training_data import TEST, TRAIN, BankTrainingData
 from cobrand.errors import FailedPrecondition
 from cobrand.model_manifest import manifest_digest, verify_peer
 from cobrand.model_store import ModelStore
@@ -46,7 +46,8 @@ def _publish_both(bank_store: ModelStore, partner_store: ModelStore) -> tuple[st
         head=head,
         preprocessor=bank_preprocessor,
         data=data,
-        probabilities={"risk": rng.uniform(0.0, 1.0, len(bank_table))},
+        train_probabilities={"risk": rng.uniform(0.0, 1.0, int(np.sum(data.split == TRAIN)))},
+        test_probabilities={"risk": rng.uniform(0.0, 1.0, int(np.sum(data.split == TEST)))},
         partner_weights_sha256=weights_digest(partner_bottom.state_dict()),
         partner_preprocessor_sha256=partner_preprocessor.digest(),
     )

@@ -60,15 +60,19 @@ class _Run:
         store: ModelStore,
         *,
         data: BankTrainingData | None = None,
-        probabilities: dict[str, npt.NDArray[np.float64]] | None = None,
+        probability: npt.NDArray[np.float64] | None = None,
     ) -> str:
+        """Save with the probabilities of every aligned row, split as the registry takes them."""
+        data = data or self.data
+        probability = self.probability if probability is None else probability
         return save_bank_version(
             store,
             bottom=self.bottom,
             head=self.head,
             preprocessor=self.preprocessor,
-            data=data or self.data,
-            probabilities=probabilities or {"risk": self.probability},
+            data=data,
+            train_probabilities={"risk": probability[data.split == TRAIN]},
+            test_probabilities={"risk": probability[data.split == TEST]},
             partner_weights_sha256=PARTNER_WEIGHTS,
             partner_preprocessor_sha256=PARTNER_PREPROCESSOR,
         ).version_id
@@ -207,18 +211,28 @@ def test_too_few_labelled_test_rows_record_no_calibration(run: _Run, tmp_path: P
 def test_a_binary_task_without_probabilities_is_refused_naming_it(
     run: _Run, tmp_path: Path
 ) -> None:
-    with pytest.raises(InvalidRequest, match="task risk: needs a probability per aligned row"):
-        run.save(ModelStore(tmp_path), probabilities={"risk": run.probability[:10]})
+    with pytest.raises(InvalidRequest, match="task risk: needs a probability per training row"):
+        save_bank_version(
+            ModelStore(tmp_path),
+            bottom=run.bottom,
+            head=run.head,
+            preprocessor=run.preprocessor,
+            data=run.data,
+            train_probabilities={},
+            test_probabilities={"risk": run.probability[run.data.split == TEST]},
+            partner_weights_sha256=PARTNER_WEIGHTS,
+            partner_preprocessor_sha256=PARTNER_PREPROCESSOR,
+        )
 
 
-def test_a_probability_that_is_not_one_is_refused_naming_the_task_and_row(
+def test_a_probability_that_is_not_one_is_refused_naming_the_task_split_and_row(
     run: _Run, tmp_path: Path
 ) -> None:
     probability = run.probability.copy()
-    probability[7] = np.nan
+    probability[np.flatnonzero(run.data.split == TEST)[7]] = np.nan
 
-    with pytest.raises(InvalidRequest, match="task risk: probability of aligned row 7 is nan"):
-        run.save(ModelStore(tmp_path), probabilities={"risk": probability})
+    with pytest.raises(InvalidRequest, match="task risk: probability of test row 7 is nan"):
+        run.save(ModelStore(tmp_path), probability=probability)
 
 
 def test_weights_other_than_the_version_names_are_refused(run: _Run, tmp_path: Path) -> None:
