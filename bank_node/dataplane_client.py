@@ -6,7 +6,15 @@ and reads the partner's embeddings in step order; how many batches it keeps in f
 choice (the trainer's pipeline depth). Requests go out through a queue that gRPC drains on its
 own thread; replies come in on a reader thread, so a partner that goes silent is noticed by a
 per-reply timeout rather than blocking the trainer forever, and a partner that dies breaks the
-stream at once. Either becomes `Unavailable`.
+stream at once (its kernel resets the connection: ``UNAVAILABLE`` within milliseconds). Either
+becomes `Unavailable`, which the run driver answers by resuming (``bank_node.rounds``).
+
+Why a per-reply timeout rather than gRPC keepalive: a reply is due within milliseconds whenever
+one is awaited, so a timeout of a few seconds catches a hung partner just as soon; it also
+catches a partner whose process is alive but whose handler is stuck, which keepalive does not
+(the partner's gRPC core answers HTTP/2 pings on its own threads); and keepalive pings every few
+seconds would need the partner's server to accept them (by default a server answers pings more
+often than every 5 minutes on a quiet connection with ``GOAWAY``).
 
 Every reply is checked (step order, shape, finiteness) before the trainer sees it. Bytes are
 counted as serialized message sizes, each way.
@@ -89,7 +97,7 @@ class DataPlaneClient:
         *,
         run_id: str,
         embedding_width: int,
-        reply_timeout: float = 10.0,
+        reply_timeout: float = 5.0,
     ) -> None:
         self._exchange = channel.stream_stream(
             EXCHANGE_METHOD,

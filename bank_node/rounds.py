@@ -7,11 +7,22 @@ partner's SuperNode; tests may call the partner's hand-off service directly) and
    holds the bank's alignment (same alignment run, federation, intersection digest and size);
    the partner's bottom width shapes the bank's head;
 2. trains with `BankTrainer.fit`, planning every round at the partner before the bank streams it
-   on the data plane; early stopping and the round limit come from the `TrainingConfig`;
+   on the data plane (the plan names the partner checkpoint it continues from, the round's
+   epochs and the best round so far); early stopping and the round limit come from the
+   `TrainingConfig`; each round's state is written to ``<runs_dir>/<run id>/round-<n>.pt``
+   (``bank_node.run_checkpoints``) as soon as it is trained;
 3. commits each round once the partner has confirmed it through the control plane (the next
    round's plan, or the closing status) with the same checkpoint digest its data plane reported:
    the round's bank and partner digests are then journaled together;
 4. journals the model the run keeps (its best round) with both sides' digests.
+
+Resuming. When the partner becomes unavailable mid-round (its data-plane stream breaks, a reply
+does not come within the reply timeout, or its node does not answer a plan), the run is not
+lost: it journals ``interrupted``, waits for the partner to answer again (`ResumePolicy`),
+checks it still holds the same alignment, journals ``resumed`` and goes back to the last
+committed round at both sides (the bank from its own checkpoint file, the partner from its
+memory or, if it was restarted, its checkpoint file); the round that was not committed is
+trained again from its start.
 
 Every step is written to the run's `RunJournal` as it happens, so a stopped run leaves its
 committed rounds on record; the partner rolls back the round that was streaming.
@@ -24,15 +35,18 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Protocol
 
 import grpc
 
 from bank_node.dataplane_client import DataPlaneClient
+from bank_node.resume import ResumePolicy, wait_for_partner
+from bank_node.run_checkpoints import RunCheckpoints
 from bank_node.run_journal import RunJournal
 from bank_node.trainer import BankTrainer, RoundResult, TrainingConfig, TrainingResult
 from bank_node.training_set import BankTrainingSet
-from cobrand.errors import FailedPrecondition
+from cobrand.errors import FailedPrecondition, Unavailable
 from cobrand.rounds_protocol import PartnerStatus, RoundPlan, RunProgress
 from cobrand.weights import weights_digest
 
@@ -93,21 +107,6 @@ def bank_digest(trainer: BankTrainer) -> bytes:
     )
 
 
-class _RoundTrainer(BankTrainer):
-    """A `BankTrainer` that reports each round the moment it ends, with the bank's digest."""
-
-    def __init__(
-        self, *args: Any, on_round: Callable[[RoundResult, bytes], None], **kwargs: Any
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._on_round = on_round
-
-    def train_round(self, round_number: int) -> RoundResult:
-        result = super().train_round(round_number)
-        self._on_round(result, bank_digest(self))
-        return result
-
-
 class _Commits:
     """Rounds the bank has trained, committed as the partner confirms them."""
 
@@ -117,6 +116,11 @@ class _Commits:
         self._trained: dict[int, tuple[RoundResult, bytes]] = {}
         self.checkpoints: list[Checkpoint] = []
 
+    @property
+    def last(self) -> int:
+        """The last round committed, -1 before round 0 is."""
+        return len(self.checkpoints) - 1
+
     def start(self, bank_sha256: bytes, progress: RunProgress) -> None:
         """Round 0: the initial weights of both sides."""
         self.checkpoints = [Checkpoint(0, bank_sha256, progress.checkpoints[0])]
@@ -124,11 +128,18 @@ class _Commits:
     def trained(self, result: RoundResult, bank_sha256: bytes) -> None:
         self._trained[result.round] = (result, bank_sha256)
 
+    def forget_uncommitted(self) -> None:
+        """Drop the rounds trained since the last commit: they will be trained again."""
+        self._trained.clear()
+
     def partner_sha256(self, round_number: int) -> bytes:
-        """The partner's digest of a round trained (round 0: none yet, the run starts)."""
-        if round_number == 0:
-            return b""
-        return self._trained[round_number][0].partner_weights_sha256
+        """The partner's digest of a round trained or committed (b"" for round 0 before the
+        partner reported it: the run starts afresh)."""
+        if round_number in self._trained:
+            return self._trained[round_number][0].partner_weights_sha256
+        if round_number <= self.last:
+            return self.checkpoints[round_number].partner_sha256
+        return b""
 
     def confirm(self, progress: RunProgress) -> None:
         """Commit every trained round the partner's progress confirms."""
@@ -167,7 +178,9 @@ def train_run(
     config: TrainingConfig,
     journal: RunJournal,
     *,
-    reply_timeout: float = 30.0,
+    runs_dir: Path,
+    reply_timeout: float = 5.0,
+    resume: ResumePolicy | None = None,
 ) -> RunOutcome:
     """Run one training run against the partner; see the module docstring.
 
@@ -183,17 +196,24 @@ def train_run(
         A mutual-TLS channel to partner_node with the bank trainer's certificate.
     config : TrainingConfig
     journal : RunJournal
+    runs_dir : Path
+        The bank's checkpoints of the run go to ``runs_dir/<run_id>/``.
     reply_timeout : float
-        Seconds the data plane waits for any one partner reply.
+        Seconds the data plane waits for any one partner reply: how soon a hung partner is
+        noticed (a dead one breaks the stream at once).
+    resume : ResumePolicy, optional
+        How long to wait for a partner that went away; the default `ResumePolicy()`.
 
     Raises
     ------
     FailedPrecondition
-        The partner holds another alignment, refused a plan, or reported a checkpoint on one
-        plane that differs from the other.
+        The partner holds another alignment (also after a resume), refused a plan (a checkpoint
+        it cannot restore), or reported a checkpoint on one plane that differs from the other.
     Unavailable
-        The partner stopped answering on the data plane.
+        The partner did not come back within the resume policy, or went away once more than
+        it allows.
     """
+    policy = resume if resume is not None else ResumePolicy()
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="load-training-set") as loader:
         loading = loader.submit(load_training_set)
@@ -213,17 +233,25 @@ def train_run(
     client = DataPlaneClient(
         channel, run_id=run_id, embedding_width=status.embedding_width, reply_timeout=reply_timeout
     )
-    trainer = _RoundTrainer(
-        training_set.data, training_set.spec, client, config, on_round=commits.trained
+    trainer = BankTrainer(training_set.data, training_set.spec, client, config)
+    keeper = RunCheckpoints(
+        runs_dir, run_id, on_trained=commits.trained, last_committed=lambda: commits.last
     )
     initial = bank_digest(trainer)
+    resumes = 0
 
     def plan_partner_round(round_number: int, learning_rate: float) -> None:
         asked = time.perf_counter()
-        previous = commits.partner_sha256(round_number - 1)
-        progress = partner.plan_round(
-            RoundPlan(run_id, round_number, config.seed, learning_rate, previous_sha256=previous)
+        plan = RoundPlan(
+            run_id,
+            round_number,
+            config.seed,
+            learning_rate,
+            epochs=config.epochs_per_round,
+            previous_sha256=commits.partner_sha256(round_number - 1),
+            best_round=keeper.best_round,
         )
+        progress = partner.plan_round(plan)
         if round_number == 1:
             commits.start(initial, progress)
         commits.confirm(progress)
@@ -234,11 +262,43 @@ def train_run(
             control_seconds=time.perf_counter() - asked,
         )
 
-    training = trainer.fit(plan_partner_round)
+    def recover(failure: Unavailable, round_number: int) -> int:
+        nonlocal resumes
+        noticed = time.perf_counter()
+        journal.write("interrupted", round=round_number, reason=str(failure))
+        _LOG.warning("[Rounds] run %s: partner lost in round %d: %s", run_id, round_number, failure)
+        if resumes >= policy.max_resumes:
+            raise Unavailable(
+                f"run {run_id}: the partner went away {resumes + 1} times; the resume policy "
+                f"allows {policy.max_resumes} resumes: {failure}"
+            ) from failure
+        resumes += 1
+        back = wait_for_partner(partner, channel, run_id, policy)
+        _check_alignment(run_id, training_set, back)
+        if back.embedding_width != status.embedding_width:
+            raise FailedPrecondition(
+                f"run {run_id}: the partner came back with embedding width "
+                f"{back.embedding_width}; the run trains with {status.embedding_width}"
+            )
+        committed = max(commits.last, 0)
+        commits.forget_uncommitted()
+        journal.write(
+            "resumed",
+            from_round=committed,
+            round=committed + 1,
+            interrupted_round=round_number,
+            reason=str(failure),
+            waited_seconds=time.perf_counter() - noticed,
+        )
+        _LOG.warning("[Rounds] run %s: resumed from round %d's checkpoint", run_id, committed)
+        return committed
+
+    training = trainer.fit(plan_partner_round, keeper=keeper, recover=recover)
     final = partner.status(run_id).run
     if final is None:
         raise FailedPrecondition(f"run {run_id}: the partner no longer holds the run")
     commits.confirm(final)
+    keeper.prune()
     model = commits.checkpoints[training.best_round]
     if bank_digest(trainer) != model.bank_sha256:
         raise FailedPrecondition(
@@ -252,6 +312,7 @@ def train_run(
         partner_sha256=model.partner_sha256,
         test=training.test,
         rounds=len(training.rounds),
+        resumes=resumes,
         seconds=training.seconds,
         bytes_sent=training.bytes_sent,
         bytes_received=training.bytes_received,

@@ -16,11 +16,19 @@ Partner-slice dropout. For a share of training rows (``partner_dropout``) the he
 partner-missing flag is set, so the same model learns to score from the bank's slice alone:
 customers the partner does not know, and a partner that is down at scoring time.
 
-Rounds. One round is one pass over the training rows. The control plane plans each round at
-the partner first (the ``plan_partner_round`` callback, later a Flower message); after it the
-bank scores the validation rows through an embedding pass with that round's partner weights,
-and stops once the validation loss has not improved for ``patience`` rounds, going back to the
-best round's weights at both sides for the test figures.
+Rounds. One round is ``epochs_per_round`` passes over the training rows, each a data-plane
+stream of its own. The control plane plans each round at the partner first (the
+``plan_partner_round`` callback, later a Flower message); after it the bank scores the
+validation rows through an embedding pass with that round's partner weights, and stops once the
+validation loss has not improved for ``patience`` rounds, going back to the best round's weights
+at both sides for the test figures.
+
+Checkpoints and resuming. After each round the trainer hands its whole state (`BankState`:
+weights, Adam's state, the generator of batch orders and dropout, the early-stopping figures) to
+a `RoundKeeper`, in memory by default or on disk (``bank_node.run_checkpoints``). When the
+partner becomes unavailable mid-round and a ``recover`` callback is given, the callback waits for
+the partner and names the round to go back to; the trainer restores that round's state from the
+keeper and trains the following rounds again, exactly as it would have.
 """
 
 from __future__ import annotations
@@ -29,22 +37,32 @@ import copy
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Annotated, Any
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from pydantic import Field
 
-from bank_node.dataplane_client import DataPlaneClient, PassStream
+from bank_node.dataplane_client import DataPlaneClient, PartnerPassSummary, PassStream
 from bank_node.evaluation import TaskMetrics, task_metrics, total_loss
 from bank_node.training_data import TEST, TRAIN, VALID, BankTrainingData
-from cobrand.errors import FailedPrecondition
+from cobrand.errors import FailedPrecondition, Unavailable
 from cobrand.settings import Section
 from cobrand.split_model import BottomModel, BottomSpec, HeadModel
 
-__all__ = ["BankTrainer", "PlanPartnerRound", "RoundResult", "TrainingConfig", "TrainingResult"]
+__all__ = [
+    "BankState",
+    "BankTrainer",
+    "EarlyStopping",
+    "PlanPartnerRound",
+    "Recover",
+    "RoundKeeper",
+    "RoundResult",
+    "TrainingConfig",
+    "TrainingResult",
+]
 
 _LOG = logging.getLogger(__name__)
 
@@ -54,6 +72,10 @@ _EMBED_DEPTH = 4
 PlanPartnerRound = Callable[[int, float], None]
 """Plans round ``r`` with learning rate ``lr`` at the partner, before the bank streams it."""
 
+Recover = Callable[[Unavailable, int], int]
+"""Called with the failure when the partner became unavailable in round ``r``: waits for the
+partner to answer again and returns the round to continue after (raises when it cannot)."""
+
 
 class TrainingConfig(Section):
     """How the bank trains (the round plan's bank half).
@@ -61,7 +83,10 @@ class TrainingConfig(Section):
     Attributes
     ----------
     max_rounds : int
-        Rounds (passes over the training rows) at most.
+        Rounds at most.
+    epochs_per_round : int
+        Passes over the training rows in one round: the round's checkpoint, validation and
+        early stopping come after the last of them.
     patience : int
         Stop after this many rounds without a better validation loss.
     batch_size : int
@@ -82,6 +107,7 @@ class TrainingConfig(Section):
     """
 
     max_rounds: Annotated[int, Field(ge=1)] = 20
+    epochs_per_round: Annotated[int, Field(ge=1)] = 1
     patience: Annotated[int, Field(ge=1)] = 3
     batch_size: Annotated[int, Field(ge=1, le=65_536)] = 256
     learning_rate: Annotated[float, Field(gt=0.0)] = 1e-3
@@ -102,14 +128,14 @@ class RoundResult:
     ----------
     round : int
     train_loss : float
-        Mean training objective over the pass's batches.
+        Mean training objective over the round's batches.
     valid_loss : float
         Training objective on the validation rows (full model), what early stopping watches.
     valid : TaskMetrics
     seconds : float
-        The training pass.
+        The training passes.
     bytes_sent, bytes_received : int
-        Serialized data-plane messages of the training pass, each way.
+        Serialized data-plane messages of the training passes, each way.
     partner_weights_sha256 : bytes
         The partner bottom's weights at the end of the round, as the partner reported them.
     """
@@ -150,10 +176,67 @@ class TrainingResult:
 
 
 @dataclass(frozen=True)
-class _Best:
+class EarlyStopping:
+    """The best round so far by validation loss (round 0, the initial weights, before any)."""
+
+    best_round: int = 0
+    best_loss: float = float("inf")
+
+    def after(self, result: RoundResult) -> EarlyStopping:
+        """The figures once `result`'s round is validated."""
+        if result.valid_loss < self.best_loss:
+            return EarlyStopping(result.round, result.valid_loss)
+        return self
+
+    def stops(self, last_round: int, patience: int) -> bool:
+        """Whether training stops after `last_round`: `patience` rounds without a better one."""
+        return last_round - self.best_round >= patience
+
+
+@dataclass(frozen=True)
+class BankState:
+    """Everything the bank's training continues from at the end of a round.
+
+    Attributes
+    ----------
+    round : int
+    weights : dict of str to Tensor
+        The bottom's (``bottom.*``) and the head's (``head.*``) weights.
+    optimizer : dict
+        Adam's ``state_dict()``.
+    generator : Tensor
+        The state of the generator of batch orders and partner-slice dropout.
+    stopping : EarlyStopping
+    """
+
     round: int
-    loss: float
-    state: dict[str, Any]
+    weights: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    generator: torch.Tensor
+    stopping: EarlyStopping = field(default_factory=EarlyStopping)
+
+
+class RoundKeeper(Protocol):
+    """Keeps the state each round ended with, for resuming and for the best round's weights."""
+
+    def keep(self, state: BankState, result: RoundResult | None) -> None:
+        """Keep `state` (round 0's comes without a result)."""
+
+    def restore(self, round_number: int) -> BankState:
+        """The state kept for `round_number`."""
+
+
+class _MemoryRounds:
+    """A `RoundKeeper` holding every round's state in memory."""
+
+    def __init__(self) -> None:
+        self._states: dict[int, BankState] = {}
+
+    def keep(self, state: BankState, result: RoundResult | None) -> None:
+        self._states[state.round] = copy.deepcopy(state)
+
+    def restore(self, round_number: int) -> BankState:
+        return self._states[round_number]
 
 
 class BankTrainer:
@@ -196,35 +279,64 @@ class BankTrainer:
         self._optimizer = torch.optim.Adam(parameters, lr=config.learning_rate)
         self._generator = torch.Generator().manual_seed(config.seed)
 
-    def fit(self, plan_partner_round: PlanPartnerRound) -> TrainingResult:
+    def fit(
+        self,
+        plan_partner_round: PlanPartnerRound,
+        *,
+        keeper: RoundKeeper | None = None,
+        recover: Recover | None = None,
+    ) -> TrainingResult:
         """Train round by round with early stopping, then score the test rows.
 
         Runs torch in the calling thread with ``config.torch_threads`` intra-op threads.
 
+        Parameters
+        ----------
+        plan_partner_round : PlanPartnerRound
+        keeper : RoundKeeper, optional
+            Where each round's state goes (round 0 first); in memory by default.
+        recover : Recover, optional
+            Without it, a partner that becomes unavailable ends the run.
+
         Raises
         ------
         Unavailable
-            The partner stopped answering or its stream broke (within the reply timeout).
+            The partner stopped answering or its stream broke (within the reply timeout), and
+            there is no `recover` or it gave up.
         CobrandError
             The partner refused a pass or a step.
         """
         torch.set_num_threads(self._config.torch_threads)
+        keeper = keeper if keeper is not None else _MemoryRounds()
         started = time.perf_counter()
         traffic = self._partner.traffic
         sent, received = traffic.bytes_sent, traffic.bytes_received
         rounds: list[RoundResult] = []
         # Round 0 is the initial weights, which the partner also keeps.
-        best = _Best(0, float("inf"), self._state())
-        for round_number in range(1, self._config.max_rounds + 1):
-            plan_partner_round(round_number, self._config.learning_rate)
-            result = self.train_round(round_number)
+        stopping = EarlyStopping()
+        keeper.keep(self.state(0, stopping), None)
+        round_number = 1
+        while round_number <= self._config.max_rounds and not stopping.stops(
+            round_number - 1, self._config.patience
+        ):
+            try:
+                plan_partner_round(round_number, self._config.learning_rate)
+                result = self.train_round(round_number)
+            except Unavailable as exc:
+                if recover is None:
+                    raise
+                resumed = keeper.restore(recover(exc, round_number))
+                self.load_state(resumed)
+                stopping = resumed.stopping
+                del rounds[resumed.round :]
+                round_number = resumed.round + 1
+                continue
             rounds.append(result)
-            if result.valid_loss < best.loss:
-                best = _Best(round_number, result.valid_loss, self._state())
-            elif round_number - best.round >= self._config.patience:
-                break
-        self.bottom.load_state_dict(best.state["bottom"])
-        self.head.load_state_dict(best.state["head"])
+            stopping = stopping.after(result)
+            keeper.keep(self.state(round_number, stopping), result)
+            round_number += 1
+        best = keeper.restore(stopping.best_round)
+        self._load_weights(best.weights)
         test, _ = self.evaluate(TEST, best.round)
         return TrainingResult(
             best_round=best.round,
@@ -235,37 +347,43 @@ class BankTrainer:
             bytes_received=traffic.bytes_received - received,
         )
 
+    def state(self, round_number: int, stopping: EarlyStopping) -> BankState:
+        """The trainer's state now, as the end of `round_number` (copies, not views)."""
+        weights = {
+            **{f"bottom.{k}": v for k, v in self.bottom.state_dict().items()},
+            **{f"head.{k}": v for k, v in self.head.state_dict().items()},
+        }
+        return BankState(
+            round=round_number,
+            weights={name: tensor.detach().clone() for name, tensor in weights.items()},
+            optimizer=copy.deepcopy(self._optimizer.state_dict()),
+            generator=self._generator.get_state(),
+            stopping=stopping,
+        )
+
+    def load_state(self, state: BankState) -> None:
+        """Continue from `state`: weights, optimizer and generator."""
+        self._load_weights(state.weights)
+        self._optimizer.load_state_dict(copy.deepcopy(state.optimizer))
+        self._generator.set_state(state.generator)
+
+    def _load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        for prefix, module in (("bottom.", self.bottom), ("head.", self.head)):
+            module.load_state_dict(
+                {k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)}
+            )
+
     def train_round(self, round_number: int) -> RoundResult:
-        """One pass over the training rows in a seeded random order, then validation."""
-        config = self._config
-        rows = np.flatnonzero(self._data.split == TRAIN)
-        order = rows[torch.randperm(len(rows), generator=self._generator).numpy()]
-        batches = [
-            order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)
-        ]
+        """The round's passes over the training rows, each in a seeded random order; then
+        validation."""
         traffic = self._partner.traffic
         sent, received = traffic.bytes_sent, traffic.bytes_received
-        losses: list[float] = []
-
-        def step(k: int, partner: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-            gradient, loss = self._train_step(batches[k], partner)
-            losses.append(loss)
-            return gradient
-
         started = time.perf_counter()
-        self.bottom.train()
-        self.head.train()
-        # Dropout draws from torch's process-wide generator, seeded here from the run's seed and
-        # the round, so a run repeats exactly when the parties run in their own processes.
-        with (
-            torch.random.fork_rng(devices=[]),
-            self._partner.open_pass(round_number, train=True) as stream,
-        ):
-            torch.manual_seed(
-                int(np.random.SeedSequence([config.seed, round_number]).generate_state(1)[0])
-            )
-            _stream_batches(stream, batches, config.pipeline_depth, step)
-            summary = stream.close()
+        losses: list[float] = []
+        summary = None
+        for epoch in range(self._config.epochs_per_round):
+            summary = self._train_pass(round_number, epoch, losses)
+        assert summary is not None  # epochs_per_round >= 1
         seconds = time.perf_counter() - started
         pass_sent, pass_received = traffic.bytes_sent - sent, traffic.bytes_received - received
         valid, valid_loss = self.evaluate(VALID, round_number)
@@ -286,6 +404,35 @@ class BankTrainer:
             bytes_received=pass_received,
             partner_weights_sha256=summary.weights_sha256,
         )
+
+    def _train_pass(self, round_number: int, epoch: int, losses: list[float]) -> PartnerPassSummary:
+        """One pass over the training rows in a seeded random order."""
+        config = self._config
+        rows = np.flatnonzero(self._data.split == TRAIN)
+        order = rows[torch.randperm(len(rows), generator=self._generator).numpy()]
+        batches = [
+            order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)
+        ]
+
+        def step(k: int, partner: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+            gradient, loss = self._train_step(batches[k], partner)
+            losses.append(loss)
+            return gradient
+
+        self.bottom.train()
+        self.head.train()
+        # Dropout draws from torch's process-wide generator, seeded here from the run's seed, the
+        # round and the epoch (as the partner seeds its side), so a run repeats exactly when the
+        # parties run in their own processes, and a round trained again after a resume too.
+        with (
+            torch.random.fork_rng(devices=[]),
+            self._partner.open_pass(round_number, train=True) as stream,
+        ):
+            torch.manual_seed(
+                int(np.random.SeedSequence([config.seed, round_number, epoch]).generate_state(1)[0])
+            )
+            _stream_batches(stream, batches, config.pipeline_depth, step)
+            return stream.close()
 
     def evaluate(self, split: int, partner_round: int) -> tuple[TaskMetrics, float]:
         """Figures and objective on one split's rows, with a completed round's partner weights."""
@@ -349,9 +496,6 @@ class BankTrainer:
         assert partner_embedding.grad is not None
         gradient: npt.NDArray[np.float32] = partner_embedding.grad.numpy()
         return gradient, loss.item()
-
-    def _state(self) -> dict[str, Any]:
-        return copy.deepcopy({"bottom": self.bottom.state_dict(), "head": self.head.state_dict()})
 
 
 def _stream_batches(

@@ -12,6 +12,7 @@ Example::
     out: out/train                 # report.json, and work/ with certificates, settings and logs
     training:                      # every key optional; defaults are TrainingConfig's
       rounds: 10
+      epochs_per_round: 1
       patience: 3
       learning_rate: 0.001
       batch_size: 256
@@ -63,6 +64,7 @@ def _as_in(field: str) -> Any:
 
 _RUN_CONFIG_KEYS: Final = {
     "rounds": "num-rounds",
+    "epochs_per_round": "epochs-per-round",
     "patience": "patience",
     "learning_rate": "learning-rate",
     "batch_size": "batch-size",
@@ -83,6 +85,7 @@ class TrainingSection(Section):
     """The run's hyperparameters (see `TrainingConfig` for each)."""
 
     rounds: Annotated[int, _as_in("max_rounds")]
+    epochs_per_round: Annotated[int, _as_in("epochs_per_round")]
     patience: Annotated[int, _as_in("patience")]
     learning_rate: Annotated[float, _as_in("learning_rate")]
     batch_size: Annotated[int, _as_in("batch_size")]

@@ -5,7 +5,9 @@ file ``$COBRAND_TRAINER_CONFIG`` names (``bank_node.trainer_config``), the run's
 from Flower's run config (`RUN_CONFIG_FIELDS`, declared with their defaults in this app's
 ``pyproject.toml``), and runs `train_run` with the partner reached through Flower messages and
 the bank's trainer streaming each round on the data plane. The run's journal goes to
-``<runs_dir>/<run id>.jsonl``; progress goes to the run's log (``flwr log RUN_ID``).
+``<runs_dir>/<run id>.jsonl`` and its round checkpoints to ``<runs_dir>/<run id>/``; progress
+goes to the run's log (``flwr log RUN_ID``). A partner_node that dies or hangs mid-run is waited
+for (``resume`` in the trainer settings) and the run resumes from its last committed round.
 
 The risk team lists, follows and stops runs with the ``flwr`` CLI; a stopped run ends within
 about a second (`RunWatch`), and the partner rolls back the round that was streaming.
@@ -39,6 +41,7 @@ __all__ = ["RUN_CONFIG_FIELDS", "app", "training_config"]
 
 RUN_CONFIG_FIELDS: Final = {
     "num-rounds": "max_rounds",
+    "epochs-per-round": "epochs_per_round",
     "patience": "patience",
     "learning-rate": "learning_rate",
     "batch-size": "batch_size",
@@ -82,7 +85,9 @@ def main(grid: Grid, context: Context) -> None:
             channel,
             config,
             journal,
+            runs_dir=settings.runs_dir,
             reply_timeout=settings.reply_timeout_s,
+            resume=settings.resume,
         )
     _LOG.info(
         "[ServerApp] run %s finished: best round %d of %d, model bank %s partner %s",

@@ -46,9 +46,11 @@ def test_every_run_config_key_is_declared_with_the_trainers_default() -> None:
 
 
 def test_run_config_overrides_reach_the_trainer() -> None:
-    config = training_config({**RUN_CONFIG, "num-rounds": 4, "learning-rate": 0.01})
+    config = training_config(
+        {**RUN_CONFIG, "num-rounds": 4, "epochs-per-round": 3, "learning-rate": 0.01}
+    )
 
-    assert (config.max_rounds, config.learning_rate) == (4, 0.01)
+    assert (config.max_rounds, config.epochs_per_round, config.learning_rate) == (4, 3, 0.01)
 
 
 def test_a_bad_run_config_value_is_refused_naming_its_key() -> None:

@@ -58,11 +58,18 @@ def test_a_job_without_training_keys_runs_with_the_flower_apps_defaults(job_dir:
 
 
 def test_training_keys_become_the_run_config(job_dir: Path) -> None:
-    training = {"rounds": 4, "batch_size": 64, "learning_rate": 0.01, "seed": 9}
+    training = {
+        "rounds": 4,
+        "epochs_per_round": 2,
+        "batch_size": 64,
+        "learning_rate": 0.01,
+        "seed": 9,
+    }
 
     run_config = load_job(_write(job_dir, _job(training=training))).training.run_config
 
     assert run_config["num-rounds"] == 4
+    assert run_config["epochs-per-round"] == 2
     assert run_config["batch-size"] == 64
     assert run_config["learning-rate"] == 0.01
     assert run_config["seed"] == 9
