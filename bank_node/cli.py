@@ -2,10 +2,16 @@
 
 ``cobrand bank align --config bank.yaml`` aligns the bank's table with the partner node named in
 the settings, with progress bars, and prints what it found; identifiers are never printed.
+
+``cobrand bank superlink --trainer-config trainer.yaml --ca-cert ... --cert ... --key ...`` runs
+the bank's Flower SuperLink (it becomes that process) with TLS and SuperNode authentication,
+its ServerApps reading the trainer's settings; the risk team then starts, follows and stops
+training runs with ``flwr run bank_node/flower_app``, ``flwr log`` and ``flwr stop``.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -14,22 +20,48 @@ import typer
 from bank_node.alignment_client import align_with_partner
 from bank_node.config import BankNodeConfig
 from bank_node.psi_initiator import AlignmentOutcome
+from bank_node.trainer_config import TRAINER_CONFIG_ENV, TrainerConfig
 from cobrand.commands.exits import cli_errors
 from cobrand.commands.progress import ProgressBars
+from cobrand.flower_sites import SuperLinkTls, flower_environment, superlink_command
 from cobrand.settings import load_settings
 
-__all__ = ["align", "app", "outcome_lines"]
+__all__ = ["align", "app", "outcome_lines", "superlink"]
 
 app = typer.Typer(
     name="bank",
-    help="The bank's node: private alignment with the partner.",
+    help="The bank's node: private alignment and federated training with the partner.",
     no_args_is_help=True,
 )
 
 
 @app.callback()
 def main() -> None:
-    """The bank's node: private alignment with the partner."""
+    """The bank's node: private alignment and federated training with the partner."""
+
+
+@app.command()
+def superlink(
+    trainer_config: Annotated[
+        Path,
+        typer.Option(help="The ServerApp's settings (trainer.yaml): bank.yaml, runs, its cert."),
+    ],
+    ca_cert: Annotated[Path, typer.Option(help="The bank's CA certificate.")],
+    cert: Annotated[Path, typer.Option(help="The SuperLink's certificate (role bank).")],
+    key: Annotated[Path, typer.Option(help="The SuperLink's private key.")],
+    host: Annotated[str, typer.Option(help="Interface of the Fleet API.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the Fleet API.")] = 9092,
+) -> None:
+    """Run the bank's Flower SuperLink for federated training with the partner."""
+    with cli_errors():
+        # Checked here, not when the first run's ServerApp fails on it.
+        load_settings(TrainerConfig, trainer_config)
+        command = superlink_command(SuperLinkTls(ca_cert, cert, key), host, port)
+        env = flower_environment(
+            Path(os.environ["FLWR_HOME"]),
+            {TRAINER_CONFIG_ENV: str(trainer_config.resolve())},
+        )
+    os.execve(command[0], command, env)  # noqa: S606 -- Flower's program, no shell
 
 
 @app.command()

@@ -48,7 +48,8 @@ from cobrand.alignment_protocol import PsiSettings
 from cobrand.alignment_store import AlignmentStore
 from cobrand.commands.align import align_sites, local_sites, tls_files
 from cobrand.commands.train import train_aligned
-from cobrand.flower_local import LocalFederation, SuperLinkTls
+from cobrand.flower_local import LocalFederation
+from cobrand.flower_sites import SuperLinkTls
 from cobrand.party_files import load_own_table
 from cobrand.pki import Party
 from cobrand.preprocess import Preprocessor

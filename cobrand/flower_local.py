@@ -19,10 +19,8 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
@@ -31,8 +29,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from cobrand.errors import FailedPrecondition, Unavailable
+from cobrand.flower_sites import (
+    SuperLinkTls,
+    flower_environment,
+    flower_program,
+    superlink_command,
+    supernode_command,
+    toml_string,
+)
 
-__all__ = ["CONNECTION", "LocalFederation", "SuperLinkTls", "flower_environment"]
+__all__ = ["CONNECTION", "LocalFederation"]
 
 CONNECTION: Final = "cobrand-local"
 """The name of the SuperLink connection in ``$FLWR_HOME/config.toml``."""
@@ -42,45 +48,11 @@ _STOP_GRACE_S = 10.0
 _CLI_TIMEOUT_S = 60.0
 
 
-@dataclass(frozen=True)
-class SuperLinkTls:
-    """The SuperLink's server certificate and key, and the CA certificate that signed it.
-
-    The certificate needs a SAN for 127.0.0.1. The SuperNode and the ``flwr`` CLI trust the CA.
-    """
-
-    ca_cert: Path
-    cert: Path
-    key: Path
-
-
-def flower_environment(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of every Flower process and ``flwr`` command started from here."""
-    env = dict(os.environ)
-    env.update(extra or {})
-    env["FLWR_TELEMETRY_ENABLED"] = "0"
-    env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
-    env["FLWR_HOME"] = str(flwr_home)
-    # The SuperLink and SuperNode start `flower-superexec` and the app processes by name.
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    return env
-
-
-def _program(name: str) -> str:
-    """A Flower executable installed beside this interpreter."""
-    return str(Path(sys.executable).parent / name)
-
-
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind((_LOOPBACK, 0))
         port: int = probe.getsockname()[1]
         return port
-
-
-def _toml_string(value: str) -> str:
-    # A TOML basic string accepts JSON's escapes.
-    return json.dumps(value)
 
 
 class LocalFederation:
@@ -112,30 +84,16 @@ class LocalFederation:
         """Start the SuperLink and wait until its API accepts connections."""
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         (self.flwr_home / "config.toml").write_text(
-            f"[superlink]\ndefault = {_toml_string(CONNECTION)}\n\n"
+            f"[superlink]\ndefault = {toml_string(CONNECTION)}\n\n"
             f"[superlink.{CONNECTION}]\n"
-            f"address = {_toml_string(f'{_LOOPBACK}:{self.port}')}\n"
-            f"root-certificates = {_toml_string(str(self.tls.ca_cert))}\n",
+            f"address = {toml_string(f'{_LOOPBACK}:{self.port}')}\n"
+            f"root-certificates = {toml_string(str(self.tls.ca_cert))}\n",
             encoding="utf-8",
         )
         started = time.perf_counter()
         self._spawn(
             "superlink",
-            [
-                _program("flower-superlink"),
-                "--ssl-ca-certfile",
-                str(self.tls.ca_cert),
-                "--ssl-certfile",
-                str(self.tls.cert),
-                "--ssl-keyfile",
-                str(self.tls.key),
-                "--enable-supernode-auth",
-                "--disable-runtime-dependency-installation",
-                "--host",
-                _LOOPBACK,
-                "--port",
-                str(self.port),
-            ],
+            superlink_command(self.tls, _LOOPBACK, self.port),
             self._superlink_env,
         )
         self._wait_for_port(self.port, "superlink", timeout)
@@ -155,22 +113,11 @@ class LocalFederation:
         node_id = int(
             self.flwr("supernode", "register", str(key_file.with_suffix(".pub")))["node-id"]
         )
-        config = " ".join(f"{key}={_toml_string(value)}" for key, value in node_config.items())
         self._spawn(
             "supernode",
-            [
-                _program("flower-supernode"),
-                "--root-certificates",
-                str(self.tls.ca_cert),
-                "--auth-supernode-private-key",
-                str(key_file),
-                "--superlink",
-                f"{_LOOPBACK}:{self.port}",
-                "--port",
-                str(_free_port()),
-                "--node-config",
-                config,
-            ],
+            supernode_command(
+                f"{_LOOPBACK}:{self.port}", self.tls.ca_cert, key_file, _free_port(), node_config
+            ),
         )
         deadline = time.monotonic() + timeout
         while not self._node_online(node_id):
@@ -214,7 +161,7 @@ class LocalFederation:
         FailedPrecondition
             The command failed; the message holds its error.
         """
-        command = [_program("flwr"), *args, CONNECTION, "--format", "json"]
+        command = [flower_program("flwr"), *args, CONNECTION, "--format", "json"]
         done = subprocess.run(  # noqa: S603 -- a Flower program, arguments built here, no shell
             command,
             env=flower_environment(self.flwr_home),
@@ -262,7 +209,7 @@ class LocalFederation:
     def log(self, run_id: int) -> str:
         """The run's log so far (``flwr log --show``)."""
         done = subprocess.run(  # noqa: S603 -- a Flower program, arguments built here, no shell
-            [_program("flwr"), "log", str(run_id), CONNECTION, "--show"],
+            [flower_program("flwr"), "log", str(run_id), CONNECTION, "--show"],
             env=flower_environment(self.flwr_home),
             cwd=self.work,
             capture_output=True,

@@ -1,8 +1,13 @@
 """`cobrand partner ...`: the partner's node commands, run at the partner's site.
 
 ``cobrand partner serve --config partner.yaml`` loads the partner's table and answers the bank's
-alignment runs until stopped (SIGTERM or Ctrl-C), with a progress bar per phase and one log line
-per run; identifiers are never printed.
+alignment runs and training rounds until stopped (SIGTERM or Ctrl-C), with a progress bar per
+phase and one log line per run; identifiers are never printed.
+
+``cobrand partner supernode --config partner.yaml --superlink HOST:PORT ...`` runs the partner's
+Flower SuperNode (it becomes that process): authenticated at the bank's SuperLink by its own key,
+trusting the bank's CA, and telling its ClientApp to reach this node with the node's certificate
+from ``partner.yaml``, so each training round is handed to the long-lived node.
 """
 
 from __future__ import annotations
@@ -16,12 +21,18 @@ import typer
 
 from cobrand.commands.exits import cli_errors
 from cobrand.commands.progress import ProgressBars
+from cobrand.errors import ConfigError
+from cobrand.flower_sites import flower_environment, supernode_command
 from cobrand.settings import load_settings
 from partner_node.config import PartnerNodeConfig
 from partner_node.server import PartnerNode
 from partner_node.server import serve as serve_node
 
-__all__ = ["app", "serve"]
+__all__ = ["app", "serve", "supernode"]
+
+_LOOPBACK = "127.0.0.1"
+# Listen addresses meaning every interface, which a local SuperNode dials on loopback.
+_ANY_HOST = frozenset({"0.0.0.0", "::", "[::]", ""})  # noqa: S104 -- compared, never bound
 
 app = typer.Typer(
     name="partner",
@@ -59,6 +70,59 @@ def serve(
         with ProgressBars() as progress:
             serve_node(settings, progress, on_started=started)
     typer.echo("partner node stopped")
+
+
+@app.command()
+def supernode(
+    config: Annotated[
+        Path, typer.Option("--config", help="The partner node's settings file (partner.yaml).")
+    ],
+    superlink: Annotated[
+        str, typer.Option(help="The bank's SuperLink (host:port of its Fleet API).")
+    ],
+    root_certificates: Annotated[
+        Path, typer.Option(help="The bank's CA certificate, which signed the SuperLink's.")
+    ],
+    auth_key: Annotated[
+        Path,
+        typer.Option(help="This SuperNode's private key; the bank registers its public key."),
+    ],
+    node: Annotated[
+        str | None,
+        typer.Option(help="host:port where the ClientApp reaches the node (default: its listen)."),
+    ] = None,
+    port: Annotated[int, typer.Option(help="The SuperNode's own ClientAppIo port.")] = 9094,
+) -> None:
+    """Run the partner's Flower SuperNode, handing each training round to the partner node."""
+    # Imported here: it imports flwr, which no other partner command needs.
+    from partner_node.flower_client.client_app import HandOffSettings
+
+    with cli_errors():
+        settings = load_settings(PartnerNodeConfig, config)
+        if settings.tls is None:
+            raise ConfigError(
+                f"{config}: no 'tls' files; the ClientApp reaches the node with mutual TLS"
+            )
+        hand_off = HandOffSettings.model_validate(
+            {
+                "partner-node": node or _dialable(settings.listen),
+                "ca-bundle": settings.tls.ca_bundle,
+                "cert": settings.tls.cert,
+                "key": settings.tls.key,
+            }
+        )
+        command = supernode_command(
+            superlink, root_certificates, auth_key, port, hand_off.node_config()
+        )
+    os.execve(  # noqa: S606 -- Flower's own program beside this interpreter, no shell
+        command[0], command, flower_environment(Path(os.environ["FLWR_HOME"]))
+    )
+
+
+def _dialable(listen: str) -> str:
+    """The node's listen address as the SuperNode on the same host dials it."""
+    host, _, port = listen.rpartition(":")
+    return f"{_LOOPBACK if host in _ANY_HOST else host}:{port}"
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -24,7 +24,8 @@ import yaml
 from bank_node.config import BankNodeConfig, PartnerEndpoint
 from bank_node.run_journal import read_journal
 from bank_node.trainer_config import TRAINER_CONFIG_ENV, TrainerConfig
-from cobrand.flower_local import LocalFederation, SuperLinkTls
+from cobrand.flower_local import LocalFederation
+from cobrand.flower_sites import SuperLinkTls
 from cobrand.rounds_serde import status_from_proto
 from cobrand.rpc import create_channel
 from cobrand.v1 import rounds_pb2, rounds_pb2_grpc

@@ -15,7 +15,8 @@ from bank_node.run_journal import RunJournal
 from cobrand.cli import app
 from cobrand.commands.train import _follow
 from cobrand.errors import FailedPrecondition
-from cobrand.flower_local import LocalFederation, SuperLinkTls
+from cobrand.flower_local import LocalFederation
+from cobrand.flower_sites import SuperLinkTls
 from cobrand.synth import SynthConfig, write_dataset
 
 runner = CliRunner()

@@ -44,7 +44,8 @@ from cobrand.commands.align import (
 from cobrand.commands.exits import cli_errors
 from cobrand.commands.progress import ProgressBars
 from cobrand.errors import FailedPrecondition
-from cobrand.flower_local import LocalFederation, SuperLinkTls
+from cobrand.flower_local import LocalFederation
+from cobrand.flower_sites import SuperLinkTls
 
 __all__ = ["run", "train_aligned", "train_locally"]
 

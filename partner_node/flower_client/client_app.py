@@ -79,6 +79,11 @@ class HandOffSettings(Section):
     def tls(self) -> TlsFiles:
         return TlsFiles(ca_bundle=self.ca_bundle, cert=self.cert, key=self.key)
 
+    def node_config(self) -> dict[str, str]:
+        """These settings as the SuperNode's ``--node-config`` pairs (the keys set only)."""
+        values = self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        return {key: str(value) for key, value in values.items()}
+
 
 app = ClientApp()
 

@@ -1,11 +1,13 @@
-"""`cobrand bank align`: what the bank's operator sees when something is wrong."""
+"""`cobrand bank align` and `cobrand bank superlink`: what the bank's operator runs and sees."""
 
 from __future__ import annotations
 
 import random
 from pathlib import Path
 
+import pytest
 import yaml
+from click.testing import Result
 from typer.testing import CliRunner
 
 from cobrand.cli import app
@@ -51,3 +53,58 @@ def test_a_misspelt_settings_key_is_named(tmp_path: Path, throwaway_pki: ThrowAw
 
     assert result.exit_code == 2
     assert "unknown key 'data_dri'" in result.output
+
+
+def _run_superlink(
+    monkeypatch: pytest.MonkeyPatch, trainer: Path
+) -> tuple[Result, list[str], dict[str, str]]:
+    """`cobrand bank superlink` with os.execve captured instead of replacing the test process."""
+    executed: list[tuple[list[str], dict[str, str]]] = []
+    monkeypatch.setattr("os.execve", lambda _, argv, env: executed.append((list(argv), env)))
+    result = CliRunner().invoke(
+        app,
+        [
+            *("bank", "superlink", "--trainer-config", str(trainer)),
+            *("--ca-cert", "/srv/ca.crt", "--cert", "/srv/sl.crt", "--key", "/srv/sl.key"),
+            *("--host", "10.1.2.3", "--port", "9192"),
+        ],
+    )
+    argv, env = executed[0] if executed else ([], {})
+    return result, argv, env
+
+
+def test_the_superlink_runs_with_tls_and_supernode_authentication_and_the_trainers_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer = tmp_path / "trainer.yaml"
+    trainer.write_text(yaml.safe_dump({"bank": "bank.yaml", "runs_dir": "runs"}), encoding="utf-8")
+
+    result, argv, env = _run_superlink(monkeypatch, trainer)
+
+    assert result.exit_code == 0, result.output
+    assert Path(argv[0]).name == "flower-superlink"
+    for flag, value in (
+        ("--ssl-ca-certfile", "/srv/ca.crt"),
+        ("--ssl-certfile", "/srv/sl.crt"),
+        ("--ssl-keyfile", "/srv/sl.key"),
+        ("--host", "10.1.2.3"),
+        ("--port", "9192"),
+    ):
+        assert argv[argv.index(flag) + 1] == value
+    assert "--enable-supernode-auth" in argv
+    assert "--disable-runtime-dependency-installation" in argv
+    assert env["COBRAND_TRAINER_CONFIG"] == str(trainer.resolve())
+    assert env["FLWR_TELEMETRY_ENABLED"] == "0"
+
+
+def test_a_mistaken_trainer_settings_file_is_refused_before_the_superlink_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer = tmp_path / "trainer.yaml"
+    trainer.write_text(yaml.safe_dump({"bank": "bank.yaml", "run_dir": "runs"}), encoding="utf-8")
+
+    result, argv, _ = _run_superlink(monkeypatch, trainer)
+
+    assert result.exit_code == 2
+    assert "run_dir" in result.output
+    assert argv == []
