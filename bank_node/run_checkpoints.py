@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from bank_node.trainer import BankState, EarlyStopping, RoundResult
+from bank_node.round_state import BankState, EarlyStopping
+from bank_node.trainer import RoundResult
 from cobrand.checkpoint_files import CheckpointDir, RoundCheckpoint, run_directory
 
 __all__ = ["RunCheckpoints"]

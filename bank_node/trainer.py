@@ -23,12 +23,11 @@ validation rows through an embedding pass with that round's partner weights, and
 validation loss has not improved for ``patience`` rounds, going back to the best round's weights
 at both sides for the test figures.
 
-Checkpoints and resuming. After each round the trainer hands its whole state (`BankState`:
-weights, Adam's state, the generator of batch orders and dropout, the early-stopping figures) to
-a `RoundKeeper`, in memory by default or on disk (``bank_node.run_checkpoints``). When the
-partner becomes unavailable mid-round and a ``recover`` callback is given, the callback waits for
-the partner and names the round to go back to; the trainer restores that round's state from the
-keeper and trains the following rounds again, exactly as it would have.
+Checkpoints and resuming. After each round the trainer hands its whole state to a `RoundKeeper`
+(``bank_node.round_state``), in memory by default or on disk (``bank_node.run_checkpoints``).
+When the partner becomes unavailable mid-round and a ``recover`` callback is given, the callback
+waits for the partner and names the round to go back to; the trainer restores that round's
+state from the keeper and trains the following rounds again, exactly as it would have.
 """
 
 from __future__ import annotations
@@ -37,8 +36,8 @@ import copy
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Annotated, Any, Protocol
+from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 import numpy.typing as npt
@@ -47,18 +46,16 @@ from pydantic import Field
 
 from bank_node.dataplane_client import DataPlaneClient, PartnerPassSummary, PassStream
 from bank_node.evaluation import TaskMetrics, task_metrics, total_loss
+from bank_node.round_state import BankState, EarlyStopping, MemoryRounds, RoundKeeper
 from bank_node.training_data import TEST, TRAIN, VALID, BankTrainingData
 from cobrand.errors import FailedPrecondition, Unavailable
 from cobrand.settings import Section
 from cobrand.split_model import BottomModel, BottomSpec, HeadModel
 
 __all__ = [
-    "BankState",
     "BankTrainer",
-    "EarlyStopping",
     "PlanPartnerRound",
     "Recover",
-    "RoundKeeper",
     "RoundResult",
     "TrainingConfig",
     "TrainingResult",
@@ -175,70 +172,6 @@ class TrainingResult:
     bytes_received: int
 
 
-@dataclass(frozen=True)
-class EarlyStopping:
-    """The best round so far by validation loss (round 0, the initial weights, before any)."""
-
-    best_round: int = 0
-    best_loss: float = float("inf")
-
-    def after(self, result: RoundResult) -> EarlyStopping:
-        """The figures once `result`'s round is validated."""
-        if result.valid_loss < self.best_loss:
-            return EarlyStopping(result.round, result.valid_loss)
-        return self
-
-    def stops(self, last_round: int, patience: int) -> bool:
-        """Whether training stops after `last_round`: `patience` rounds without a better one."""
-        return last_round - self.best_round >= patience
-
-
-@dataclass(frozen=True)
-class BankState:
-    """Everything the bank's training continues from at the end of a round.
-
-    Attributes
-    ----------
-    round : int
-    weights : dict of str to Tensor
-        The bottom's (``bottom.*``) and the head's (``head.*``) weights.
-    optimizer : dict
-        Adam's ``state_dict()``.
-    generator : Tensor
-        The state of the generator of batch orders and partner-slice dropout.
-    stopping : EarlyStopping
-    """
-
-    round: int
-    weights: dict[str, torch.Tensor]
-    optimizer: dict[str, Any]
-    generator: torch.Tensor
-    stopping: EarlyStopping = field(default_factory=EarlyStopping)
-
-
-class RoundKeeper(Protocol):
-    """Keeps the state each round ended with, for resuming and for the best round's weights."""
-
-    def keep(self, state: BankState, result: RoundResult | None) -> None:
-        """Keep `state` (round 0's comes without a result)."""
-
-    def restore(self, round_number: int) -> BankState:
-        """The state kept for `round_number`."""
-
-
-class _MemoryRounds:
-    """A `RoundKeeper` holding every round's state in memory."""
-
-    def __init__(self) -> None:
-        self._states: dict[int, BankState] = {}
-
-    def keep(self, state: BankState, result: RoundResult | None) -> None:
-        self._states[state.round] = copy.deepcopy(state)
-
-    def restore(self, round_number: int) -> BankState:
-        return self._states[round_number]
-
-
 class BankTrainer:
     """Trains the bank's bottom and head with the partner over the data plane.
 
@@ -307,7 +240,7 @@ class BankTrainer:
             The partner refused a pass or a step.
         """
         torch.set_num_threads(self._config.torch_threads)
-        keeper = keeper if keeper is not None else _MemoryRounds()
+        keeper = keeper if keeper is not None else MemoryRounds()
         started = time.perf_counter()
         traffic = self._partner.traffic
         sent, received = traffic.bytes_sent, traffic.bytes_received

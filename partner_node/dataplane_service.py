@@ -23,7 +23,8 @@ from cobrand.pki import Role
 from cobrand.rpc import ServicerAdder
 from cobrand.tensor_wire import EXCHANGE_METHOD, pack_matrix, unpack_matrix, unpack_positions
 from cobrand.v1 import training_pb2
-from partner_node.trainer import PartnerTrainer, PassKind, PassSummary, TrainerPass
+from partner_node.trainer import PartnerTrainer
+from partner_node.trainer_pass import PassKind, PassSummary, TrainerPass
 
 __all__ = ["ALLOWED_ROLES", "DataPlaneService"]
 

@@ -34,72 +34,25 @@ update is exact; with two in flight it is one optimizer step stale.
 from __future__ import annotations
 
 import copy
-import enum
 import logging
 import threading
-from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import torch
-from torch.func import functional_call
 
 from cobrand.errors import FailedPrecondition, InvalidRequest
 from cobrand.preprocess import Encoded
 from cobrand.split_model import BottomModel, BottomSpec
 from cobrand.weights import weights_digest
-from partner_node.run_checkpoints import RunCheckpoints
+from partner_node.run_checkpoints import CompletedRounds, Restore, RoundState, RunCheckpoints
+from partner_node.trainer_pass import PassKind, TrainerPass
 
-__all__ = ["PartnerTrainer", "PassKind", "PassSummary", "Restore", "TrainerPass"]
+__all__ = ["PartnerTrainer"]
 
 _LOG = logging.getLogger(__name__)
-
-# A reply must fit the data plane's message limit (16 MiB): 65,536 rows of 64 float32.
-MAX_BATCH_ROWS = 65_536
-
-
-class PassKind(enum.Enum):
-    """What a pass over aligned rows does at the partner."""
-
-    TRAIN = "train"
-    EMBED = "embed"
-
-
-@dataclass(frozen=True)
-class PassSummary:
-    """What a pass that ended cleanly did.
-
-    Attributes
-    ----------
-    run_id : str
-    round : int
-    kind : PassKind
-    steps : int
-        Batches embedded.
-    rows : int
-        Rows over all batches.
-    gradients_applied : int
-    weights_sha256 : bytes
-        `cobrand.weights.weights_digest` of the weights the pass ended with.
-    """
-
-    run_id: str
-    round: int
-    kind: PassKind
-    steps: int
-    rows: int
-    gradients_applied: int
-    weights_sha256: bytes
-
-
-@dataclass(frozen=True)
-class _Checkpoint:
-    weights: dict[str, torch.Tensor]
-    optimizer: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -107,34 +60,6 @@ class _Plan:
     round: int
     learning_rate: float
     epochs: int
-
-
-@dataclass(frozen=True)
-class Restore:
-    """Where a restarted partner's trainer continues a run: a committed round's checkpoint.
-
-    Attributes
-    ----------
-    round : int
-        The round whose checkpoint the run continues from.
-    sha256 : bytes
-        Its weights digest, as the bank committed it.
-    best_round : int
-        The best round so far, whose checkpoint is restored too (for the bank's evaluation).
-    """
-
-    round: int
-    sha256: bytes
-    best_round: int
-
-
-@dataclass(frozen=True)
-class _Pending:
-    """A forward pass awaiting its gradient, with the weights that produced it."""
-
-    step: int
-    output: torch.Tensor
-    weights: dict[str, torch.Tensor]
 
 
 def _stream_seed(seed: int, round_number: int, epoch: int) -> int:
@@ -203,30 +128,27 @@ class PartnerTrainer:
             torch.manual_seed(seed)
             self._bottom = BottomModel(spec)
         self._optimizer = torch.optim.Adam(self._bottom.parameters())
-        self._files = checkpoints
-        self._checkpoints = {0: self._checkpoint()}
-        # The digest of every completed round, also of those whose weights were dropped.
-        self._history = [weights_digest(self._checkpoints[0].weights)]
+        self._rounds = CompletedRounds(run_id, self._state(), checkpoints, restore)
         self._planned: _Plan | None = None
         self._epochs_done = 0
         self._busy = threading.Lock()
-        if checkpoints is None:
-            return
-        if restore is None:
-            checkpoints.keep_only(set())
-            checkpoints.write(0, *self._saved(0))
-        else:
-            self._restore(checkpoints, restore)
+        if restore is not None:
+            self._load(self._rounds.state(restore.round))
+            _LOG.warning(
+                "[PartnerTrainer] run %s restored from its checkpoint of round %d",
+                run_id,
+                restore.round,
+            )
 
     @property
     def completed_rounds(self) -> int:
         """The last round that ended cleanly (0 before any)."""
-        return len(self._history) - 1
+        return self._rounds.last
 
     @property
     def history(self) -> tuple[bytes, ...]:
         """The checkpoint digests of rounds 0 to the last completed."""
-        return tuple(self._history)
+        return self._rounds.history
 
     def plan_round(
         self,
@@ -264,37 +186,37 @@ class PartnerTrainer:
         following = self.completed_rounds + 1
         previous = round_number - 1
         if round_number != following and (
-            previous_sha256 is None or round_number > following or previous not in self._checkpoints
+            previous_sha256 is None or round_number > following or not self._rounds.holds(previous)
         ):
             raise FailedPrecondition(
                 f"run {self.run_id!r}: cannot plan round {round_number}; the partner completed "
                 f"round {following - 1}, so the next round is {following}"
             )
-        if previous_sha256 is not None and self._history[previous] != previous_sha256:
+        held = self._rounds.digest(previous)
+        if previous_sha256 is not None and held != previous_sha256:
             raise FailedPrecondition(
                 f"run {self.run_id!r}: the partner's checkpoint of round {previous} is "
-                f"{self._history[previous].hex()[:12]}, the plan continues from "
-                f"{previous_sha256.hex()[:12]}"
+                f"{held.hex()[:12]}, the plan continues from {previous_sha256.hex()[:12]}"
             )
         if not np.isfinite(learning_rate) or learning_rate <= 0:
             raise InvalidRequest(f"learning rate must be positive and finite, got {learning_rate}")
         if epochs < 1:
             raise InvalidRequest(f"epochs must be at least 1, got {epochs}")
         if round_number != following:
-            self._roll_back_to(previous)
+            self._load(self._rounds.roll_back_to(previous))
+            _LOG.warning(
+                "[PartnerTrainer] run %s: rounds after %d were not committed; rolled back to it",
+                self.run_id,
+                previous,
+            )
         if best_round is not None:
-            self._keep_only({previous - 1, previous, best_round})
+            self._rounds.keep_only({previous - 1, previous, best_round})
         self._planned = _Plan(round_number, learning_rate, epochs)
         self._epochs_done = 0
 
     def round_digest(self, round_number: int) -> bytes:
         """`weights_digest` of the weights a completed round ended with."""
-        if not 0 <= round_number <= self.completed_rounds:
-            raise FailedPrecondition(
-                f"run {self.run_id!r}: round {round_number} has not completed at the partner "
-                f"(completed: {self.completed_rounds})"
-            )
-        return self._history[round_number]
+        return self._rounds.digest(round_number)
 
     @contextmanager
     def open_pass(self, run_id: str, round_number: int, kind: PassKind) -> Iterator[TrainerPass]:
@@ -318,7 +240,7 @@ class PartnerTrainer:
                 f"{planned.round if planned else 'none'})"
             )
         if kind is PassKind.EMBED:
-            self._checkpoint_of(round_number)
+            self._rounds.state(round_number)
         # A pass the bank just abandoned may still be winding down (its stream's cancellation
         # reaches this process a moment later), so a prompt retry waits briefly for it.
         if not self._busy.acquire(timeout=self.busy_wait):
@@ -331,7 +253,7 @@ class PartnerTrainer:
             with torch.random.fork_rng(devices=[]):
                 epoch = self._epochs_done if kind is PassKind.TRAIN else 0
                 torch.manual_seed(_stream_seed(self._seed, round_number, epoch))
-                opened = TrainerPass(self, round_number, kind)
+                opened = self._pass(round_number, kind)
                 yield opened
             finished = opened.finished
         finally:
@@ -341,66 +263,43 @@ class PartnerTrainer:
 
     # --- used by TrainerPass ---------------------------------------------------------------
 
-    def _checkpoint(self) -> _Checkpoint:
+    def _pass(self, round_number: int, kind: PassKind) -> TrainerPass:
+        train = kind is PassKind.TRAIN
+        self._bottom.train(train)
+        if train:
+            assert self._planned is not None  # open_pass checked the round is planned
+            for group in self._optimizer.param_groups:
+                group["lr"] = self._planned.learning_rate
+        return TrainerPass(
+            run_id=self.run_id,
+            round_number=round_number,
+            kind=kind,
+            bottom=self._bottom,
+            features=(self._numeric, self._categorical),
+            max_pending_steps=self.max_pending_steps,
+            optimizer=self._optimizer if train else None,
+            frozen=None if train else self._rounds.state(round_number).weights,
+            finish=(
+                (lambda: self._pass_trained(round_number))
+                if train
+                else (lambda: self.round_digest(round_number))
+            ),
+        )
+
+    def _state(self) -> RoundState:
         weights = {name: t.detach().clone() for name, t in self._bottom.state_dict().items()}
-        return _Checkpoint(weights, copy.deepcopy(self._optimizer.state_dict()))
+        return RoundState(weights, copy.deepcopy(self._optimizer.state_dict()))
 
-    def _checkpoint_of(self, round_number: int) -> _Checkpoint:
-        if round_number not in self._checkpoints:
-            self.round_digest(round_number)  # names a round not completed
-            raise FailedPrecondition(
-                f"run {self.run_id!r}: the partner no longer keeps round {round_number}'s "
-                f"weights (kept: {sorted(self._checkpoints)})"
-            )
-        return self._checkpoints[round_number]
-
-    def _load(self, checkpoint: _Checkpoint) -> None:
-        self._bottom.load_state_dict(checkpoint.weights)
-        self._optimizer.load_state_dict(copy.deepcopy(checkpoint.optimizer))
+    def _load(self, state: RoundState) -> None:
+        self._bottom.load_state_dict(state.weights)
+        self._optimizer.load_state_dict(copy.deepcopy(state.optimizer))
 
     def _rollback(self) -> None:
-        self._load(self._checkpoints[self.completed_rounds])
+        self._load(self._rounds.state(self.completed_rounds))
         self._epochs_done = 0
         _LOG.warning(
             "[PartnerTrainer] training pass did not finish; weights rolled back to round %d",
             self.completed_rounds,
-        )
-
-    def _roll_back_to(self, round_number: int) -> None:
-        dropped = self.completed_rounds
-        self._load(self._checkpoints[round_number])
-        del self._history[round_number + 1 :]
-        self._keep_only(set(self._checkpoints) - set(range(round_number + 1, dropped + 1)))
-        _LOG.warning(
-            "[PartnerTrainer] run %s: rounds %d to %d were not committed; rolled back to round %d",
-            self.run_id,
-            round_number + 1,
-            dropped,
-            round_number,
-        )
-
-    def _keep_only(self, rounds: set[int]) -> None:
-        for round_number in set(self._checkpoints) - rounds:
-            del self._checkpoints[round_number]
-        if self._files is not None:
-            self._files.keep_only(rounds)
-
-    def _saved(self, round_number: int) -> tuple[Any, Any, tuple[bytes, ...]]:
-        checkpoint = self._checkpoints[round_number]
-        return checkpoint.weights, checkpoint.optimizer, tuple(self._history[: round_number + 1])
-
-    def _restore(self, files: RunCheckpoints, restore: Restore) -> None:
-        saved = files.read(restore.round, restore.sha256)
-        self._history = list(saved.history)
-        self._checkpoints = {restore.round: _Checkpoint(saved.weights, saved.optimizer)}
-        self._load(self._checkpoints[restore.round])
-        if restore.best_round != restore.round:
-            best = files.read(restore.best_round, saved.history[restore.best_round])
-            self._checkpoints[restore.best_round] = _Checkpoint(best.weights, best.optimizer)
-        _LOG.warning(
-            "[PartnerTrainer] run %s restored from its checkpoint of round %d",
-            self.run_id,
-            restore.round,
         )
 
     def _pass_trained(self, round_number: int) -> bytes:
@@ -411,164 +310,7 @@ class PartnerTrainer:
         self._epochs_done += 1
         if self._epochs_done < planned.epochs:
             return weights_digest(self._bottom.state_dict())
-        checkpoint = self._checkpoint()
-        digest = weights_digest(checkpoint.weights)
-        if self._files is not None:
-            # On disk before the summary reports the digest: whatever the bank commits survives.
-            history = (*self._history, digest)
-            self._files.write(round_number, checkpoint.weights, checkpoint.optimizer, history)
-        self._checkpoints[round_number] = checkpoint
-        self._history.append(digest)
+        digest = self._rounds.commit(self._state())
         self._planned = None
         self._epochs_done = 0
         return digest
-
-
-class TrainerPass:
-    """One open pass: embed batches in step order and, when training, apply their gradients.
-
-    Obtained from `PartnerTrainer.open_pass`; used from one thread.
-    """
-
-    def __init__(self, trainer: PartnerTrainer, round_number: int, kind: PassKind) -> None:
-        self._trainer = trainer
-        self._round = round_number
-        self._kind = kind
-        self._next_step = 0
-        self._rows = 0
-        self._applied = 0
-        self._pending: deque[_Pending] = deque()
-        self._stash: dict[str, torch.Tensor] | None = None
-        self.finished = False
-        bottom = trainer._bottom
-        if kind is PassKind.TRAIN:
-            bottom.train()
-            assert trainer._planned is not None  # open_pass checked the round is planned
-            for group in trainer._optimizer.param_groups:
-                group["lr"] = trainer._planned.learning_rate
-        else:
-            bottom.eval()
-            self._frozen = trainer._checkpoint_of(round_number).weights
-
-    def embed(self, step: int, positions: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
-        """Embeddings of the rows at `positions` (already range-checked), shape (n, width).
-
-        Raises
-        ------
-        InvalidRequest
-            `step` is not the next step, or the batch is too large.
-        FailedPrecondition
-            Too many batches await their gradient, or the bottom produced a non-finite value.
-        """
-        if step != self._next_step:
-            raise InvalidRequest(
-                f"batch of step {step}: the next step of this pass is {self._next_step}"
-            )
-        if len(positions) > MAX_BATCH_ROWS:
-            raise InvalidRequest(
-                f"batch of step {step}: {len(positions)} rows; at most {MAX_BATCH_ROWS} per batch"
-            )
-        if len(self._pending) >= self._trainer.max_pending_steps:
-            raise FailedPrecondition(
-                f"batch of step {step}: {len(self._pending)} embeddings already await their "
-                f"gradient; the partner accepts at most {self._trainer.max_pending_steps} in flight"
-            )
-        index = torch.from_numpy(positions)
-        inputs = (self._trainer._numeric[index], self._trainer._categorical[index])
-        bottom = self._trainer._bottom
-        if self._kind is PassKind.TRAIN:
-            if self._stash is None:
-                # Leaf copies of the current weights: later optimizer steps leave them intact.
-                self._stash = {
-                    name: p.detach().clone().requires_grad_()
-                    for name, p in bottom.named_parameters()
-                }
-            output = functional_call(bottom, self._stash, inputs)
-            self._pending.append(_Pending(step, output, self._stash))
-        else:
-            with torch.no_grad():
-                output = functional_call(bottom, self._frozen, inputs)
-        values: npt.NDArray[np.float32] = output.detach().numpy()
-        finite = np.isfinite(values).all(axis=1)
-        if not finite.all():
-            raise FailedPrecondition(
-                f"batch of step {step}: the partner bottom produced a non-finite embedding for "
-                f"row {int(np.flatnonzero(~finite)[0])}; its weights have diverged"
-            )
-        self._next_step += 1
-        self._rows += len(positions)
-        return values
-
-    def apply_gradient(self, step: int, gradient: npt.NDArray[np.float32]) -> None:
-        """Back-propagate `gradient` (d loss / d embedding of `step`) and take one optimizer step.
-
-        Raises
-        ------
-        InvalidRequest
-            An embedding pass, a step not the oldest awaiting its gradient, or a gradient whose
-            shape differs from that step's embedding. (Finiteness is checked on unpacking.)
-        """
-        if self._kind is not PassKind.TRAIN:
-            raise InvalidRequest(f"gradient of step {step}: an embedding pass takes no gradients")
-        if not self._pending or self._pending[0].step != step:
-            awaiting = [p.step for p in self._pending]
-            raise InvalidRequest(
-                f"gradient of step {step}: gradients come in step order; awaiting "
-                f"{awaiting[0] if awaiting else 'none'}"
-            )
-        pending = self._pending[0]
-        if gradient.shape != tuple(pending.output.shape):
-            raise InvalidRequest(
-                f"gradient of step {step} is {gradient.shape[0]} x {gradient.shape[1]}; the "
-                f"embedding of that step was {pending.output.shape[0]} x {pending.output.shape[1]}"
-            )
-        self._pending.popleft()
-        names = list(pending.weights)
-        grads = torch.autograd.grad(
-            pending.output,
-            [pending.weights[name] for name in names],
-            grad_outputs=torch.from_numpy(gradient),
-            allow_unused=True,
-        )
-        live = dict(self._trainer._bottom.named_parameters())
-        for name, grad in zip(names, grads, strict=True):
-            live[name].grad = grad
-        self._trainer._optimizer.step()
-        self._stash = None
-        self._applied += 1
-
-    def finish(self) -> PassSummary:
-        """End the pass; the round's last training pass completes the round.
-
-        Raises
-        ------
-        FailedPrecondition
-            A training pass ends with embeddings still awaiting their gradient.
-        """
-        trainer = self._trainer
-        if self._pending:
-            raise FailedPrecondition(
-                f"round {self._round}: the pass ended with steps "
-                f"{[p.step for p in self._pending]} awaiting their gradient; round rolled back"
-            )
-        if self._kind is PassKind.TRAIN:
-            digest = trainer._pass_trained(self._round)
-        else:
-            digest = trainer.round_digest(self._round)
-        self.finished = True
-        _LOG.info(
-            "[PartnerTrainer] %s pass of round %d: %d steps, %d rows",
-            self._kind.value,
-            self._round,
-            self._next_step,
-            self._rows,
-        )
-        return PassSummary(
-            run_id=trainer.run_id,
-            round=self._round,
-            kind=self._kind,
-            steps=self._next_step,
-            rows=self._rows,
-            gradients_applied=self._applied,
-            weights_sha256=digest,
-        )

@@ -32,8 +32,8 @@ from cobrand.preprocess import Encoded
 from cobrand.rounds_protocol import AlignmentVersion, PartnerStatus, RoundPlan, RunProgress
 from cobrand.split_model import BottomSpec
 from partner_node.dataplane_service import DataPlaneService
-from partner_node.run_checkpoints import RunCheckpoints
-from partner_node.trainer import PartnerTrainer, Restore
+from partner_node.run_checkpoints import Restore, RunCheckpoints
+from partner_node.trainer import PartnerTrainer
 
 __all__ = ["PartnerTrainingSet", "TrainingRuns", "TrainingSetSource"]
 

@@ -18,7 +18,8 @@ from cobrand.split_model import BottomSpec
 from cobrand.tensor_wire import EXCHANGE_METHOD, pack_matrix, pack_positions, unpack_matrix
 from cobrand.v1 import training_pb2 as pb
 from partner_node.dataplane_service import ALLOWED_ROLES, DataPlaneService
-from partner_node.trainer import PartnerTrainer, PassKind
+from partner_node.trainer import PartnerTrainer
+from partner_node.trainer_pass import PassKind
 from tests.conftest import ThrowAwayPki
 
 ROWS, WIDTH, RUN = 40, 4, "run-7"

@@ -13,7 +13,8 @@ import torch
 from cobrand.errors import FailedPrecondition, InvalidRequest
 from cobrand.preprocess import Encoded
 from cobrand.split_model import BottomModel, BottomSpec
-from partner_node.trainer import PartnerTrainer, PassKind
+from partner_node.trainer import PartnerTrainer
+from partner_node.trainer_pass import PassKind
 
 # No dropout, so a pass is a deterministic function of the weights.
 SPEC = BottomSpec(
