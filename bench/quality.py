@@ -15,17 +15,13 @@ it, stratified, seed 0). In the same run:
   TLS), once per training seed; the test AUC and KS (cobrand.metrics) of its joint path and of
   its bank-only path, mean +- sd over the seeds.
 
-Label leakage, with the privacy defence off (the product has none yet): the bench records every
-gradient the bank sends the partner over the data plane (a recording `DataPlaneClient`, bench
-only) and attacks them as the partner could, per training epoch:
-
-- norm attack: the AUC of each row's gradient norm as a score for the label;
-- direction attack, a 2-cluster split needing no labels: per batch, each row's cosine to the
-  leading singular direction of the batch's unit gradients, signed so that the smaller side
-  (defaults are the minority, 22%) scores high; the AUC of that score.
-
-Rows whose gradient is exactly zero (the partner slice dropped for them in that step) are left
-out of both attacks. Printed for the first and the last epoch trained, mean +- sd over seeds.
+Label leakage: every seed trains twice, with the label-leakage defence off and on
+(``bank_node.leakage.LabelNoise`` at ``--noise``; the same seed for the weights, batches and the
+partner, so the AUC cost is a paired difference). The bank's trainer records the gradients it
+sends the partner in the first and the last training pass (``GradientRecorder``) and the partner's
+two attacks run on them (``bank_node.leakage.attack_aucs``: gradient norm, and the direction of
+each row against its batch's leading direction; rows with a zero gradient left out). The defence
+is applied by a trainer subclass here until the product's trainer takes it from its config.
 """
 
 from __future__ import annotations
@@ -40,14 +36,18 @@ from typing import Any
 import lightgbm
 import numpy as np
 import numpy.typing as npt
+import torch
 from pyarrow import csv
 from sklearn.model_selection import train_test_split
 
-from bank_node.dataplane_client import DataPlaneClient, PassStream
-from bank_node.trainer import TrainingConfig
-from bench.dataplane import DATA, Aligned, load_aligned, partner_process, train_federated
+from bank_node.dataplane_client import DataPlaneClient
+from bank_node.leakage import GradientRecorder, LabelNoise, attack_aucs
+from bank_node.trainer import BankTrainer, RoundResult, TrainingConfig
+from bank_node.training_data import BankTrainingData
+from bench.dataplane import DATA, Aligned, PartnerProcess, load_aligned, partner_process
 from cobrand.metrics import auc, ks
-from cobrand.v1 import training_pb2
+from cobrand.rpc import TlsFiles, create_channel
+from cobrand.split_model import BottomSpec, HeadModel
 
 _LIGHTGBM = {
     "n_estimators": 300,
@@ -59,43 +59,72 @@ _TEST_SHARE, _VALID_SHARE_OF_TRAIN = 0.3, 0.2
 _TRAIN, _VALID, _TEST = 0, 1, 2
 
 
-class _RecordingStream(PassStream):
-    """A training pass that keeps, in step order, each batch's positions and each gradient."""
+class _NoisyHead(torch.nn.Module):
+    """The trainer's head, computing the defence's noise whenever it runs on a training step."""
 
-    def __init__(self, *args: Any) -> None:
-        self.positions: list[npt.NDArray[np.integer]] = []
-        self.gradients: list[npt.NDArray[np.float32]] = []
-        super().__init__(*args)
+    def __init__(self, head: HeadModel, defence: LabelNoise | None) -> None:
+        super().__init__()
+        self.head = head
+        self.defence = defence
+        self.labels: dict[str, torch.Tensor] = {}
+        self.noise: torch.Tensor | None = None
 
-    def send(
+    def forward(
+        self, bank: torch.Tensor, partner: torch.Tensor, partner_missing: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        outputs: dict[str, torch.Tensor] = self.head(bank, partner, partner_missing)
+        if partner.requires_grad and self.defence is not None:
+            self.noise = self.defence.noise(outputs, self.labels, partner)
+        return outputs
+
+
+class _DefendedTrainer(BankTrainer):
+    """A `BankTrainer` that adds the defence's noise to each gradient it sends and records it."""
+
+    def __init__(
         self,
-        *,
-        positions: npt.NDArray[np.integer] | None = None,
-        gradient: npt.NDArray[np.float32] | None = None,
+        data: BankTrainingData,
+        bank_spec: BottomSpec,
+        partner: DataPlaneClient,
+        config: TrainingConfig,
+        defence: LabelNoise | None,
     ) -> None:
-        if positions is not None:
-            self.positions.append(positions.copy())
-        if gradient is not None:
-            self.gradients.append(gradient.copy())
-        super().send(positions=positions, gradient=gradient)
+        super().__init__(data, bank_spec, partner, config)
+        self._noisy = _NoisyHead(self.head, defence)
+        self.head = self._noisy  # type: ignore[assignment]
+        self.recorder = GradientRecorder()
+
+    def train_round(self, round_number: int) -> RoundResult:
+        self.recorder.start_pass(round_number)
+        return super().train_round(round_number)
+
+    def _train_step(
+        self, rows: npt.NDArray[np.int64], partner: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float32], float]:
+        self._noisy.labels = {task: values[rows] for task, values in self._labels.items()}
+        gradient, loss = super()._train_step(rows, partner)
+        if self._noisy.noise is not None:
+            gradient = gradient + self._noisy.noise.numpy()
+        self.recorder.record(rows, gradient)
+        return gradient, loss
 
 
-class _RecordingClient(DataPlaneClient):
-    """Opens training passes that record what the bank sends; keeps the passes by round."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.passes: dict[int, _RecordingStream] = {}
-
-    def open_pass(self, round_number: int, *, train: bool) -> PassStream:
-        if not train:
-            return super().open_pass(round_number, train=train)
-        opening = training_pb2.PassOpen(
-            run_id=self.run_id, round=round_number, kind=training_pb2.PASS_KIND_TRAIN
-        )
-        # A retried round replaces its pass: the partner undid the first one.
-        self.passes[round_number] = _RecordingStream(self._exchange, opening, self)
-        return self.passes[round_number]
+def train_defended(
+    aligned: Aligned,
+    config: TrainingConfig,
+    partner: PartnerProcess,
+    tls: TlsFiles,
+    partner_width: int,
+    defence: LabelNoise | None,
+) -> tuple[dict[str, Any], GradientRecorder]:
+    """One federated run (the partner's trainer in `partner`) with `defence` or none."""
+    run_id = f"bench-quality-{'on' if defence else 'off'}-s{config.seed}"
+    partner.command("run", run_id, config.seed + 1)
+    with create_channel(f"127.0.0.1:{partner.port}", tls) as channel:
+        client = DataPlaneClient(channel, run_id=run_id, embedding_width=partner_width)
+        trainer = _DefendedTrainer(aligned.bank, aligned.bank_spec, client, config, defence)
+        result = trainer.fit(partner.planner())
+    return {"seconds": result.seconds, "test": result.test}, trainer.recorder
 
 
 def stratified_split(labels: npt.NDArray[np.float32]) -> npt.NDArray[np.int8]:
@@ -147,45 +176,32 @@ def lightgbm_test(
     }
 
 
-def attack_aucs(stream: _RecordingStream, labels: npt.NDArray[np.float32]) -> tuple[float, float]:
-    """(norm attack AUC, direction attack AUC) on one training pass's gradients."""
-    norm_scores, direction_scores, truths = [], [], []
-    for positions, gradient in zip(stream.positions, stream.gradients, strict=True):
-        norms = np.linalg.norm(gradient, axis=1)
-        kept = norms > 0
-        unit = gradient[kept] / norms[kept, None]
-        # The leading direction of the batch's gradients splits it in two clusters; the
-        # attacker, knowing defaults are the minority, calls the smaller side positive.
-        direction = np.linalg.svd(unit, full_matrices=False)[2][0]
-        cosine = unit @ direction
-        if np.sum(cosine > 0) > len(cosine) / 2:
-            cosine = -cosine
-        norm_scores.append(norms[kept])
-        direction_scores.append(cosine)
-        truths.append(labels[positions[kept]])
-    truth = np.concatenate(truths)
-    return (
-        auc(y_true=truth, y_score=np.concatenate(norm_scores)),
-        auc(y_true=truth, y_score=np.concatenate(direction_scores)),
-    )
-
-
 def _mean_sd(values: list[float]) -> str:
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.4f} +- {sd:.4f}"
 
 
-def _goal(name: str, value: float, floor: float) -> str:
-    verdict = "met" if value >= floor else "NOT met"
-    return f"  goal: {name} {value:.4f} >= {floor:.4f}: {verdict}"
+def _goal(name: str, value: float, bound: float, *, at_most: bool = False) -> str:
+    met = value <= bound if at_most else value >= bound
+    return f"  goal: {name} {value:.4f} {'<=' if at_most else '>='} {bound:.4f}: " + (
+        "met" if met else "NOT met"
+    )
+
+
+_DEFENCES = ("off", "on")
+_ATTACKS = tuple(
+    f"{attack} {epoch}" for epoch in ("first", "last") for attack in ("norm", "direction")
+)
 
 
 def main() -> None:
-    """Parse options; train LightGBM twice and the federated model per seed; print the figures."""
+    """Parse options; train LightGBM twice and the federated model per seed with the defence off
+    and on; print the figures and the goals."""
     parser = argparse.ArgumentParser(
         prog="python -m bench.quality", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--noise", type=float, default=LabelNoise().scale)
     parser.add_argument("--data-dir", type=Path, default=DATA)
     args = parser.parse_args()
     loaded = load_aligned(args.data_dir)
@@ -200,63 +216,77 @@ def main() -> None:
     print(
         f"bench.quality: default credit, {len(split):,} aligned customers "
         f"({np.sum(split == _TRAIN):,} train, {np.sum(split == _VALID):,} valid for early "
-        f"stopping, {np.sum(split == _TEST):,} test; stratified, seed 0), {args.seeds} seeds"
+        f"stopping, {np.sum(split == _TEST):,} test; stratified, seed 0), {args.seeds} seeds, "
+        f"label noise {args.noise:g}"
     )
     joined = lightgbm_test(features, raw_labels, split)
     bank_only = lightgbm_test(features[:, :bank_columns], raw_labels, split)
     print(f"  LightGBM joined rows      test AUC {joined['auc']:.4f}  KS {joined['ks']:.4f}")
     print(f"  LightGBM bank rows        test AUC {bank_only['auc']:.4f}  KS {bank_only['ks']:.4f}")
-    runs: list[dict[str, Any]] = []
-    attacks: dict[str, list[float]] = {}
-    clients: list[_RecordingClient] = []
-
-    def recording_client(*args: Any, **kwargs: Any) -> _RecordingClient:
-        clients.append(_RecordingClient(*args, **kwargs))
-        return clients[-1]
-
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in _DEFENCES}
+    attacks: dict[str, dict[str, list[float]]] = {name: {} for name in _DEFENCES}
     with partner_process(aligned) as (partner, tls, width):
         for seed in range(args.seeds):
             config = TrainingConfig(seed=seed)
-            started = time.perf_counter()
-            run = train_federated(aligned, config, partner, tls, width, recording_client)
-            run["wall"] = time.perf_counter() - started
-            runs.append(run)
-            passes = clients[-1].passes
-            for epoch, name in ((min(passes), "first"), (max(passes), "last")):
-                norm, direction = attack_aucs(passes[epoch], labels)
-                attacks.setdefault(f"norm {name}", []).append(norm)
-                attacks.setdefault(f"direction {name}", []).append(direction)
-            print(
-                f"  seed {seed}: {len(passes)} epochs, {run['wall']:.1f} s, test AUC "
-                f"{run['test']['risk']['auc']:.4f}",
-                flush=True,
-            )
+            for name in _DEFENCES:
+                defence = LabelNoise(args.noise, seed=seed) if name == "on" else None
+                started = time.perf_counter()
+                run, recorder = train_defended(aligned, config, partner, tls, width, defence)
+                run["wall"] = time.perf_counter() - started
+                runs[name].append(run)
+                passes = recorder.passes
+                for epoch, recorded in (("first", min(passes)), ("last", max(passes))):
+                    aucs = attack_aucs(
+                        passes[recorded].positions, passes[recorded].gradients, labels
+                    )
+                    for attack, figure in zip(("norm", "direction"), aucs, strict=True):
+                        attacks[name].setdefault(f"{attack} {epoch}", []).append(figure)
+                print(
+                    f"  seed {seed}, defence {name}: {max(passes)} epochs, {run['wall']:.1f} s, "
+                    f"test AUC {run['test']['risk']['auc']:.4f}",
+                    flush=True,
+                )
     figures = {
-        key: [r["test"]["risk"][key] for r in runs]
-        for key in ("auc", "ks", "bank_only_auc", "bank_only_ks")
+        name: {
+            key: [r["test"]["risk"][key] for r in runs[name]]
+            for key in ("auc", "ks", "bank_only_auc", "bank_only_ks")
+        }
+        for name in _DEFENCES
     }
+    for name in _DEFENCES:
+        print(
+            f"  federated joint path, defence {name:<3}      test AUC "
+            f"{_mean_sd(figures[name]['auc'])}  KS {_mean_sd(figures[name]['ks'])}"
+        )
+        print(
+            f"  federated bank-only path, defence {name:<3}  test AUC "
+            f"{_mean_sd(figures[name]['bank_only_auc'])}  KS "
+            f"{_mean_sd(figures[name]['bank_only_ks'])}"
+        )
+    cost = [off - on for off, on in zip(figures["off"]["auc"], figures["on"]["auc"], strict=True)]
+    print(f"  AUC cost of the defence (off - on, paired by seed): {_mean_sd(cost)}")
+    print("  label leakage (attack AUC on the gradients the bank sent, mean +- sd over seeds):")
+    for name in _DEFENCES:
+        for epoch in ("first", "last"):
+            print(
+                f"    defence {name:<3} {epoch:<5} epoch: norm attack "
+                f"{_mean_sd(attacks[name][f'norm {epoch}'])}, direction attack "
+                f"{_mean_sd(attacks[name][f'direction {epoch}'])}"
+            )
+    on = figures["on"]
     print(
-        f"  federated joint path      test AUC {_mean_sd(figures['auc'])}  "
-        f"KS {_mean_sd(figures['ks'])}"
+        _goal("federated mean AUC, defence on", statistics.mean(on["auc"]), joined["auc"] - 0.005)
     )
-    print(
-        f"  federated bank-only path  test AUC {_mean_sd(figures['bank_only_auc'])}  "
-        f"KS {_mean_sd(figures['bank_only_ks'])}"
-    )
-    print(_goal("federated mean AUC", statistics.mean(figures["auc"]), joined["auc"] - 0.005))
     print(
         _goal(
-            "bank-only path mean AUC",
-            statistics.mean(figures["bank_only_auc"]),
+            "bank-only path mean AUC, defence on",
+            statistics.mean(on["bank_only_auc"]),
             bank_only["auc"] - 0.01,
         )
     )
-    print("  label leakage, defence off (attack AUC on the gradients the bank sent):")
-    for name in ("first", "last"):
-        print(
-            f"    {name} epoch: norm attack {_mean_sd(attacks[f'norm {name}'])}, "
-            f"direction attack {_mean_sd(attacks[f'direction {name}'])}"
-        )
+    print(_goal("mean AUC cost of the defence", statistics.mean(cost), 0.005, at_most=True))
+    worst = max(max(attacks["on"][key]) for key in _ATTACKS)
+    print(_goal("worst attack AUC, defence on (any seed, epoch)", worst, 0.55, at_most=True))
 
 
 if __name__ == "__main__":
