@@ -99,12 +99,7 @@ class RunOutcome:
 
 def bank_digest(trainer: BankTrainer) -> bytes:
     """`weights_digest` of the bank's modules, bottom and head, as one checkpoint."""
-    return weights_digest(
-        {
-            **{f"bottom.{k}": v for k, v in trainer.bottom.state_dict().items()},
-            **{f"head.{k}": v for k, v in trainer.head.state_dict().items()},
-        }
-    )
+    return weights_digest(trainer.weights())
 
 
 class _Commits:

@@ -280,15 +280,19 @@ class BankTrainer:
             bytes_received=traffic.bytes_received - received,
         )
 
-    def state(self, round_number: int, stopping: EarlyStopping) -> BankState:
-        """The trainer's state now, as the end of `round_number` (copies, not views)."""
-        weights = {
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The bottom's (``bottom.*``) and the head's (``head.*``) weights, as one checkpoint
+        names them (views of the live tensors)."""
+        return {
             **{f"bottom.{k}": v for k, v in self.bottom.state_dict().items()},
             **{f"head.{k}": v for k, v in self.head.state_dict().items()},
         }
+
+    def state(self, round_number: int, stopping: EarlyStopping) -> BankState:
+        """The trainer's state now, as the end of `round_number` (copies, not views)."""
         return BankState(
             round=round_number,
-            weights={name: tensor.detach().clone() for name, tensor in weights.items()},
+            weights={name: tensor.detach().clone() for name, tensor in self.weights().items()},
             optimizer=copy.deepcopy(self._optimizer.state_dict()),
             generator=self._generator.get_state(),
             stopping=stopping,

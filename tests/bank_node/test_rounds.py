@@ -4,7 +4,7 @@ hand-off service directly (the Flower hop is tested in tests/test_flower_trainin
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -186,9 +186,9 @@ CONFIG_3 = CONFIG.model_copy(update={"max_rounds": 3, "patience": 3})
 class LosingPartner(DirectPartner):
     """Loses the reply to one round's plan, as when partner_node goes away just after answering
     (the partner planned the round and counts the previous one as committed; the bank does not).
-    After the loss its status may report `alignment_after`."""
+    After the loss its status reports the fields given in `after` instead of its own."""
 
-    def __init__(self, channel: grpc.Channel, lose_round: int, **after: Any) -> None:
+    def __init__(self, channel: grpc.Channel, *, lose_round: int, **after: Any) -> None:
         super().__init__(channel)
         self._lose_round = lose_round
         self._after = after
@@ -230,23 +230,23 @@ def _run(
 
 
 @pytest.fixture
-def losing(
-    throwaway_pki: ThrowAwayPki, node: PartnerNode
-) -> Iterator[Callable[..., LosingPartner]]:
+def hand_off(throwaway_pki: ThrowAwayPki, node: PartnerNode) -> Iterator[grpc.Channel]:
+    """A channel to the partner's hand-off service, as its ClientApp opens it."""
     with create_channel(f"127.0.0.1:{node.port}", throwaway_pki.tls("partner")) as channel:
-        yield lambda lose_round, **after: LosingPartner(channel, lose_round, **after)
+        yield channel
 
 
 def test_a_run_that_loses_the_partner_resumes_from_the_last_committed_round_and_ends_the_same(
     training_set: BankTrainingSet,
     partner: DirectPartner,
-    losing: Callable[..., LosingPartner],
+    hand_off: grpc.Channel,
     trainer_channel: grpc.Channel,
     tmp_path: Path,
 ) -> None:
     steady, _ = _run("run-steady", training_set, partner, trainer_channel, tmp_path)
 
-    resumed, events = _run("run-lost", training_set, losing(3), trainer_channel, tmp_path)
+    lost = LosingPartner(hand_off, lose_round=3)
+    resumed, events = _run("run-lost", training_set, lost, trainer_channel, tmp_path)
 
     assert [e["event"] for e in events] == [
         "checked", "planned", "committed", "planned", "interrupted", "resumed",
@@ -280,43 +280,47 @@ def test_a_run_that_loses_the_partner_resumes_from_the_last_committed_round_and_
 
 def test_a_partner_back_on_another_alignment_ends_the_run(
     training_set: BankTrainingSet,
-    losing: Callable[..., LosingPartner],
+    hand_off: grpc.Channel,
     trainer_channel: grpc.Channel,
     tmp_path: Path,
 ) -> None:
     realigned = dataclasses.replace(training_set.alignment, run_id="alignment-new")
+    moved = LosingPartner(hand_off, lose_round=2, alignment=realigned)
 
     with pytest.raises(FailedPrecondition, match="holds alignment 'alignment-new'"):
-        _run("run-moved", training_set, losing(2, alignment=realigned), trainer_channel, tmp_path)
+        _run("run-moved", training_set, moved, trainer_channel, tmp_path)
 
 
 def test_a_damaged_bank_checkpoint_is_refused_naming_the_file_when_resuming(
     training_set: BankTrainingSet,
-    losing: Callable[..., LosingPartner],
+    hand_off: grpc.Channel,
     trainer_channel: grpc.Channel,
     tmp_path: Path,
 ) -> None:
     class Damaging(LosingPartner):
+        """Damages the bank's checkpoint of round 1 while the partner is away."""
+
         def status(self, run_id: str) -> PartnerStatus:
             if self.lost:
                 (tmp_path / "run-damaged" / "round-1.pt").write_bytes(b"not a checkpoint")
             return super().status(run_id)
 
-    partner = losing(3)
-    partner.__class__ = Damaging
+    damaging = Damaging(hand_off, lose_round=3)
 
     with pytest.raises(FailedPrecondition, match=r"run-damaged/round-1\.pt: not a readable"):
-        _run("run-damaged", training_set, partner, trainer_channel, tmp_path)
+        _run("run-damaged", training_set, damaging, trainer_channel, tmp_path)
 
 
 def test_a_partner_lost_more_often_than_the_policy_allows_ends_the_run_as_unavailable(
     training_set: BankTrainingSet,
-    losing: Callable[..., LosingPartner],
+    hand_off: grpc.Channel,
     trainer_channel: grpc.Channel,
     tmp_path: Path,
 ) -> None:
+    fragile = LosingPartner(hand_off, lose_round=2)
+
     with pytest.raises(Unavailable, match="allows 0 resumes"):
-        _run("run-fragile", training_set, losing(2), trainer_channel, tmp_path, max_resumes=0)
+        _run("run-fragile", training_set, fragile, trainer_channel, tmp_path, max_resumes=0)
 
 
 def test_a_round_of_two_epochs_streams_twice_then_commits_once(
