@@ -1,7 +1,10 @@
 """A training run's journal at the bank: one JSON object per line, appended as the run goes.
 
-The ServerApp writes an event when the partner's status is checked, when each round is planned
-and committed and when the run finishes. Each line is flushed and fsynced before the run moves
+The ServerApp writes an event when the partner's status is checked (``checked``), when each
+round is planned (``planned``) and committed (``committed``), when the partner is lost mid-run
+(``interrupted``: the round, the reason) and the run goes back to its last committed round
+(``resumed``: ``from_round``, the ``round`` trained again, the reason, the seconds waited), and
+when the run finishes (``finished``). Each line is flushed and fsynced before the run moves
 on, so a run stopped or killed mid-way (``flwr stop``, a dead process) leaves every event up to
 that point, and a committed round stays committed. Digests are written as lower-case hex.
 
