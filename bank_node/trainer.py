@@ -229,7 +229,8 @@ class BankTrainer:
         keeper : RoundKeeper, optional
             Where each round's state goes (round 0 first); in memory by default.
         recover : Recover, optional
-            Without it, a partner that becomes unavailable ends the run.
+            Without it, a partner that becomes unavailable (in a round or in the test
+            evaluation) ends the run.
 
         Raises
         ------
@@ -249,30 +250,35 @@ class BankTrainer:
         stopping = EarlyStopping()
         keeper.keep(self.state(0, stopping), None)
         round_number = 1
-        while round_number <= self._config.max_rounds and not stopping.stops(
-            round_number - 1, self._config.patience
-        ):
+        test: TaskMetrics | None = None
+        while test is None:
+            training = round_number <= self._config.max_rounds and not stopping.stops(
+                round_number - 1, self._config.patience
+            )
             try:
-                plan_partner_round(round_number, self._config.learning_rate)
-                result = self.train_round(round_number)
+                if training:
+                    plan_partner_round(round_number, self._config.learning_rate)
+                    result = self.train_round(round_number)
+                    rounds.append(result)
+                    stopping = stopping.after(result)
+                    keeper.keep(self.state(round_number, stopping), result)
+                    round_number += 1
+                else:
+                    best = keeper.restore(stopping.best_round)
+                    self._load_weights(best.weights)
+                    test, _ = self.evaluate(TEST, best.round)
             except Unavailable as exc:
                 if recover is None:
                     raise
-                resumed = keeper.restore(recover(exc, round_number))
+                # Lost in the test evaluation, the last round is not committed yet either.
+                lost_in = round_number if training else round_number - 1
+                resumed = keeper.restore(recover(exc, lost_in))
                 self.load_state(resumed)
                 stopping = resumed.stopping
                 del rounds[resumed.round :]
                 round_number = resumed.round + 1
-                continue
-            rounds.append(result)
-            stopping = stopping.after(result)
-            keeper.keep(self.state(round_number, stopping), result)
-            round_number += 1
-        best = keeper.restore(stopping.best_round)
-        self._load_weights(best.weights)
-        test, _ = self.evaluate(TEST, best.round)
         return TrainingResult(
-            best_round=best.round,
+            best_round=stopping.best_round,
             rounds=rounds,
             test=test,
             seconds=time.perf_counter() - started,

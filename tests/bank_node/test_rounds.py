@@ -341,3 +341,39 @@ def test_a_round_of_two_epochs_streams_twice_then_commits_once(
     sent = (double.training.rounds[0].bytes_sent, single.training.rounds[0].bytes_sent)
     assert 1.9 < sent[0] / sent[1] < 2.1
     assert double.model != single.model
+
+
+class _BreakNthPass(grpc.StreamStreamClientInterceptor):  # type: ignore[type-arg]
+    """Cancels the `n`-th data-plane stream as it opens, as a connection dropped there would."""
+
+    def __init__(self, n: int) -> None:
+        self._left = n
+
+    def intercept_stream_stream(
+        self, continuation: Any, client_call_details: Any, request_iterator: Iterator[Any]
+    ) -> Any:
+        call = continuation(client_call_details, request_iterator)
+        self._left -= 1
+        if self._left == 0:
+            call.cancel()
+        return call
+
+
+def test_a_partner_lost_in_the_test_evaluation_trains_the_uncommitted_last_round_again(
+    training_set: BankTrainingSet,
+    partner: DirectPartner,
+    trainer_channel: grpc.Channel,
+    tmp_path: Path,
+) -> None:
+    # Each round is a training pass and a validation pass: the 7th stream is the test pass.
+    breaking = grpc.intercept_channel(trainer_channel, _BreakNthPass(2 * CONFIG_3.max_rounds + 1))
+
+    outcome, events = _run("run-late", training_set, partner, breaking, tmp_path)
+
+    names = [e["event"] for e in events]
+    assert names[-5:] == ["interrupted", "resumed", "planned", "committed", "finished"]
+    interrupted, resumed = events[-5], events[-4]
+    assert interrupted["round"] == 3
+    assert (resumed["from_round"], resumed["round"]) == (2, 3)
+    assert [c.round for c in outcome.checkpoints] == [0, 1, 2, 3]
+    assert 0.5 < outcome.training.test["risk"]["auc"] <= 1.0
