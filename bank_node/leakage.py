@@ -25,7 +25,7 @@ task output, ``n_t`` the loss's row count for task t), each row then rescaled to
 
 ``scale`` is the noise's half-width in units of one label's effect. The protection is against an
 observer of one pass; an attacker who averages a row's gradients over many passes sees the noise
-shrink as the square root of the passes (README, "Label leakage").
+shrink as the square root of the passes.
 
 `GradientRecorder` keeps what was sent in the first and in the latest training pass (bounded
 rows), so a run reports the attacks on its own gradients.
@@ -56,7 +56,8 @@ class LabelNoise:
         Half-width of the noise's size, in units of one label's effect on a row (the batch's mean
         norm of ``d logit / d embedding / n``); 0 adds nothing.
     seed : int
-        Seeds the noise's own generator: the same seed and batches give the same noise.
+        Seeds the noise's own generator, apart from the trainer's, so the batches and the
+        partner-slice dropout are the same with the defence on or off.
 
     Raises
     ------
@@ -68,7 +69,14 @@ class LabelNoise:
         if not math.isfinite(scale) or scale < 0:
             raise ConfigError(f"leakage_noise must be a finite number >= 0, not {scale!r}")
         self.scale = scale
+        self._seed = seed
         self._generator = torch.Generator().manual_seed(seed)
+
+    def start_round(self, round_number: int) -> None:
+        """Draw round `round_number`'s noise from its own seed: a retried or resumed round
+        sends the same gradients as a run never interrupted."""
+        state = np.random.SeedSequence([self._seed, round_number]).generate_state(1)[0]
+        self._generator.manual_seed(int(state))
 
     def noise(
         self,
@@ -196,6 +204,25 @@ class GradientRecorder:
     def passes(self) -> dict[int, RecordedPass]:
         """The recorded passes by round: the first and the latest (one if they are the same)."""
         return dict(self._passes)
+
+    def leak_aucs(self, labels: npt.NDArray[np.floating]) -> tuple[float, float]:
+        """The run's figures for its report: each attack's highest AUC over the recorded passes.
+
+        Parameters
+        ----------
+        labels : ndarray of float, shape (rows,)
+            One binary task's labels by aligned position, NaN where unlabelled.
+
+        Returns
+        -------
+        tuple of float
+            ``(norm attack AUC, direction attack AUC)``; NaN when nothing was recorded or the
+            recorded rows hold one class.
+        """
+        figures = [attack_aucs(p.positions, p.gradients, labels) for p in self._passes.values()]
+        if not figures or any(math.isnan(norm) for norm, _ in figures):
+            return math.nan, math.nan
+        return max(norm for norm, _ in figures), max(direction for _, direction in figures)
 
 
 def attack_aucs(

@@ -241,3 +241,32 @@ def test_recorder_starts_a_retried_round_over() -> None:
 def test_recording_before_a_pass_is_started_is_refused() -> None:
     with pytest.raises(FailedPrecondition, match="start_pass"):
         GradientRecorder().record(np.array([0]), np.ones((1, _WIDTH), dtype=np.float32))
+
+
+def test_a_round_started_again_draws_the_same_noise() -> None:
+    outputs, labels, partner, _ = _batch(_head(), 9)
+    defence = LabelNoise(seed=4)
+    defence.start_round(3)
+    first = defence.noise(outputs, labels, partner)
+    defence.noise(outputs, labels, partner)
+    defence.start_round(3)
+    again = defence.noise(outputs, labels, partner)
+    defence.start_round(4)
+
+    assert torch.equal(first, again)
+    assert not torch.equal(first, defence.noise(outputs, labels, partner))
+
+
+def test_leak_aucs_report_each_attacks_highest_auc_over_the_recorded_passes() -> None:
+    recorder = GradientRecorder()
+    passes = {1: _pass(None), 2: _pass(LabelNoise(seed=0))}
+    for round_number, (positions, gradients, _) in passes.items():
+        recorder.start_pass(round_number)
+        for batch, gradient in zip(positions, gradients, strict=True):
+            recorder.record(batch, gradient)
+    labels = passes[1][2]
+
+    norm, direction = recorder.leak_aucs(labels)
+
+    assert (norm, direction) == attack_aucs(*passes[1])
+    assert math.isnan(GradientRecorder().leak_aucs(labels)[0])
