@@ -47,7 +47,7 @@ from bank_node.run_journal import RunJournal
 from bank_node.trainer import BankTrainer, RoundResult, TrainingConfig, TrainingResult
 from bank_node.training_set import BankTrainingSet
 from cobrand.errors import FailedPrecondition, Unavailable
-from cobrand.rounds_protocol import PartnerStatus, RoundPlan, RunProgress
+from cobrand.rounds_protocol import ModelPublication, PartnerStatus, RoundPlan, RunProgress
 from cobrand.weights import weights_digest
 
 __all__ = ["Checkpoint", "PartnerControl", "RunOutcome", "train_run"]
@@ -63,6 +63,13 @@ class PartnerControl(Protocol):
 
     def plan_round(self, plan: RoundPlan) -> RunProgress:
         """Plan a round at the partner; its progress once planned."""
+
+    def publish(self, publication: ModelPublication) -> bytes:
+        """Have the partner save its half of the model version the bank saved.
+
+        Returns the partner's ``manifest_digest`` of the version (32 bytes), for the bank to
+        record; publishing the same version again returns the same digest.
+        """
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 The wire form is ``rounds.proto`` (``PartnerRounds``), converted by ``cobrand.rounds_serde``;
 the bank's ServerApp sends these through Flower, the partner's ClientApp relays them to
 partner_node. Both sides compare `AlignmentVersion`s before a run's first round, and the bank
-compares `RunProgress.checkpoints` with what its data-plane passes reported.
+compares `RunProgress.checkpoints` with what its data-plane passes reported. After the run, the
+bank saves its half of the model version it keeps and asks the partner to save its own half
+(`ModelPublication`).
 """
 
 from __future__ import annotations
@@ -13,8 +15,16 @@ from dataclasses import dataclass
 
 from cobrand.alignment_store import AlignmentSummary
 from cobrand.errors import InvalidRequest
+from cobrand.model_manifest import ModelDigests
 
-__all__ = ["DIGEST_BYTES", "AlignmentVersion", "PartnerStatus", "RoundPlan", "RunProgress"]
+__all__ = [
+    "DIGEST_BYTES",
+    "AlignmentVersion",
+    "ModelPublication",
+    "PartnerStatus",
+    "RoundPlan",
+    "RunProgress",
+]
 
 DIGEST_BYTES = 32
 """Length of every checkpoint, alignment and preprocessor digest (SHA-256)."""
@@ -154,3 +164,46 @@ class PartnerStatus:
     preprocessor_sha256: bytes
     embedding_width: int
     run: RunProgress | None
+
+
+@dataclass(frozen=True)
+class ModelPublication:
+    """The bank's request that the partner save its half of the model version the bank saved.
+
+    Attributes
+    ----------
+    run_id : str
+        The training run whose round the version holds.
+    round : int
+        The round the bank chose (its best), whose partner weights the version holds.
+    version_id : str
+        The version's id, ``digests.version_id``.
+    digests : ModelDigests
+        The digests the bank's manifest names: its weights, the partner's weights of `round`
+        and the partner's preprocessing.
+    bank_manifest_sha256 : bytes
+        The bank's ``manifest_digest`` of the version (32 bytes), for the partner to record.
+    """
+
+    run_id: str
+    round: int
+    version_id: str
+    digests: ModelDigests
+    bank_manifest_sha256: bytes
+
+    def __post_init__(self) -> None:
+        what = f"model publication of run {self.run_id!r}"
+        if not self.run_id:
+            raise InvalidRequest("model publication: run_id is empty")
+        if self.round < 0:
+            raise InvalidRequest(f"{what}: round must not be negative, got {self.round}")
+        if self.version_id != self.digests.version_id:
+            raise InvalidRequest(
+                f"{what}: version_id {self.version_id!r} is not the id of the digests it names "
+                f"({self.digests.version_id})"
+            )
+        if len(self.bank_manifest_sha256) != DIGEST_BYTES:
+            raise InvalidRequest(
+                f"{what}: bank_manifest_sha256 is {len(self.bank_manifest_sha256)} bytes; a "
+                f"SHA-256 digest is {DIGEST_BYTES}"
+            )
