@@ -7,13 +7,13 @@ and points one way, a good customer's row is short and points the other (Li et a
 Leakage and Protection in Two-party Split Learning", ICLR 2022). Two attacks measure it
 (`attack_aucs`): the gradient-norm attack and the direction attack.
 
-The defence (`LabelNoise`) adds, to every row, zero-mean noise along the very line its labels move
-it: the gradient of ``sum_t sum_i xi_ti * logit_ti / n_t`` (one random draw ``xi`` per row and
-task output, ``n_t`` the loss's row count for task t), each row then rescaled to a norm
-``|u_i| * c`` with ``u_i`` uniform on ``[-scale, scale]`` and ``c`` the batch's mean label effect
-(the mean norm of those rows when ``|xi| = 1``). So
+The defence (`LabelNoise`) adds, to every row and for every task t, zero-mean noise along the
+very line the task's label moves the row: the gradient of ``sum_i xi_ti * logit_ti / n_t`` (a
+random sign ``xi`` per row and task output, ``n_t`` the task loss's row count), each row rescaled
+to a norm ``|u_ti| * c_t``, ``u_ti`` uniform on ``[-scale, scale]`` and ``c_t`` the batch's mean
+label effect for the task (the mean norm of those rows). So
 
-- the expected gradient is unchanged (the noise is symmetric: ``xi`` and ``-xi`` are equally
+- the expected gradient is unchanged (the noise is symmetric: ``u`` and ``-u`` are equally
   likely and give opposite rows), and the bank's own modules never see the noise;
 - every task's labels are covered, binary and K-class, labelled rows or not (so the noise does
   not tell which rows carry a label either);
@@ -23,9 +23,13 @@ task output, ``n_t`` the loss's row count for task t), each row then rescaled to
 - rows whose partner slice is hidden (partner-slice dropout) have a zero gradient and keep it:
   it carries only the dropout draw, which is independent of the labels.
 
-``scale`` is the noise's half-width in units of one label's effect. The protection is against an
-observer of one pass; an attacker who averages a row's gradients over many passes sees the noise
-shrink as the square root of the passes.
+``scale`` is the noise's half-width in units of one label's effect. What it buys, measured on
+the default-credit data (bench.quality): both attacks fall from 0.91-1.00 to 0.50-0.55 AUC. What
+it does not: no unbiased noise this small hides a label from every attack. An attacker who keeps
+his sign of the class-separating direction consistent across batches and scores each row by its
+signed component along it (size and sign together) still ranks defaulters at about 0.7 AUC; one
+who averages a row's gradients over many passes sees the noise shrink as the square root of the
+passes. Hiding the label from those too costs about ten times the noise power.
 
 `GradientRecorder` keeps what was sent in the first and in the latest training pass (bounded
 rows), so a run reports the attacks on its own gradients.
@@ -116,24 +120,31 @@ class LabelNoise:
             raise FailedPrecondition("label noise: a partner embedding of the batch is not finite")
         if self.scale == 0:
             return torch.zeros_like(partner)
-        objective = torch.zeros((), dtype=partner.dtype)
+        noise = torch.zeros_like(partner)
+        # Each task's noise is drawn and sized on its own, so every task's labels get the full
+        # protection, not a share of one noise spread over all of them.
         for task, out in outputs.items():
             sign = torch.randint(0, 2, out.shape, generator=self._generator).to(out.dtype) * 2 - 1
             if out.dim() == 2:
                 # A K-class gradient (softmax - one-hot) sums to zero over the classes; so does
                 # the noise, so it moves rows only where a label can.
                 sign = sign - sign.mean(dim=1, keepdim=True)
-            objective = objective + (sign * out).sum() / _labelled(labels[task]).clamp(min=1)
-        (direction,) = torch.autograd.grad(objective, partner, retain_graph=True)
+            objective = (sign * out).sum() / _labelled(labels[task]).clamp(min=1)
+            (direction,) = torch.autograd.grad(objective, partner, retain_graph=True)
+            noise += self._sized(direction.detach())
+        return noise.to(torch.float32)
+
+    def _sized(self, direction: torch.Tensor) -> torch.Tensor:
+        """`direction`'s rows rescaled to ``|u| * c``, u uniform on [-scale, scale]."""
         norms = direction.norm(dim=1)
         moved = norms > 0
         if not bool(moved.any()):
-            return torch.zeros_like(partner)
+            return torch.zeros_like(direction)
         effect = norms[moved].mean()
         size = (torch.rand(len(norms), generator=self._generator) * 2 - 1) * self.scale * effect
         # Rows with a zero gradient (partner slice hidden) stay exactly zero.
         factor = torch.where(moved, size / norms.clamp(min=torch.finfo(norms.dtype).tiny), 0.0)
-        return (direction * factor[:, None]).detach().to(torch.float32)
+        return direction * factor[:, None]
 
 
 def _labelled(label: torch.Tensor) -> torch.Tensor:
