@@ -7,21 +7,31 @@ what the other decodes. Decoding refuses what the plain types cannot hold with `
 
 from __future__ import annotations
 
+import re
+
 from cobrand.errors import InvalidRequest
+from cobrand.model_manifest import ModelDigests
 from cobrand.rounds_protocol import (
     DIGEST_BYTES,
     AlignmentVersion,
+    ModelPublication,
     PartnerStatus,
     RoundPlan,
     RunProgress,
 )
 from cobrand.v1 import rounds_pb2
 
+_VERSION_ID = re.compile(r"[0-9a-f]{16}")
+
 __all__ = [
+    "partner_manifest_from_proto",
+    "partner_manifest_to_proto",
     "plan_from_proto",
     "plan_to_proto",
     "progress_from_proto",
     "progress_to_proto",
+    "publication_from_proto",
+    "publication_to_proto",
     "status_from_proto",
     "status_to_proto",
 ]
@@ -112,6 +122,82 @@ def status_from_proto(message: rounds_pb2.GetStatusResponse) -> PartnerStatus:
         embedding_width=message.embedding_width,
         run=progress_from_proto(message.run) if message.HasField("run") else None,
     )
+
+
+def publication_to_proto(publication: ModelPublication) -> rounds_pb2.PublishModelRequest:
+    """Encode a model publication."""
+    digests = publication.digests
+    return rounds_pb2.PublishModelRequest(
+        run_id=publication.run_id,
+        round=publication.round,
+        version_id=publication.version_id,
+        bank_weights_sha256=bytes.fromhex(digests.bank_weights_sha256),
+        partner_weights_sha256=bytes.fromhex(digests.partner_weights_sha256),
+        partner_preprocessor_sha256=bytes.fromhex(digests.partner_preprocessor_sha256),
+        bank_manifest_sha256=publication.bank_manifest_sha256,
+    )
+
+
+def publication_from_proto(message: rounds_pb2.PublishModelRequest) -> ModelPublication:
+    """Decode a model publication: every digest 32 bytes, a version id that is theirs."""
+    what = f"model publication of run {message.run_id!r}"
+    for field in (
+        "bank_weights_sha256",
+        "partner_weights_sha256",
+        "partner_preprocessor_sha256",
+        "bank_manifest_sha256",
+    ):
+        _check_digest(getattr(message, field), f"{what}: {field}")
+    _check_version_id(message.version_id, what)
+    return ModelPublication(
+        run_id=message.run_id,
+        round=message.round,
+        version_id=message.version_id,
+        digests=ModelDigests.of(
+            bank_weights=message.bank_weights_sha256,
+            partner_weights=message.partner_weights_sha256,
+            partner_preprocessor=message.partner_preprocessor_sha256,
+        ),
+        bank_manifest_sha256=message.bank_manifest_sha256,
+    )
+
+
+def partner_manifest_to_proto(
+    version_id: str, manifest_sha256: bytes
+) -> rounds_pb2.PublishModelResponse:
+    """Encode the partner's reply to a publication: its manifest digest of the version."""
+    return rounds_pb2.PublishModelResponse(
+        version_id=version_id, partner_manifest_sha256=manifest_sha256
+    )
+
+
+def partner_manifest_from_proto(
+    message: rounds_pb2.PublishModelResponse, publication: ModelPublication
+) -> bytes:
+    """Decode the partner's reply to `publication`: its manifest digest (32 bytes).
+
+    Raises
+    ------
+    InvalidRequest
+        The reply names another version, or its digest is not 32 bytes.
+    """
+    if message.version_id != publication.version_id:
+        raise InvalidRequest(
+            f"the partner answered the publication of model version {publication.version_id} "
+            f"for version {message.version_id!r}"
+        )
+    _check_digest(
+        message.partner_manifest_sha256,
+        f"model version {publication.version_id}: partner_manifest_sha256",
+    )
+    return message.partner_manifest_sha256
+
+
+def _check_version_id(version_id: str, what: str) -> None:
+    if not _VERSION_ID.fullmatch(version_id):
+        raise InvalidRequest(
+            f"{what}: version_id {version_id!r} is not 16 lower-case hexadecimal digits"
+        )
 
 
 def _check_digest(value: bytes, what: str) -> None:

@@ -8,12 +8,23 @@ import hashlib
 import pytest
 
 from cobrand.errors import InvalidRequest
-from cobrand.rounds_protocol import AlignmentVersion, PartnerStatus, RoundPlan, RunProgress
+from cobrand.model_manifest import ModelDigests
+from cobrand.rounds_protocol import (
+    AlignmentVersion,
+    ModelPublication,
+    PartnerStatus,
+    RoundPlan,
+    RunProgress,
+)
 from cobrand.rounds_serde import (
+    partner_manifest_from_proto,
+    partner_manifest_to_proto,
     plan_from_proto,
     plan_to_proto,
     progress_from_proto,
     progress_to_proto,
+    publication_from_proto,
+    publication_to_proto,
     status_from_proto,
     status_to_proto,
 )
@@ -92,3 +103,50 @@ def test_the_alignment_versions_name_the_fields_they_differ_in() -> None:
 
     assert STATUS.alignment.differences(other) == ["run_id", "intersection_sha256"]
     assert STATUS.alignment.differences(STATUS.alignment) == []
+
+
+DIGESTS = ModelDigests.of(
+    bank_weights=_digest("bank"),
+    partner_weights=_digest("partner"),
+    partner_preprocessor=_digest("p"),
+)
+PUBLICATION = ModelPublication("run-1", 2, DIGESTS.version_id, DIGESTS, _digest("bank manifest"))
+
+
+def test_a_publication_and_the_partners_reply_survive_a_round_trip() -> None:
+    reply = partner_manifest_to_proto(PUBLICATION.version_id, _digest("partner manifest"))
+
+    assert publication_from_proto(publication_to_proto(PUBLICATION)) == PUBLICATION
+    assert partner_manifest_from_proto(reply, PUBLICATION) == _digest("partner manifest")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("run_id", "", "run_id is empty"),
+        ("version_id", "0123456789abcdef", "version_id '0123456789abcdef' is not the id of"),
+        ("version_id", "V1", "version_id 'V1' is not 16 lower-case hexadecimal digits"),
+        ("bank_weights_sha256", b"short", "bank_weights_sha256 is 5 bytes"),
+        ("partner_weights_sha256", b"", "partner_weights_sha256 is 0 bytes"),
+        ("partner_preprocessor_sha256", b"x" * 33, "partner_preprocessor_sha256 is 33 bytes"),
+        ("bank_manifest_sha256", b"x" * 16, "bank_manifest_sha256 is 16 bytes"),
+    ],
+)
+def test_a_malformed_publication_is_refused_naming_the_field(
+    field: str, value: object, message: str
+) -> None:
+    request = publication_to_proto(PUBLICATION)
+    setattr(request, field, value)
+
+    with pytest.raises(InvalidRequest, match=message):
+        publication_from_proto(request)
+
+
+def test_a_reply_for_another_version_or_with_a_truncated_digest_is_refused() -> None:
+    other = partner_manifest_to_proto("0123456789abcdef", _digest("partner manifest"))
+    truncated = partner_manifest_to_proto(PUBLICATION.version_id, b"short")
+
+    with pytest.raises(InvalidRequest, match="for version '0123456789abcdef'"):
+        partner_manifest_from_proto(other, PUBLICATION)
+    with pytest.raises(InvalidRequest, match="partner_manifest_sha256 is 5 bytes"):
+        partner_manifest_from_proto(truncated, PUBLICATION)
