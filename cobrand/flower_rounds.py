@@ -1,9 +1,10 @@
 """What the bank's ServerApp and the partner's ClientApp agree on: the Flower messages of a run.
 
-Two message types, verb.noun at the round level (per-batch tensors travel on the data plane):
+Three message types, verb.noun at the round level (per-batch tensors travel on the data plane):
 
 - ``query.status``: a ``rounds.proto`` GetStatusRequest out, GetStatusResponse back;
-- ``train.round``: a PlanRoundRequest out, PlanRoundResponse back.
+- ``train.round``: a PlanRoundRequest out, PlanRoundResponse back;
+- ``train.publish``: a PublishModelRequest out, PublishModelResponse back (the run's last step).
 
 Each message's content is one ConfigRecord, `RECORD`, holding the serialized request under
 `REQUEST` (the reply: the response under `RESPONSE`). The ClientApp relays the bytes to
@@ -30,6 +31,8 @@ __all__ = [
     "HAND_OFF_METHODS",
     "PARTNER_REFUSED",
     "PARTNER_UNAVAILABLE",
+    "PUBLISH_ACTION",
+    "PUBLISH_MESSAGE",
     "RECORD",
     "REQUEST",
     "RESPONSE",
@@ -44,8 +47,10 @@ __all__ = [
 
 STATUS_ACTION: Final = "status"
 ROUND_ACTION: Final = "round"
+PUBLISH_ACTION: Final = "publish"
 STATUS_MESSAGE: Final = f"{MessageType.QUERY}.{STATUS_ACTION}"
 ROUND_MESSAGE: Final = f"{MessageType.TRAIN}.{ROUND_ACTION}"
+PUBLISH_MESSAGE: Final = f"{MessageType.TRAIN}.{PUBLISH_ACTION}"
 
 RECORD: Final = "cobrand.rounds"
 REQUEST: Final = "request"
@@ -55,6 +60,7 @@ _SERVICE = rounds_pb2.DESCRIPTOR.services_by_name["PartnerRounds"]
 HAND_OFF_METHODS: Final = {
     STATUS_MESSAGE: full_method_name(_SERVICE, "GetStatus"),
     ROUND_MESSAGE: full_method_name(_SERVICE, "PlanRound"),
+    PUBLISH_MESSAGE: full_method_name(_SERVICE, "PublishModel"),
 }
 """The PartnerRounds method each message type is handed to."""
 

@@ -11,7 +11,13 @@ from __future__ import annotations
 import grpc
 
 from cobrand.pki import Role
-from cobrand.rounds_serde import plan_from_proto, progress_to_proto, status_to_proto
+from cobrand.rounds_serde import (
+    partner_manifest_to_proto,
+    plan_from_proto,
+    progress_to_proto,
+    publication_from_proto,
+    status_to_proto,
+)
 from cobrand.rpc import ServicerAdder, service_roles
 from cobrand.v1 import rounds_pb2, rounds_pb2_grpc
 from partner_node.training_runs import TrainingRuns
@@ -40,6 +46,13 @@ class PartnerRoundsServicer(rounds_pb2_grpc.PartnerRoundsServicer):
     ) -> rounds_pb2.PlanRoundResponse:
         progress = self._runs.plan_round(plan_from_proto(request))
         return rounds_pb2.PlanRoundResponse(run=progress_to_proto(progress))
+
+    def PublishModel(  # noqa: N802
+        self, request: rounds_pb2.PublishModelRequest, context: grpc.ServicerContext
+    ) -> rounds_pb2.PublishModelResponse:
+        publication = publication_from_proto(request)
+        digest = self._runs.publish(publication)
+        return partner_manifest_to_proto(publication.version_id, digest)
 
 
 def rounds_service(runs: TrainingRuns) -> ServicerAdder:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -217,6 +217,16 @@ class PartnerTrainer:
     def round_digest(self, round_number: int) -> bytes:
         """`weights_digest` of the weights a completed round ended with."""
         return self._rounds.digest(round_number)
+
+    def round_weights(self, round_number: int) -> Mapping[str, torch.Tensor]:
+        """The bottom's weights a completed round ended with (to publish; not to be changed).
+
+        Raises
+        ------
+        FailedPrecondition
+            The round has not completed, or its weights are no longer kept.
+        """
+        return self._rounds.state(round_number).weights
 
     @contextmanager
     def open_pass(self, run_id: str, round_number: int, kind: PassKind) -> Iterator[TrainerPass]:

@@ -17,20 +17,37 @@ A node restarted mid-run (its operator, a crash) holds no run in memory; asked t
 k+1, it restores the run from round k's checkpoint file, which must hold that digest and have
 been trained on the alignment and preprocessing the node holds now, or the plan is refused
 with `FailedPrecondition` naming the file.
+
+Publishing. Once the bank has saved its half of the model version it keeps, it asks the partner
+to save its own (`TrainingRuns.publish`): the bottom weights of the round the bank chose, from
+the run held in memory or, after a restart, from that round's checkpoint file (read as a resume
+reads it), with the preprocessing the run trained with, into the partner's registry
+``<data_dir>/models`` (``partner_node.model_registry``).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from cobrand.errors import InvalidRequest
-from cobrand.preprocess import Encoded
-from cobrand.rounds_protocol import AlignmentVersion, PartnerStatus, RoundPlan, RunProgress
+import torch
+
+from cobrand.errors import FailedPrecondition, InvalidRequest
+from cobrand.model_store import ModelStore
+from cobrand.preprocess import Encoded, Preprocessor
+from cobrand.rounds_protocol import (
+    AlignmentVersion,
+    ModelPublication,
+    PartnerStatus,
+    RoundPlan,
+    RunProgress,
+)
 from cobrand.split_model import BottomSpec
+from partner_node import model_registry
 from partner_node.dataplane_service import DataPlaneService
 from partner_node.run_checkpoints import Restore, RunCheckpoints
 from partner_node.trainer import PartnerTrainer
@@ -52,14 +69,19 @@ class PartnerTrainingSet:
         The partner's encoded features of the aligned rows.
     spec : BottomSpec
         The partner bottom's shape.
-    preprocessor_sha256 : bytes
-        The version of the preprocessing that encoded `features`.
+    preprocessor : Preprocessor
+        The fitted preprocessing that encoded `features`.
     """
 
     alignment: AlignmentVersion
     features: Encoded
     spec: BottomSpec
-    preprocessor_sha256: bytes
+    preprocessor: Preprocessor
+
+    @functools.cached_property
+    def preprocessor_sha256(self) -> bytes:
+        """The version of the preprocessing (`Preprocessor.digest`)."""
+        return self.preprocessor.digest()
 
 
 TrainingSetSource = Callable[[], PartnerTrainingSet]
@@ -73,6 +95,8 @@ matches."""
 class _Run:
     trainer: PartnerTrainer
     seed: int
+    # What the run trains on: a later alignment does not change the run in progress.
+    training_set: PartnerTrainingSet
     planned: int = 0
 
 
@@ -86,6 +110,8 @@ class TrainingRuns:
         The data plane each started run is attached to.
     runs_dir : Path
         Where each run's checkpoints are written, ``<data_dir>/runs``.
+    models_dir : Path, optional
+        The partner's model registry; ``<data_dir>/models`` (beside `runs_dir`) by default.
     max_pending_steps : int
         The pipeline depth each run's trainer accepts (see `PartnerTrainer`).
     """
@@ -96,11 +122,13 @@ class TrainingRuns:
         dataplane: DataPlaneService,
         *,
         runs_dir: Path,
+        models_dir: Path | None = None,
         max_pending_steps: int = 4,
     ) -> None:
         self._source = source
         self._dataplane = dataplane
         self._runs_dir = runs_dir
+        self._models = ModelStore(models_dir or runs_dir.parent / "models")
         self._max_pending_steps = max_pending_steps
         self._run: _Run | None = None
         # Two runs' messages may arrive at once; starting and planning must not interleave.
@@ -151,18 +179,95 @@ class TrainingRuns:
             _LOG.info("[PartnerRounds.PlanRound] run %s: round %d planned", plan.run_id, plan.round)
             return _progress(run)
 
-    def _start(self, plan: RoundPlan) -> _Run:
-        """Start `plan`'s run, or restore it from the checkpoint the plan continues from."""
+    def publish(self, publication: ModelPublication) -> bytes:
+        """Save the partner's half of the model version the bank saved; its manifest digest.
+
+        The weights are those of ``publication.round`` of the run: held in memory, or read from
+        that round's checkpoint file when the node no longer holds the run (it was restarted,
+        or another run started since). Publishing a version again returns the same digest.
+
+        Raises
+        ------
+        FailedPrecondition
+            The round has not completed or is no longer kept (in memory or on disk), its weights
+            are not ``partner_weights_sha256``, the run trained on other preprocessing than
+            ``partner_preprocessor_sha256``, or the version was published before with another
+            bank manifest.
+        InvalidRequest
+            A run id that cannot name a directory.
+        """
+        digests = publication.digests
+        what = (
+            f"model version {publication.version_id} (run {publication.run_id!r}, "
+            f"round {publication.round})"
+        )
+        with self._lock:
+            training_set, weights = self._round_weights(publication, what)
+        trained_with = training_set.preprocessor_sha256.hex()
+        if trained_with != digests.partner_preprocessor_sha256:
+            raise FailedPrecondition(
+                f"{what}: partner_preprocessor_sha256 names "
+                f"{digests.partner_preprocessor_sha256[:12]}, the run trained with "
+                f"{trained_with[:12]}"
+            )
+        digest = model_registry.publish(
+            self._models,
+            publication.version_id,
+            digests,
+            publication.bank_manifest_sha256,
+            weights=weights,
+            spec=training_set.spec,
+            preprocessor=training_set.preprocessor,
+        )
+        _LOG.info("[PartnerRounds.PublishModel] %s published", what)
+        return digest
+
+    def _round_weights(
+        self, publication: ModelPublication, what: str
+    ) -> tuple[PartnerTrainingSet, Mapping[str, torch.Tensor]]:
+        """What the publication's run trained on, and the weights its round ended with."""
+        expected = bytes.fromhex(publication.digests.partner_weights_sha256)
+        held = self._run
+        if held is not None and held.trainer.run_id == publication.run_id:
+            try:
+                digest = held.trainer.round_digest(publication.round)
+                if digest != expected:
+                    raise FailedPrecondition(
+                        f"the partner's checkpoint of round {publication.round} is "
+                        f"{digest.hex()[:12]}; partner_weights_sha256 names {expected.hex()[:12]}"
+                    )
+                return held.training_set, held.trainer.round_weights(publication.round)
+            except FailedPrecondition as err:
+                raise FailedPrecondition(f"{what}: {err}") from err
+        # Not held (a restart, or another run since): the checks of a resume, on the same file.
         training_set = self._source()
+        try:
+            saved = self._checkpoints(publication.run_id, training_set).read(
+                publication.round, expected
+            )
+        except FailedPrecondition as err:
+            raise FailedPrecondition(
+                f"{what}: partner_weights_sha256 {expected.hex()[:12]}: {err}"
+            ) from err
+        return training_set, saved.weights
+
+    def _checkpoints(self, run_id: str, training_set: PartnerTrainingSet) -> RunCheckpoints:
+        """The checkpoint files of `run_id`, trained on `training_set`'s rows and preprocessing."""
         alignment = training_set.alignment
-        checkpoints = RunCheckpoints(
+        return RunCheckpoints(
             self._runs_dir,
-            plan.run_id,
+            run_id,
             {
                 "alignment": f"{alignment.run_id}/{alignment.intersection_sha256.hex()}",
                 "preprocessing": training_set.preprocessor_sha256.hex(),
             },
         )
+
+    def _start(self, plan: RoundPlan) -> _Run:
+        """Start `plan`'s run, or restore it from the checkpoint the plan continues from."""
+        training_set = self._source()
+        alignment = training_set.alignment
+        checkpoints = self._checkpoints(plan.run_id, training_set)
         restore = (
             Restore(plan.round - 1, plan.previous_sha256, plan.best_round)
             if plan.previous_sha256
@@ -183,7 +288,7 @@ class TrainingRuns:
                 plan.run_id,
                 self._run.trainer.run_id,
             )
-        self._run = _Run(trainer, plan.seed)
+        self._run = _Run(trainer, plan.seed, training_set)
         self._dataplane.attach(trainer)
         _LOG.info(
             "[PartnerRounds.PlanRound] run %s %s on %d aligned rows (alignment %s)",

@@ -65,6 +65,6 @@ class AlignedTrainingSets:
                     alignment=version,
                     features=preprocessor.transform(aligned_table(self._table, store)),
                     spec=BottomSpec.from_preprocessor(preprocessor),
-                    preprocessor_sha256=preprocessor.digest(),
+                    preprocessor=preprocessor,
                 )
             return self._current

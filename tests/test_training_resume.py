@@ -35,8 +35,14 @@ from bank_node.rounds import RunOutcome, train_run
 from bank_node.run_journal import RunJournal, read_journal
 from bank_node.trainer import TrainingConfig
 from bank_node.training_set import BankTrainingSet, load_training_set
-from cobrand.rounds_protocol import PartnerStatus, RoundPlan, RunProgress
-from cobrand.rounds_serde import plan_to_proto, progress_from_proto, status_from_proto
+from cobrand.rounds_protocol import ModelPublication, PartnerStatus, RoundPlan, RunProgress
+from cobrand.rounds_serde import (
+    partner_manifest_from_proto,
+    plan_to_proto,
+    progress_from_proto,
+    publication_to_proto,
+    status_from_proto,
+)
 from cobrand.rpc import create_channel
 from cobrand.v1 import rounds_pb2, rounds_pb2_grpc
 from tests.conftest import ThrowAwayPki
@@ -64,6 +70,11 @@ class HandOff:
     def plan_round(self, plan: RoundPlan) -> RunProgress:
         reply = self._call(self._stub.PlanRound, plan_to_proto(plan), f"plan {plan.round}")
         return progress_from_proto(reply.run)
+
+    def publish(self, publication: ModelPublication) -> bytes:
+        request = publication_to_proto(publication)
+        reply = self._call(self._stub.PublishModel, request, "publish")
+        return partner_manifest_from_proto(reply, publication)
 
     @staticmethod
     def _call(method: Any, request: Any, what: str) -> Any:

@@ -23,6 +23,7 @@ from google.protobuf.message import DecodeError
 
 from cobrand.errors import FailedPrecondition, InvalidRequest, Unavailable
 from cobrand.flower_rounds import (
+    PUBLISH_MESSAGE,
     REQUEST,
     RESPONSE,
     ROUND_MESSAGE,
@@ -31,8 +32,14 @@ from cobrand.flower_rounds import (
     payload,
     with_payload,
 )
-from cobrand.rounds_protocol import PartnerStatus, RoundPlan, RunProgress
-from cobrand.rounds_serde import plan_to_proto, progress_from_proto, status_from_proto
+from cobrand.rounds_protocol import ModelPublication, PartnerStatus, RoundPlan, RunProgress
+from cobrand.rounds_serde import (
+    partner_manifest_from_proto,
+    plan_to_proto,
+    progress_from_proto,
+    publication_to_proto,
+    status_from_proto,
+)
 from cobrand.v1 import rounds_pb2
 
 __all__ = ["FlowerPartner", "RunWatch"]
@@ -73,6 +80,17 @@ class FlowerPartner:
         request = plan_to_proto(plan).SerializeToString()
         reply = self.exchange(ROUND_MESSAGE, request, group=str(plan.round))
         return progress_from_proto(_parse(rounds_pb2.PlanRoundResponse.FromString, reply).run)
+
+    def publish(self, publication: ModelPublication) -> bytes:
+        """Have the partner save its half of a model version (``train.publish``).
+
+        Returns the partner's manifest digest of the version (32 bytes).
+        """
+        request = publication_to_proto(publication).SerializeToString()
+        reply = self.exchange(PUBLISH_MESSAGE, request, group="publish")
+        return partner_manifest_from_proto(
+            _parse(rounds_pb2.PublishModelResponse.FromString, reply), publication
+        )
 
     def exchange(self, message_type: str, request: bytes, group: str) -> bytes:
         """One message round trip: `request` to the partner's SuperNode, its reply's payload.

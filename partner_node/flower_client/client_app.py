@@ -1,4 +1,5 @@
-"""The partner's ClientApp: relays ``query.status`` and ``train.round`` to partner_node.
+"""The partner's ClientApp: relays ``query.status``, ``train.round`` and ``train.publish`` to
+partner_node.
 
 Flower starts this in a new process for every message (``notes/flower-1.41.md``), so it holds
 no state and loads nothing heavy: it opens a mutual-TLS channel to the partner's own node with
@@ -32,6 +33,7 @@ from cobrand.flower_rounds import (
     HAND_OFF_METHODS,
     PARTNER_REFUSED,
     PARTNER_UNAVAILABLE,
+    PUBLISH_ACTION,
     REQUEST,
     RESPONSE,
     ROUND_ACTION,
@@ -97,6 +99,12 @@ def query_status(message: Message, context: Context) -> Message:
 @app.train(ROUND_ACTION)
 def train_round(message: Message, context: Context) -> Message:
     """Relay the bank's round plan to partner_node."""
+    return _hand_off(message, context)
+
+
+@app.train(PUBLISH_ACTION)
+def train_publish(message: Message, context: Context) -> Message:
+    """Relay the bank's request to publish the model version it saved to partner_node."""
     return _hand_off(message, context)
 
 

@@ -18,8 +18,14 @@ from bank_node.run_journal import RunJournal, read_journal
 from bank_node.trainer import TrainingConfig
 from bank_node.training_set import BankTrainingSet, load_training_set
 from cobrand.errors import FailedPrecondition, Unavailable
-from cobrand.rounds_protocol import PartnerStatus, RoundPlan, RunProgress
-from cobrand.rounds_serde import plan_to_proto, progress_from_proto, status_from_proto
+from cobrand.rounds_protocol import ModelPublication, PartnerStatus, RoundPlan, RunProgress
+from cobrand.rounds_serde import (
+    partner_manifest_from_proto,
+    plan_to_proto,
+    progress_from_proto,
+    publication_to_proto,
+    status_from_proto,
+)
 from cobrand.rpc import create_channel
 from cobrand.v1 import rounds_pb2, rounds_pb2_grpc
 from partner_node.server import PartnerNode, start_partner_node
@@ -42,6 +48,10 @@ class DirectPartner:
     def plan_round(self, plan: RoundPlan) -> RunProgress:
         self.plans.append(plan)
         return progress_from_proto(self._stub.PlanRound(plan_to_proto(plan)).run)
+
+    def publish(self, publication: ModelPublication) -> bytes:
+        reply = self._stub.PublishModel(publication_to_proto(publication))
+        return partner_manifest_from_proto(reply, publication)
 
 
 @pytest.fixture(scope="module")

@@ -1,16 +1,35 @@
-"""The partner's thin ClientApp: nothing heavy to import (Flower starts it for every message), and
-its node config read with each problem named."""
+"""The partner's thin ClientApp: nothing heavy to import (Flower starts it for every message), its
+node config read with each problem named, and a message relayed to the partner node's method."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from flwr.app import Context, Metadata, RecordDict
+from flwr.app.message import make_message
 
-from cobrand.errors import ConfigError
-from partner_node.flower_client.client_app import HandOffSettings
+from cobrand.errors import ConfigError, FailedPrecondition
+from cobrand.flower_rounds import (
+    PARTNER_REFUSED,
+    PUBLISH_MESSAGE,
+    REQUEST,
+    error_from_reply,
+    with_payload,
+)
+from cobrand.model_manifest import ModelDigests
+from cobrand.rounds_protocol import ModelPublication
+from cobrand.rounds_serde import publication_to_proto
+from cobrand.rpc import create_server
+from partner_node.dataplane_service import DataPlaneService
+from partner_node.flower_client.client_app import HandOffSettings, app
+from partner_node.rounds_service import ROUNDS_ROLES, rounds_service
+from partner_node.training_runs import TrainingRuns
+from tests.conftest import ThrowAwayPki
+from tests.partner_node.test_rounds_service import _training_set
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,3 +72,52 @@ def test_a_node_config_with_a_missing_or_misspelt_key_is_refused_naming_it() -> 
 
     assert "missing key 'partner-node'" in str(refused.value)
     assert "unknown key 'partner-nod'" in str(refused.value)
+
+
+def test_a_publication_reaches_the_partner_nodes_publish_method_and_its_refusal_comes_back(
+    throwaway_pki: ThrowAwayPki, tmp_path: Path
+) -> None:
+    runs = TrainingRuns(_training_set, DataPlaneService(), runs_dir=tmp_path / "runs")
+    server, port = create_server(
+        [rounds_service(runs)],
+        "127.0.0.1:0",
+        throwaway_pki.tls("partner"),
+        allowed_roles=ROUNDS_ROLES,
+    )
+    server.start()
+    tls = throwaway_pki.tls("partner")
+    settings: dict[str, bool | float | int | str] = {
+        "partner-node": f"127.0.0.1:{port}",
+        "ca-bundle": str(tls.ca_bundle),
+        "cert": str(tls.cert),
+        "key": str(tls.key),
+    }
+    digests = ModelDigests.of(
+        bank_weights=bytes(32), partner_weights=bytes(32), partner_preprocessor=bytes(32)
+    )
+    publication = ModelPublication("run-never", 1, digests.version_id, digests, bytes(32))
+    # As the SuperNode hands it over (Message() itself wants a running ServerApp's identity).
+    message = make_message(
+        Metadata(
+            run_id=1,
+            message_id="m-1",
+            src_node_id=0,
+            dst_node_id=7,
+            reply_to_message_id="",
+            group_id="publish",
+            created_at=time.time(),
+            ttl=60.0,
+            message_type=PUBLISH_MESSAGE,
+        ),
+        with_payload(REQUEST, publication_to_proto(publication).SerializeToString()),
+    )
+    try:
+        reply = app(message, Context(1, 7, settings, RecordDict(), {}))
+    finally:
+        server.stop(None)
+
+    assert reply.has_error()
+    assert reply.error.code == PARTNER_REFUSED
+    refused = error_from_reply(reply, PUBLISH_MESSAGE)
+    assert isinstance(refused, FailedPrecondition)
+    assert "run-never/round-1.pt: no checkpoint of round 1" in str(refused)

@@ -13,9 +13,14 @@ import pytest
 
 from bank_node.dataplane_client import DataPlaneClient, PartnerPassSummary
 from cobrand.errors import FailedPrecondition
-from cobrand.preprocess import Encoded
-from cobrand.rounds_protocol import AlignmentVersion, RoundPlan
-from cobrand.rounds_serde import plan_to_proto, progress_from_proto, status_from_proto
+from cobrand.model_manifest import ModelDigests
+from cobrand.rounds_protocol import AlignmentVersion, ModelPublication, RoundPlan
+from cobrand.rounds_serde import (
+    plan_to_proto,
+    progress_from_proto,
+    publication_to_proto,
+    status_from_proto,
+)
 from cobrand.rpc import create_channel, create_server
 from cobrand.split_model import BottomSpec
 from cobrand.v1 import rounds_pb2, rounds_pb2_grpc
@@ -23,32 +28,24 @@ from partner_node.dataplane_service import ALLOWED_ROLES, DataPlaneService
 from partner_node.rounds_service import ROUNDS_ROLES, rounds_service
 from partner_node.training_runs import PartnerTrainingSet, TrainingRuns
 from tests.conftest import ThrowAwayPki
+from tests.model_parts import fitted_table
 
 ROWS, WIDTH, TIMEOUT = 60, 4, 10.0
+TABLE, PREPROCESSOR = fitted_table("partner", rows=ROWS, seed=4)
 ALIGNMENT = AlignmentVersion(
     run_id="alignment-1",
     federation_sha256=hashlib.sha256(b"federation").digest(),
     intersection_sha256=hashlib.sha256(b"intersection").digest(),
     intersection_size=ROWS,
 )
-PREPROCESSOR = hashlib.sha256(b"preprocessor").digest()
 
 
 def _training_set() -> PartnerTrainingSet:
-    rng = np.random.default_rng(4)
     return PartnerTrainingSet(
         alignment=ALIGNMENT,
-        features=Encoded(
-            numeric=rng.normal(size=(ROWS, 3)).astype(np.float32),
-            categorical=np.zeros((ROWS, 0), dtype=np.int64),
-        ),
-        spec=BottomSpec(
-            bin_edges=((-1.0, 0.0, 1.0),) * 3,
-            n_indicators=0,
-            cardinalities=(),
-            embedding_width=WIDTH,
-        ),
-        preprocessor_sha256=PREPROCESSOR,
+        features=PREPROCESSOR.transform(TABLE),
+        spec=BottomSpec.from_preprocessor(PREPROCESSOR, embedding_width=WIDTH),
+        preprocessor=PREPROCESSOR,
     )
 
 
@@ -136,7 +133,7 @@ def test_status_names_the_alignment_the_bottom_width_and_the_runs_progress(round
     other = status_from_proto(rounds.GetStatus(rounds_pb2.GetStatusRequest(run_id="run-x")))
 
     assert held.alignment == ALIGNMENT
-    assert held.preprocessor_sha256 == PREPROCESSOR
+    assert held.preprocessor_sha256 == PREPROCESSOR.digest()
     assert held.embedding_width == WIDTH
     assert held.run is not None
     assert (held.run.completed_rounds, held.run.planned_round) == (0, 1)
@@ -235,13 +232,19 @@ def test_round_one_of_a_new_run_replaces_the_previous_run(
 
 
 @pytest.mark.parametrize("holder", ["bank", "bank-trainer", "partner-app"])
-def test_only_the_partners_own_client_app_role_may_plan_rounds(
+def test_only_the_partners_own_client_app_role_may_plan_rounds_or_publish(
     throwaway_pki: ThrowAwayPki, port: int, holder: str
 ) -> None:
     with _channel(throwaway_pki, port, holder) as channel:
         stub: Any = rounds_pb2_grpc.PartnerRoundsStub(channel)  # type: ignore[no-untyped-call]
         plan = _refusal(stub.PlanRound, plan_to_proto(RoundPlan("run-i", 1, 1, 1e-2)))
         status = _refusal(stub.GetStatus, rounds_pb2.GetStatusRequest(run_id="run-i"))
+        digests = ModelDigests.of(
+            bank_weights=bytes(32), partner_weights=bytes(32), partner_preprocessor=bytes(32)
+        )
+        publication = ModelPublication("run-i", 1, digests.version_id, digests, bytes(32))
+        publish = _refusal(stub.PublishModel, publication_to_proto(publication))
 
     assert plan.code() == grpc.StatusCode.PERMISSION_DENIED
     assert status.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert publish.code() == grpc.StatusCode.PERMISSION_DENIED
