@@ -280,14 +280,16 @@ def train_federated(
     tls: TlsFiles,
     partner_width: int,
     make_client: Callable[..., DataPlaneClient] = DataPlaneClient,
+    make_trainer: Callable[..., BankTrainer] = BankTrainer,
 ) -> dict[str, Any]:
-    """Train with the bank's trainer here and the partner's in `partner`; `make_client` (the
-    client's constructor by default) lets a bench observe the data plane."""
+    """Train with the bank's trainer here and the partner's in `partner`; `make_client` and
+    `make_trainer` (the constructors by default) let a bench observe the data plane or change
+    how the bank trains."""
     run_id = f"bench-d{config.pipeline_depth}-s{config.seed}"
     partner.command("run", run_id, config.seed + 1)
     with create_channel(f"127.0.0.1:{partner.port}", tls) as channel:
         client = make_client(channel, run_id=run_id, embedding_width=partner_width)
-        trainer = BankTrainer(aligned.bank, aligned.bank_spec, client, config)
+        trainer = make_trainer(aligned.bank, aligned.bank_spec, client, config)
         result = trainer.fit(partner.planner())
     return {
         "seconds": result.seconds,
@@ -297,14 +299,15 @@ def train_federated(
     }
 
 
-def _summary(name: str, runs: list[dict[str, Any]], centralized: float) -> str:
+def summary(name: str, runs: list[dict[str, Any]], centralized: float) -> str:
+    """One variant's lines: median time, its ratio to `centralized`, AUCs, bytes per epoch."""
     seconds = statistics.median(r["seconds"] for r in runs)
     aucs = [r["test"]["risk"]["auc"] for r in runs]
     bank_only = [r["test"]["risk"]["bank_only_auc"] for r in runs]
     each = ", ".join(f"{r['seconds']:.2f}" for r in runs)
     line = (
         f"  {name:<30} {seconds:7.2f} s  {seconds / centralized:5.2f}x   test AUC "
-        f"{statistics.mean(aucs):.4f} +- {_sd(aucs):.4f}  (bank-only path "
+        f"{statistics.mean(aucs):.4f} +- {sd(aucs):.4f}  (bank-only path "
         f"{statistics.mean(bank_only):.4f})\n  {'':<30} runs: {each} s"
     )
     if "sent_per_epoch" in runs[0]:
@@ -314,7 +317,8 @@ def _summary(name: str, runs: list[dict[str, Any]], centralized: float) -> str:
     return line
 
 
-def _sd(values: list[float]) -> float:
+def sd(values: list[float]) -> float:
+    """Sample standard deviation; 0 for one value."""
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
@@ -362,14 +366,14 @@ def main() -> None:
     centralized = statistics.median(r["seconds"] for r in runs[_CENTRALIZED[0]])
     print(f"  ratios are to centralized with 1 thread ({centralized:.2f} s)")
     for variant in VARIANTS:
-        print(_summary(variant, runs[variant], centralized))
+        print(summary(variant, runs[variant], centralized))
     stale = [
         p["test"]["risk"]["auc"] - s["test"]["risk"]["auc"]
         for p, s in zip(runs["federated pipelined"], runs["federated synchronous"], strict=True)
     ]
     print(
         f"  staleness effect (pipelined - synchronous test AUC, paired by seed): "
-        f"{statistics.mean(stale):+.4f} +- {_sd(stale):.4f}"
+        f"{statistics.mean(stale):+.4f} +- {sd(stale):.4f}"
     )
 
 
