@@ -7,16 +7,15 @@ label-leakage figures. Binary tasks get ``test_rows``, ``auc``, ``ks``, ``bank_o
 ``top1_accuracy``, ``bank_only_top1_accuracy``. A figure the evaluation left out (a test set
 holding one class only) is null.
 
-The model registry does not exist yet: ``model_version`` is derived from both sides' checkpoint
-digests of the run's best round, which the journal records, so the same weights get the same
-version. The label-leakage defence is not built yet either, and the run's gradients stay inside
-the bank's ServerApp process: ``privacy.defence`` is ``"none"`` and both attack AUCs are null,
-with a note saying why, rather than figures measured elsewhere.
+Everything comes from the journal's ``finished`` event: the model version both sides published
+(``bank_node.model_release``), and the privacy figures the ServerApp measured on the gradients
+the run sent: ``privacy.defence`` names the label-leakage defence, ``leak_auc_norm`` and
+``leak_auc_direction`` are the two attacks' AUCs (0.5 is chance; null when the rows attacked hold
+one class) on the labels of ``privacy.task``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -25,21 +24,10 @@ from typing import Any, Final
 
 from cobrand.alignment_store import AlignmentSummary
 
-__all__ = ["PRIVACY_NOTE", "model_version", "summary_lines", "training_report", "write_report"]
-
-PRIVACY_NOTE: Final = (
-    "label-leakage defence not built yet; attack AUCs not measured: the run's gradients stay "
-    "inside the bank's ServerApp process"
-)
+__all__ = ["summary_lines", "training_report", "write_report"]
 
 _BINARY_FIGURES: Final = ("auc", "ks", "bank_only_auc", "bank_only_ks")
 _CLASS_FIGURES: Final = ("top1_accuracy", "bank_only_top1_accuracy")
-
-
-def model_version(bank_sha256: str, partner_sha256: str) -> str:
-    """The version id of the model both digests (hex) describe: 16 hex digits of their hash."""
-    both = bytes.fromhex(bank_sha256) + bytes.fromhex(partner_sha256)
-    return hashlib.sha256(both).hexdigest()[:16]
 
 
 def training_report(
@@ -58,11 +46,13 @@ def training_report(
     """
     return {
         "run_id": run_id,
-        "model_version": model_version(finished["bank_sha256"], finished["partner_sha256"]),
+        "model_version": finished["model_version"],
         "model": {
             "best_round": finished["best_round"],
             "bank_sha256": finished["bank_sha256"],
             "partner_sha256": finished["partner_sha256"],
+            "bank_manifest_sha256": finished["bank_manifest_sha256"],
+            "partner_manifest_sha256": finished["partner_manifest_sha256"],
         },
         "alignment": {
             "run_id": alignment.run_id,
@@ -76,12 +66,7 @@ def training_report(
             "rounds": finished["rounds"],
             "bytes_exchanged": finished["bytes_sent"] + finished["bytes_received"],
         },
-        "privacy": {
-            "defence": "none",
-            "leak_auc_norm": None,
-            "leak_auc_direction": None,
-            "note": PRIVACY_NOTE,
-        },
+        "privacy": dict(finished["privacy"]),
     }
 
 
@@ -121,7 +106,11 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
         f"{training['bytes_exchanged'] / 1e6:.1f} MB exchanged on the data plane"
     )
     privacy = report["privacy"]
-    lines.append(f"  privacy         defence {privacy['defence']}; {privacy['note']}")
+    lines.append(
+        f"  privacy         {privacy['defence']}; label-leakage attacks on the {privacy['task']} "
+        f"labels: norm AUC {_figure(privacy['leak_auc_norm'])}, direction AUC "
+        f"{_figure(privacy['leak_auc_direction'])} (0.5 is chance)"
+    )
     return lines
 
 

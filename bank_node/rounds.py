@@ -14,7 +14,10 @@ partner's SuperNode; tests may call the partner's hand-off service directly) and
 3. commits each round once the partner has confirmed it through the control plane (the next
    round's plan, or the closing status) with the same checkpoint digest its data plane reported:
    the round's bank and partner digests are then journaled together;
-4. journals the model the run keeps (its best round) with both sides' digests.
+4. publishes the model the run keeps (its best round) at both sides as one model version
+   (``bank_node.model_release``: the bank's registry under ``models_dir``, the partner's through
+   the control plane) and journals it with both sides' digests, the test figures and the
+   label-leakage attacks measured on the gradients the run sent.
 
 Resuming. When the partner becomes unavailable mid-round (its data-plane stream breaks, a reply
 does not come within the reply timeout, or its node does not answer a plan), the run is not
@@ -41,16 +44,18 @@ from typing import Protocol
 import grpc
 
 from bank_node.dataplane_client import DataPlaneClient
+from bank_node.model_release import Release, release_model
 from bank_node.resume import ResumePolicy, wait_for_partner
 from bank_node.run_checkpoints import RunCheckpoints
 from bank_node.run_journal import RunJournal
 from bank_node.trainer import BankTrainer, RoundResult, TrainingConfig, TrainingResult
 from bank_node.training_set import BankTrainingSet
 from cobrand.errors import FailedPrecondition, Unavailable
+from cobrand.model_store import ModelStore
 from cobrand.rounds_protocol import ModelPublication, PartnerStatus, RoundPlan, RunProgress
 from cobrand.weights import weights_digest
 
-__all__ = ["Checkpoint", "PartnerControl", "RunOutcome", "train_run"]
+__all__ = ["Checkpoint", "PartnerControl", "RunOutcome", "holdout_scores_path", "train_run"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -95,6 +100,8 @@ class RunOutcome:
         Every round committed, from round 0.
     model : Checkpoint
         The best round's, the model the run keeps.
+    release : Release
+        The model version both sides hold.
     """
 
     run_id: str
@@ -102,6 +109,12 @@ class RunOutcome:
     training: TrainingResult
     checkpoints: list[Checkpoint]
     model: Checkpoint
+    release: Release
+
+
+def holdout_scores_path(runs_dir: Path, run_id: str) -> Path:
+    """Where a run's test rows' scores are kept, for its human report."""
+    return runs_dir / f"{run_id}.test-scores.npz"
 
 
 def bank_digest(trainer: BankTrainer) -> bytes:
@@ -181,6 +194,7 @@ def train_run(
     journal: RunJournal,
     *,
     runs_dir: Path,
+    models_dir: Path,
     reply_timeout: float = 5.0,
     resume: ResumePolicy | None = None,
 ) -> RunOutcome:
@@ -199,7 +213,10 @@ def train_run(
     config : TrainingConfig
     journal : RunJournal
     runs_dir : Path
-        The bank's checkpoints of the run go to ``runs_dir/<run_id>/``.
+        The bank's checkpoints of the run go to ``runs_dir/<run_id>/``, its test rows' scores
+        to ``runs_dir/<run_id>.test-scores.npz`` (`holdout_scores_path`).
+    models_dir : Path
+        The bank's model registry.
     reply_timeout : float
         Seconds the data plane waits for any one partner reply: how soon a hung partner is
         noticed (a dead one breaks the stream at once).
@@ -307,11 +324,27 @@ def train_run(
             f"run {run_id}: the bank's restored weights differ from its checkpoint of round "
             f"{training.best_round}"
         )
+    release = release_model(
+        run_id,
+        trainer,
+        training_set,
+        training.best_round,
+        model.partner_sha256,
+        status.preprocessor_sha256,
+        partner,
+        ModelStore(models_dir),
+        holdout_scores_path(runs_dir, run_id),
+        config.leakage_noise,
+    )
     journal.write(
         "finished",
         best_round=training.best_round,
         bank_sha256=model.bank_sha256,
         partner_sha256=model.partner_sha256,
+        model_version=release.version_id,
+        bank_manifest_sha256=release.bank_manifest_sha256,
+        partner_manifest_sha256=release.partner_manifest_sha256,
+        privacy=release.privacy,
         test=training.test,
         rounds=len(training.rounds),
         resumes=resumes,
@@ -319,7 +352,7 @@ def train_run(
         bytes_sent=training.bytes_sent,
         bytes_received=training.bytes_received,
     )
-    return RunOutcome(run_id, status, training, commits.checkpoints, model)
+    return RunOutcome(run_id, status, training, commits.checkpoints, model, release)
 
 
 def _check_alignment(run_id: str, training_set: BankTrainingSet, status: PartnerStatus) -> None:

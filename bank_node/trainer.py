@@ -46,6 +46,7 @@ from pydantic import Field
 
 from bank_node.dataplane_client import DataPlaneClient, PartnerPassSummary, PassStream
 from bank_node.evaluation import TaskMetrics, task_metrics, total_loss
+from bank_node.leakage import GradientRecorder, LabelNoise
 from bank_node.round_state import BankState, EarlyStopping, MemoryRounds, RoundKeeper
 from bank_node.training_data import TEST, TRAIN, VALID, BankTrainingData
 from cobrand.errors import FailedPrecondition, Unavailable
@@ -96,7 +97,12 @@ class TrainingConfig(Section):
     head_hidden : int
     head_dropout : float
     seed : int
-        Seeds the bank's weights, the batch order and the partner-slice dropout.
+        Seeds the bank's weights, the batch order, the partner-slice dropout and the label
+        noise.
+    leakage_noise : float
+        The label-leakage defence (`bank_node.leakage.LabelNoise`): the half-width of the
+        zero-mean noise added to every gradient sent to the partner, in units of one label's
+        effect on it; 0 turns the defence off.
     eval_batch_size : int
     torch_threads : int
         Intra-op threads of the thread that trains; one keeps two parties on one machine
@@ -113,6 +119,7 @@ class TrainingConfig(Section):
     head_hidden: Annotated[int, Field(ge=1)] = 64
     head_dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
     seed: Annotated[int, Field(ge=0)] = 0
+    leakage_noise: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 1.5
     eval_batch_size: Annotated[int, Field(ge=1, le=65_536)] = 4096
     torch_threads: Annotated[int, Field(ge=1)] = 1
 
@@ -211,6 +218,10 @@ class BankTrainer:
         parameters = [*self.bottom.parameters(), *self.head.parameters()]
         self._optimizer = torch.optim.Adam(parameters, lr=config.learning_rate)
         self._generator = torch.Generator().manual_seed(config.seed)
+        self._defence = LabelNoise(config.leakage_noise, seed=config.seed)
+        self.sent = GradientRecorder()
+        """The gradients sent in the first and the latest training pass, for the leakage
+        figures of the run's report."""
 
     def fit(
         self,
@@ -324,6 +335,7 @@ class BankTrainer:
         started = time.perf_counter()
         losses: list[float] = []
         summary = None
+        self._defence.start_round(round_number)
         for epoch in range(self._config.epochs_per_round):
             summary = self._train_pass(round_number, epoch, losses)
         assert summary is not None  # epochs_per_round >= 1
@@ -374,12 +386,22 @@ class BankTrainer:
             torch.manual_seed(
                 int(np.random.SeedSequence([config.seed, round_number, epoch]).generate_state(1)[0])
             )
+            self.sent.start_pass(round_number)
             _stream_batches(stream, batches, config.pipeline_depth, step)
             return stream.close()
 
     def evaluate(self, split: int, partner_round: int) -> tuple[TaskMetrics, float]:
         """Figures and objective on one split's rows, with a completed round's partner weights."""
         rows = np.flatnonzero(self._data.split == split)
+        full, bank_only = self.logits(rows, partner_round)
+        labels = {task: values[rows] for task, values in self._labels.items()}
+        return task_metrics(full, bank_only, labels), float(total_loss(full, labels))
+
+    def logits(
+        self, rows: npt.NDArray[np.int64], partner_round: int
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Per task, the logits of aligned `rows` through the full model (with a completed
+        round's partner embeddings) and through its bank-only path."""
         partner = torch.from_numpy(self.partner_embeddings(rows, partner_round))
         self.bottom.eval()
         self.head.eval()
@@ -398,8 +420,7 @@ class BankTrainer:
             {task: torch.cat([part[task] for part in parts]) for task in self._labels}
             for parts in paths.values()
         )
-        labels = {task: values[rows] for task, values in self._labels.items()}
-        return task_metrics(full, bank_only, labels), float(total_loss(full, labels))
+        return full, bank_only
 
     def partner_embeddings(
         self, positions: npt.NDArray[np.int64], partner_round: int
@@ -420,12 +441,14 @@ class BankTrainer:
     def _train_step(
         self, rows: npt.NDArray[np.int64], partner: npt.NDArray[np.float32]
     ) -> tuple[npt.NDArray[np.float32], float]:
-        """One optimizer step of the bank's modules; returns d loss / d partner embedding."""
+        """One optimizer step of the bank's modules; returns what the partner gets: d loss /
+        d partner embedding, plus the label-leakage defence's noise."""
         partner_embedding = torch.from_numpy(partner).requires_grad_()
         hidden = torch.rand(len(rows), generator=self._generator) < self._config.partner_dropout
         labels = {task: values[rows] for task, values in self._labels.items()}
         bank = self.bottom(self._numeric[rows], self._categorical[rows])
-        loss = total_loss(self.head(bank, partner_embedding, hidden), labels)
+        outputs = self.head(bank, partner_embedding, hidden)
+        loss = total_loss(outputs, labels)
         if not torch.isfinite(loss):
             # Stop before a NaN gradient reaches the partner's weights (and before the
             # partner refuses it).
@@ -433,11 +456,14 @@ class BankTrainer:
                 f"training diverged: the loss of a batch is {loss.item()}; lower the learning "
                 f"rate (now {self._config.learning_rate:g})"
             )
+        # Drawn before the backward pass frees the head's graph; the bank's own step is exact.
+        noise = self._defence.noise(outputs, labels, partner_embedding)
         self._optimizer.zero_grad()
         torch.autograd.backward(loss)
         self._optimizer.step()
         assert partner_embedding.grad is not None
-        gradient: npt.NDArray[np.float32] = partner_embedding.grad.numpy()
+        gradient: npt.NDArray[np.float32] = (partner_embedding.grad + noise).numpy()
+        self.sent.record(rows, gradient)
         return gradient, loss.item()
 
 

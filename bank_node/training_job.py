@@ -19,6 +19,7 @@ Example::
       partner_dropout: 0.3
       pipeline_depth: 2
       seed: 0
+      leakage_noise: 1.5           # label-leakage defence; 0 turns it off
 
 Relative paths are relative to the job file's directory. Unknown keys are errors, as everywhere;
 every error names the job file and the key. The training keys take `TrainingConfig`'s limits
@@ -71,6 +72,7 @@ _RUN_CONFIG_KEYS: Final = {
     "partner_dropout": "partner-dropout",
     "pipeline_depth": "pipeline-depth",
     "seed": "seed",
+    "leakage_noise": "leakage-noise",
 }
 
 
@@ -92,6 +94,7 @@ class TrainingSection(Section):
     partner_dropout: Annotated[float, _as_in("partner_dropout")]
     pipeline_depth: Annotated[int, _as_in("pipeline_depth")]
     seed: Annotated[int, _as_in("seed")]
+    leakage_noise: Annotated[float, _as_in("leakage_noise")]
 
     @property
     def run_config(self) -> dict[str, Any]:

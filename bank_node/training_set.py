@@ -7,6 +7,7 @@ and the alignment they belong to, which the run checks the partner holds too.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from bank_node.config import BankNodeConfig
@@ -17,7 +18,7 @@ from cobrand.party_files import load_own_table
 from cobrand.pki import Party
 from cobrand.preprocess import Preprocessor
 from cobrand.rounds_protocol import AlignmentVersion
-from cobrand.schema import load_party_schema
+from cobrand.schema import CategoricalLabel, load_party_schema
 from cobrand.split_model import BottomSpec
 
 __all__ = ["BankTrainingSet", "load_training_set"]
@@ -35,12 +36,15 @@ class BankTrainingSet:
         The bank bottom's shape.
     preprocessor : Preprocessor
         Fitted on the training rows of the bank's whole table.
+    classes : mapping of str to tuple of str
+        The class names of each K-class task, in output order.
     """
 
     alignment: AlignmentVersion
     data: BankTrainingData
     spec: BottomSpec
     preprocessor: Preprocessor
+    classes: Mapping[str, tuple[str, ...]]
 
 
 def load_training_set(config: BankNodeConfig) -> BankTrainingSet:
@@ -75,4 +79,9 @@ def load_training_set(config: BankNodeConfig) -> BankTrainingSet:
         ),
         spec=BottomSpec.from_preprocessor(preprocessor),
         preprocessor=preprocessor,
+        classes={
+            task: label.classes
+            for task, label in schema.labels.present().items()
+            if isinstance(label, CategoricalLabel)
+        },
     )

@@ -158,6 +158,7 @@ class Bank:
             CONFIG,
             RunJournal(self.runs_dir / f"{run_id}.jsonl"),
             runs_dir=self.runs_dir,
+            models_dir=self.runs_dir.parent / "bank-models",
             reply_timeout=REPLY_TIMEOUT_S,
             resume=ResumePolicy(wait_s=90.0, first_retry_s=0.25, max_backoff_s=1.0),
         )

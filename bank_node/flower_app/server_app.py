@@ -48,6 +48,7 @@ RUN_CONFIG_FIELDS: Final = {
     "partner-dropout": "partner_dropout",
     "pipeline-depth": "pipeline_depth",
     "seed": "seed",
+    "leakage-noise": "leakage_noise",
 }
 """Run-config key -> `TrainingConfig` field: what ``flwr run --run-config`` may change."""
 
@@ -86,16 +87,16 @@ def main(grid: Grid, context: Context) -> None:
             config,
             journal,
             runs_dir=settings.runs_dir,
+            models_dir=node.data_dir / "models",
             reply_timeout=settings.reply_timeout_s,
             resume=settings.resume,
         )
     _LOG.info(
-        "[ServerApp] run %s finished: best round %d of %d, model bank %s partner %s",
+        "[ServerApp] run %s finished: best round %d of %d, model version %s at both sides",
         run_id,
         outcome.training.best_round,
         len(outcome.training.rounds),
-        outcome.model.bank_sha256.hex()[:12],
-        outcome.model.partner_sha256.hex()[:12],
+        outcome.release.version_id,
     )
 
 

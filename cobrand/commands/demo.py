@@ -89,7 +89,8 @@ def run(
         _section("6. real data: UCI default of credit card clients, as FATE splits it")
         _real_data(real_data)
     typer.echo(
-        f"\ndemo finished: report in {out / 'report.json'}; scoring arrives with a later issue"
+        f"\ndemo finished: reports in {out / 'report.json'} and {out / 'report.html'}; scoring "
+        "arrives with a later issue"
     )
 
 

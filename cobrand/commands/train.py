@@ -11,7 +11,9 @@ The local run of what two sites run apart, in order:
    (`LocalFederation`, under ``OUT/work/flower``);
 4. ``flwr run bank_node/flower_app`` with the job's training keys as run config, followed
    through the run's journal with a progress bar over rounds;
-5. ``OUT/report.json`` (`bank_node.report`) from the alignment and the journal's last event.
+5. ``OUT/report.json`` (`bank_node.report`) from the alignment and the journal's last event,
+   and ``OUT/report.html`` (`bank_node.report_html`) with the test rows' scores the ServerApp
+   kept.
 
 `train_aligned` is steps 3 to 5 on sites already aligned (``cobrand demo``). The
 SuperLink's server certificate and the trainer's data-plane certificate (role
@@ -27,7 +29,10 @@ from typing import Annotated, Any
 import typer
 
 import bank_node.flower_app
+from bank_node.holdout_scores import load_test_scores
 from bank_node.report import summary_lines, training_report, write_report
+from bank_node.report_html import write_report_html
+from bank_node.rounds import holdout_scores_path
 from bank_node.run_journal import read_journal
 from bank_node.trainer_config import TRAINER_CONFIG_ENV, TrainerConfig
 from bank_node.training_job import TrainingJob, TrainingSection, load_job
@@ -71,7 +76,7 @@ def run(
             report = train_locally(spec, PsiSettings(workers=workers), progress)
     for line in summary_lines(report):
         typer.echo(line)
-    typer.echo(f"  report          {spec.out / 'report.json'}")
+    typer.echo(f"  report          {spec.out / 'report.json'}, {spec.out / 'report.html'}")
 
 
 def _work(job: TrainingJob) -> Path:
@@ -149,6 +154,8 @@ def train_aligned(
         finished = _follow(federation, run_id, work / "runs", training.rounds, progress)
     report = training_report(str(run_id), alignment, finished)
     write_report(report_path, report)
+    scores = load_test_scores(holdout_scores_path(work / "runs", str(run_id)))
+    write_report_html(report_path.with_suffix(".html"), report, scores)
     return report
 
 

@@ -12,12 +12,15 @@ import grpc
 import pytest
 
 from bank_node.config import BankNodeConfig, PartnerEndpoint
+from bank_node.holdout_scores import load_test_scores
 from bank_node.resume import ResumePolicy
-from bank_node.rounds import train_run
+from bank_node.rounds import holdout_scores_path, train_run
 from bank_node.run_journal import RunJournal, read_journal
 from bank_node.trainer import TrainingConfig
 from bank_node.training_set import BankTrainingSet, load_training_set
 from cobrand.errors import FailedPrecondition, Unavailable
+from cobrand.model_manifest import manifest_digest, model_version, verify_peer
+from cobrand.model_store import ModelStore
 from cobrand.rounds_protocol import ModelPublication, PartnerStatus, RoundPlan, RunProgress
 from cobrand.rounds_serde import (
     partner_manifest_from_proto,
@@ -108,6 +111,7 @@ def test_a_run_plans_each_round_then_commits_it_with_both_sides_digests(
         CONFIG,
         journal,
         runs_dir=tmp_path,
+        models_dir=tmp_path / "models",
     )
 
     events = read_journal(journal.path)
@@ -127,6 +131,45 @@ def test_a_run_plans_each_round_then_commits_it_with_both_sides_digests(
     assert finished["partner_sha256"] == outcome.model.partner_sha256.hex()
     assert 0.5 < finished["test"]["risk"]["auc"] <= 1.0
     assert events[2]["partner_sha256"] == outcome.checkpoints[1].partner_sha256.hex()
+
+
+def test_the_kept_model_is_published_at_both_sides_under_one_version(
+    training_set: BankTrainingSet,
+    partner: DirectPartner,
+    trainer_channel: grpc.Channel,
+    sites: TrainingSites,
+    tmp_path: Path,
+) -> None:
+    journal = RunJournal(tmp_path / "run-pub.jsonl")
+
+    outcome = train_run(
+        "run-pub",
+        lambda: training_set,
+        partner,
+        trainer_channel,
+        CONFIG,
+        journal,
+        runs_dir=tmp_path,
+        models_dir=tmp_path / "models",
+    )
+
+    release, model = outcome.release, outcome.model
+    assert release.version_id == model_version(model.bank_sha256.hex(), model.partner_sha256.hex())
+    bank = ModelStore(tmp_path / "models").load(release.version_id)
+    held = ModelStore(sites.partner_data / "models").load(release.version_id)
+    # Each side holds every file its manifest lists (load checks them) and the other's digest.
+    assert manifest_digest(bank.manifest) == release.bank_manifest_sha256
+    assert manifest_digest(held.manifest) == release.partner_manifest_sha256
+    verify_peer(bank.manifest, release.version_id, release.partner_manifest_sha256)
+    verify_peer(held.manifest, release.version_id, release.bank_manifest_sha256)
+    assert bank.manifest.model.partner_weights_sha256 == model.partner_sha256.hex()
+    finished = read_journal(journal.path)[-1]
+    assert finished["model_version"] == release.version_id
+    assert finished["privacy"]["task"] == "risk"
+    assert 0.0 <= finished["privacy"]["leak_auc_norm"] <= 1.0
+    scores = load_test_scores(holdout_scores_path(tmp_path, "run-pub"))
+    assert set(scores) == set(training_set.data.tasks)
+    assert len(scores["risk"].labels) == finished["test"]["risk"]["rows"]
 
 
 def test_a_partner_on_another_alignment_is_refused_before_any_round_is_planned(
@@ -149,6 +192,7 @@ def test_a_partner_on_another_alignment_is_refused_before_any_round_is_planned(
             CONFIG,
             RunJournal(tmp_path / "j"),
             runs_dir=tmp_path,
+            models_dir=tmp_path / "models",
         )
 
     assert partner.plans == []
@@ -185,6 +229,7 @@ def test_a_round_whose_checkpoint_differs_between_the_two_planes_is_never_commit
                 CONFIG,
                 journal,
                 runs_dir=tmp_path,
+                models_dir=tmp_path / "models",
             )
 
     assert "committed" not in [e["event"] for e in read_journal(journal.path)]
@@ -234,6 +279,7 @@ def _run(
         config,
         journal,
         runs_dir=directory,
+        models_dir=directory / "models",
         resume=ResumePolicy(wait_s=10.0, **options),
     )
     return outcome, read_journal(journal.path)
