@@ -46,6 +46,7 @@ from bench.dataplane import (
     PartnerProcess,
     load_aligned,
     partner_process,
+    sd,
     summary,
     train_centralized,
     train_federated,
@@ -230,6 +231,19 @@ def main() -> None:
     print(f"  ratios are to centralized with 1 thread ({centralized:.2f} s)")
     for name, variant_runs in runs.items():
         print(summary(name, variant_runs, centralized))
+    print("  cached - pipelined test AUC, paired by seed (full model; bank-only path):")
+    for variant in variants:
+        full, bank_only = (
+            [
+                c["test"]["risk"][key] - p["test"]["risk"][key]
+                for c, p in zip(runs[variant.name], runs[PIPELINED], strict=True)
+            ]
+            for key in ("auc", "bank_only_auc")
+        )
+        print(
+            f"  {variant.name:<30} {statistics.mean(full):+.4f} +- {sd(full):.4f}; "
+            f"{statistics.mean(bank_only):+.4f} +- {sd(bank_only):.4f}"
+        )
 
 
 if __name__ == "__main__":
