@@ -219,7 +219,8 @@ class GradientRecorder:
         return dict(self._passes)
 
     def leak_aucs(self, labels: npt.NDArray[np.floating]) -> tuple[float, float]:
-        """The run's figures for its report: each attack's highest AUC over the recorded passes.
+        """The run's figures for its report: each attack's AUC farthest from chance (0.5) over
+        the recorded passes, since an AUC below 0.5 leaks as much to an attacker who flips it.
 
         Parameters
         ----------
@@ -235,7 +236,12 @@ class GradientRecorder:
         figures = [attack_aucs(p.positions, p.gradients, labels) for p in self._passes.values()]
         if not figures or any(math.isnan(norm) for norm, _ in figures):
             return math.nan, math.nan
-        return max(norm for norm, _ in figures), max(direction for _, direction in figures)
+        norm, direction = zip(*figures, strict=True)
+        return _farthest(norm), _farthest(direction)
+
+
+def _farthest(figures: Sequence[float]) -> float:
+    return max(figures, key=lambda figure: abs(figure - 0.5))
 
 
 def attack_aucs(

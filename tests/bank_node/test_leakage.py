@@ -159,7 +159,8 @@ def test_every_task_output_is_covered_including_unlabelled_rows_and_k_classes() 
     head = _head({"risk": 1, "rights_package": 3})
     generator = torch.Generator().manual_seed(0)
     partner = torch.randn(_BATCH, _WIDTH, generator=generator).requires_grad_()
-    outputs = head(torch.randn(_BATCH, 4), partner, torch.zeros(_BATCH, dtype=torch.bool))
+    bank = torch.randn(_BATCH, 4, generator=generator)
+    outputs = head(bank, partner, torch.zeros(_BATCH, dtype=torch.bool))
     labels = {
         "risk": torch.full((_BATCH,), float("nan")),
         "rights_package": torch.full((_BATCH,), -1, dtype=torch.int64),
@@ -257,9 +258,12 @@ def test_a_round_started_again_draws_the_same_noise() -> None:
     assert not torch.equal(first, defence.noise(outputs, labels, partner))
 
 
-def test_leak_aucs_report_each_attacks_highest_auc_over_the_recorded_passes() -> None:
+def test_leak_aucs_report_each_attacks_auc_farthest_from_chance_over_the_passes() -> None:
     recorder = GradientRecorder()
-    passes = {1: _pass(None), 2: _pass(LabelNoise(seed=0))}
+    undefended = _pass(None)
+    # Norms inverted: a norm AUC near 0, a leak as large as one near 1.
+    inverted = [g / np.sum(g**2, axis=1, keepdims=True) for g in undefended[1]]
+    passes = {1: _pass(LabelNoise(seed=0)), 2: (undefended[0], inverted, undefended[2])}
     for round_number, (positions, gradients, _) in passes.items():
         recorder.start_pass(round_number)
         for batch, gradient in zip(positions, gradients, strict=True):
@@ -268,7 +272,8 @@ def test_leak_aucs_report_each_attacks_highest_auc_over_the_recorded_passes() ->
 
     norm, direction = recorder.leak_aucs(labels)
 
-    assert (norm, direction) == attack_aucs(*passes[1])
+    assert norm < 0.1
+    assert (norm, direction) == attack_aucs(*passes[2])
     assert math.isnan(GradientRecorder().leak_aucs(labels)[0])
 
 
@@ -284,7 +289,8 @@ def _two_task_pass(scale: float) -> dict[str, tuple[float, float]]:
         batch_labels = {
             task: (torch.rand(_BATCH, generator=generator) < 0.22).float() for task in labels
         }
-        outputs = head(torch.randn(_BATCH, 4), partner, torch.zeros(_BATCH, dtype=torch.bool))
+        bank = torch.randn(_BATCH, 4, generator=generator)
+        outputs = head(bank, partner, torch.zeros(_BATCH, dtype=torch.bool))
         sent = _gradient(outputs, batch_labels, partner)
         sent = sent + defence.noise(outputs, batch_labels, partner)
         positions.append(np.arange(k * _BATCH, (k + 1) * _BATCH))
@@ -298,11 +304,11 @@ def _two_task_pass(scale: float) -> dict[str, tuple[float, float]]:
 
 
 def test_each_binary_tasks_labels_are_protected_when_tasks_train_together() -> None:
-    undefended, defended = _two_task_pass(0.0), _two_task_pass(1.5)
+    undefended, defended = _two_task_pass(0.0), _two_task_pass(LabelNoise().scale)
 
     for task in ("risk", "instalment"):
         for bare, noisy in zip(undefended[task], defended[task], strict=True):
             # One task's residual size also shows in the cosines of the other's direction:
-            # noise of scale 1.5 leaves about 0.09 here (0.02 at scale 3).
-            assert abs(noisy - 0.5) < 0.12, task
+            # the default noise leaves up to 0.08 here (0.03 at scale 3).
+            assert abs(noisy - 0.5) < 0.1, task
             assert abs(noisy - 0.5) < abs(bare - 0.5), task
