@@ -17,6 +17,7 @@ from cobrand.commands.train import _follow
 from cobrand.errors import FailedPrecondition
 from cobrand.flower_local import LocalFederation
 from cobrand.flower_sites import SuperLinkTls
+from cobrand.model_store import ModelStore
 from cobrand.synth import SynthConfig, write_dataset
 
 runner = CliRunner()
@@ -104,8 +105,20 @@ def test_train_aligns_trains_the_rounds_and_writes_the_report(tmp_path: Path) ->
         assert 0.0 <= figures["bank_only_auc"] <= 1.0
     rights = report["tasks"]["rights_package"]
     assert 0.0 <= rights["top1_accuracy"] <= 1.0
-    assert report["privacy"]["defence"] == "none"
+    privacy = report["privacy"]
+    assert (privacy["defence"], privacy["task"]) == ("label noise, scale 1.5", "risk")
+    assert 0.0 <= privacy["leak_auc_norm"] <= 1.0
+    assert 0.0 <= privacy["leak_auc_direction"] <= 1.0
     assert f"model {report['model_version']}" in result.output
+    # Both sides hold the version, each having recorded the other's manifest digest.
+    version = report["model_version"]
+    for side, peer in (("bank", "partner"), ("partner", "bank")):
+        store = ModelStore(tmp_path / "out" / "work" / f"{side}-data" / "models")
+        recorded = store.manifest(version).peer_manifest_sha256
+        assert recorded == report["model"][f"{peer}_manifest_sha256"]
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert version in html
+    assert html.count('src="data:image/png;base64,') >= 5
     assert "risk            AUC" in result.output
     journal = tmp_path / "out" / "work" / "runs" / f"{report['run_id']}.jsonl"
     assert [json.loads(line)["event"] for line in journal.read_text().splitlines()] == [
