@@ -6,7 +6,9 @@ the settings, with progress bars, and prints what it found; identifiers are neve
 ``cobrand bank superlink --trainer-config trainer.yaml --ca-cert ... --cert ... --key ...`` runs
 the bank's Flower SuperLink (it becomes that process) with TLS and SuperNode authentication,
 its ServerApps reading the trainer's settings; the risk team then starts, follows and stops
-training runs with ``flwr run bank_node/flower_app``, ``flwr log`` and ``flwr stop``.
+training runs with ``flwr run bank_node/flower_app``, ``flwr log`` and ``flwr stop``, and
+``cobrand bank report --trainer-config trainer.yaml --run RUN_ID --out DIR`` writes a finished
+run's ``report.json`` and ``report.html`` and prints its summary.
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ import typer
 from bank_node.alignment_client import align_with_partner
 from bank_node.config import BankNodeConfig
 from bank_node.psi_initiator import AlignmentOutcome
+from bank_node.report import summary_lines
+from bank_node.run_report import write_run_reports
 from bank_node.trainer_config import TRAINER_CONFIG_ENV, TrainerConfig
+from cobrand.alignment_store import AlignmentStore
 from cobrand.commands.exits import cli_errors
 from cobrand.commands.progress import ProgressBars
 from cobrand.flower_sites import SuperLinkTls, flower_environment, superlink_command
 from cobrand.settings import load_settings
 
-__all__ = ["align", "app", "outcome_lines", "superlink"]
+__all__ = ["align", "app", "outcome_lines", "report", "superlink"]
 
 app = typer.Typer(
     name="bank",
@@ -62,6 +67,26 @@ def superlink(
             {TRAINER_CONFIG_ENV: str(trainer_config.resolve())},
         )
     os.execve(command[0], command, env)  # noqa: S606 -- Flower's program, no shell
+
+
+@app.command()
+def report(
+    trainer_config: Annotated[
+        Path, typer.Option(help="The ServerApp's settings (trainer.yaml) the run ran with.")
+    ],
+    run: Annotated[str, typer.Option(help="The Flower run id (as `flwr ls` lists it).")],
+    out: Annotated[Path, typer.Option(help="Where report.json and report.html go.")],
+) -> None:
+    """Write a finished training run's report.json and report.html, and print its summary."""
+    with cli_errors():
+        trainer = load_settings(TrainerConfig, trainer_config)
+        node = load_settings(BankNodeConfig, trainer.bank)
+        with AlignmentStore(node.data_dir) as store:
+            alignment = store.summary
+        written = write_run_reports(trainer.runs_dir, run, alignment, out)
+    for line in summary_lines(written):
+        typer.echo(line)
+    typer.echo(f"  report          {out / 'report.json'}, {out / 'report.html'}")
 
 
 @app.command()

@@ -24,7 +24,7 @@ from typing import Any
 
 from cobrand.errors import FailedPrecondition
 
-__all__ = ["RunJournal", "read_journal"]
+__all__ = ["RunJournal", "journal_path", "read_journal"]
 
 
 def _plain(value: Any) -> Any:
@@ -38,6 +38,11 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(item) for item in value]
     return value
+
+
+def journal_path(runs_dir: Path, run_id: str) -> Path:
+    """Where the run `run_id`'s journal is kept: ``<runs_dir>/<run_id>.jsonl``."""
+    return runs_dir / f"{run_id}.jsonl"
 
 
 class RunJournal:

@@ -119,7 +119,7 @@ class TrainingConfig(Section):
     head_hidden: Annotated[int, Field(ge=1)] = 64
     head_dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
     seed: Annotated[int, Field(ge=0)] = 0
-    leakage_noise: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 1.5
+    leakage_noise: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 2.0
     eval_batch_size: Annotated[int, Field(ge=1, le=65_536)] = 4096
     torch_threads: Annotated[int, Field(ge=1)] = 1
 

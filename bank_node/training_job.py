@@ -19,7 +19,7 @@ Example::
       partner_dropout: 0.3
       pipeline_depth: 2
       seed: 0
-      leakage_noise: 1.5           # label-leakage defence; 0 turns it off
+      leakage_noise: 2.0           # label-leakage defence; 0 turns it off
 
 Relative paths are relative to the job file's directory. Unknown keys are errors, as everywhere;
 every error names the job file and the key. The training keys take `TrainingConfig`'s limits

@@ -160,7 +160,7 @@ def main() -> None:
                 flush=True,
             )
             started = time.perf_counter()
-            report = train_aligned(sites, alignment.summary, training, work / "report.json")
+            report = train_aligned(sites, alignment.summary, training, work)
             federated = time.perf_counter() - started
         print(f"  federated done in {federated:.1f} s", flush=True)
         centralized, test = _centralized(sites.work, training)

@@ -8,6 +8,7 @@ of two rounds is four messages (status, two plans, closing status).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,12 +21,15 @@ from typing import Any
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 from bank_node.config import BankNodeConfig, PartnerEndpoint
 from bank_node.run_journal import read_journal
 from bank_node.trainer_config import TRAINER_CONFIG_ENV, TrainerConfig
+from cobrand.cli import app
 from cobrand.flower_local import LocalFederation
 from cobrand.flower_sites import SuperLinkTls
+from cobrand.model_store import ModelStore
 from cobrand.rounds_serde import status_from_proto
 from cobrand.rpc import create_channel
 from cobrand.v1 import rounds_pb2, rounds_pb2_grpc
@@ -45,6 +49,8 @@ class Sites:
 
     federation: LocalFederation
     runs_dir: Path
+    trainer: Path
+    training: TrainingSites
     partner_port: int
     partner_log: Path
     pki: ThrowAwayPki
@@ -128,6 +134,8 @@ def sites(tmp_path_factory: pytest.TempPathFactory, throwaway_pki: ThrowAwayPki)
         yield Sites(
             federation,
             work / "runs",
+            trainer,
+            training,
             port,
             work / "partner.log",
             throwaway_pki,
@@ -174,7 +182,33 @@ def test_a_run_submitted_with_flwr_trains_its_rounds_and_commits_both_sides_chec
     assert f"run {run_id} finished: best round" in log
     listed = sites.federation.flwr("ls")["runs"]
     assert str(run_id) in {run["run-id"] for run in listed}
+    # The model is published at both sites, each holding the other's manifest digest.
+    version = finished["model_version"]
+    bank = ModelStore(sites.training.bank_data / "models").manifest(version)
+    partner = ModelStore(sites.training.partner_data / "models").manifest(version)
+    assert bank.peer_manifest_sha256 == finished["partner_manifest_sha256"]
+    assert partner.peer_manifest_sha256 == finished["bank_manifest_sha256"]
+    assert f"model version {version} at both sides" in log
     _report(sites, events, wall)
+
+
+def test_the_risk_team_writes_a_finished_runs_reports_at_the_bank(
+    sites: Sites, tmp_path: Path
+) -> None:
+    run_id = sites.federation.run(APP, {"num-rounds": 1, "batch-size": 256})
+    assert sites.federation.wait_finished(run_id, RUN_TIMEOUT_S) == "finished:completed"
+    command = ["bank", "report", "--trainer-config", str(sites.trainer), "--out", str(tmp_path)]
+
+    written = CliRunner().invoke(app, [*command, "--run", str(run_id)])
+    unknown = CliRunner().invoke(app, [*command, "--run", "404"])
+
+    assert written.exit_code == 0, written.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["run_id"] == str(run_id)
+    assert report["model_version"] in (tmp_path / "report.html").read_text()
+    assert f"model {report['model_version']}" in written.output
+    assert unknown.exit_code == 2
+    assert unknown.output.startswith("error: run 404 has not finished")
 
 
 def test_a_run_stopped_mid_round_with_flwr_stop_ends_and_the_partner_rolls_the_round_back(

@@ -106,7 +106,7 @@ def test_train_aligns_trains_the_rounds_and_writes_the_report(tmp_path: Path) ->
     rights = report["tasks"]["rights_package"]
     assert 0.0 <= rights["top1_accuracy"] <= 1.0
     privacy = report["privacy"]
-    assert (privacy["defence"], privacy["task"]) == ("label noise, scale 1.5", "risk")
+    assert (privacy["defence"], privacy["task"]) == ("label noise, scale 2", "risk")
     assert 0.0 <= privacy["leak_auc_norm"] <= 1.0
     assert 0.0 <= privacy["leak_auc_direction"] <= 1.0
     assert f"model {report['model_version']}" in result.output

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from bank_node.config import BankNodeConfig
 from bank_node.flower_app.partner import FlowerPartner, RunWatch
 from bank_node.rounds import train_run
-from bank_node.run_journal import RunJournal
+from bank_node.run_journal import RunJournal, journal_path
 from bank_node.trainer import TrainingConfig
 from bank_node.trainer_config import TRAINER_CONFIG_ENV, TrainerConfig
 from bank_node.training_set import load_training_set
@@ -65,7 +65,7 @@ def main(grid: Grid, context: Context) -> None:
     config = training_config(context.run_config)
     settings = _trainer_config()
     node = load_settings(BankNodeConfig, settings.bank)
-    journal = RunJournal(settings.runs_dir / f"{run_id}.jsonl")
+    journal = RunJournal(journal_path(settings.runs_dir, run_id))
     _LOG.info(
         "[ServerApp] run %s: up to %d rounds, journal %s", run_id, config.max_rounds, journal.path
     )

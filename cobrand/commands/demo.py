@@ -79,7 +79,7 @@ def run(
                     sites,
                     outcome.summary,
                     TrainingSection.model_validate({"rounds": rounds}),
-                    out / "report.json",
+                    out,
                     progress,
                 )
         for line in summary_lines(report):

@@ -29,11 +29,9 @@ from typing import Annotated, Any
 import typer
 
 import bank_node.flower_app
-from bank_node.holdout_scores import load_test_scores
-from bank_node.report import summary_lines, training_report, write_report
-from bank_node.report_html import write_report_html
-from bank_node.rounds import holdout_scores_path
-from bank_node.run_journal import read_journal
+from bank_node.report import summary_lines
+from bank_node.run_journal import journal_path, read_journal
+from bank_node.run_report import finished_event, write_run_reports
 from bank_node.trainer_config import TRAINER_CONFIG_ENV, TrainerConfig
 from bank_node.training_job import TrainingJob, TrainingSection, load_job
 from cobrand import pki
@@ -90,19 +88,18 @@ def train_locally(
     return the report written."""
     with local_sites(job.dataset_files, _work(job), psi) as sites:
         alignment = align_sites(sites, progress)
-        return train_aligned(
-            sites, alignment.summary, job.training, job.out / "report.json", progress
-        )
+        return train_aligned(sites, alignment.summary, job.training, job.out, progress)
 
 
 def train_aligned(
     sites: LocalSites,
     alignment: AlignmentSummary,
     training: TrainingSection,
-    report_path: Path,
+    out: Path,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Train on the sites' alignment, their partner node serving; write and return the report.
+    """Train on the sites' alignment, their partner node serving; write the reports to `out`
+    (`write_run_reports`) and return ``report.json``'s content.
 
     Parameters
     ----------
@@ -112,8 +109,8 @@ def train_aligned(
         The bank's result of that alignment.
     training : TrainingSection
         The run's hyperparameters.
-    report_path : Path
-        Where ``report.json`` goes.
+    out : Path
+        Where ``report.json`` and ``report.html`` go.
     progress : Progress, optional
         Gets one phase, the rounds, advanced as each is committed.
 
@@ -151,12 +148,8 @@ def train_aligned(
             }
         )
         run_id = federation.run(_APP, training.run_config)
-        finished = _follow(federation, run_id, work / "runs", training.rounds, progress)
-    report = training_report(str(run_id), alignment, finished)
-    write_report(report_path, report)
-    scores = load_test_scores(holdout_scores_path(work / "runs", str(run_id)))
-    write_report_html(report_path.with_suffix(".html"), report, scores)
-    return report
+        _follow(federation, run_id, work / "runs", training.rounds, progress)
+    return write_run_reports(work / "runs", str(run_id), alignment, out)
 
 
 def _follow(
@@ -165,11 +158,11 @@ def _follow(
     runs_dir: Path,
     rounds: int,
     progress: Progress | None,
-) -> dict[str, Any]:
-    """Advance a bar per committed round until the journal's ``finished`` event; return it."""
+) -> None:
+    """Advance a bar per committed round until the journal's ``finished`` event."""
     if progress is not None:
         progress.start(f"training rounds (at most {rounds})", rounds)
-    journal = runs_dir / f"{run_id}.jsonl"
+    journal = journal_path(runs_dir, str(run_id))
     committed = 0
     next_status = time.monotonic()
     while True:
@@ -179,11 +172,11 @@ def _follow(
             progress.advance(done - committed)
         committed = done
         if events and events[-1]["event"] == "finished":
-            return events[-1]
+            return
         if time.monotonic() >= next_status:
             status = federation.run_status(run_id)
             # The journal is written before the run ends: read it once more before giving up.
-            if status.startswith("finished") and not _finished_in(journal):
+            if status.startswith("finished") and finished_event(runs_dir, str(run_id)) is None:
                 tail = federation.log(run_id).strip().splitlines()[-5:]
                 raise FailedPrecondition(
                     f"run {run_id} ended {status} without finishing; `flwr log` ends: "
@@ -191,7 +184,3 @@ def _follow(
                 )
             next_status = time.monotonic() + _STATUS_POLL_S
         time.sleep(_JOURNAL_POLL_S)
-
-
-def _finished_in(journal: Path) -> bool:
-    return any(event["event"] == "finished" for event in read_journal(journal))
