@@ -134,7 +134,8 @@ class RoundResult:
     train_loss : float
         Mean training objective over the round's batches.
     valid_loss : float
-        Training objective on the validation rows (full model), what early stopping watches.
+        Training objective on the validation rows (both paths weighed as partner-slice dropout
+        weighs them), what early stopping watches.
     valid : TaskMetrics
     seconds : float
         The training passes.
@@ -395,7 +396,11 @@ class BankTrainer:
         rows = np.flatnonzero(self._data.split == split)
         full, bank_only = self.logits(rows, partner_round)
         labels = {task: values[rows] for task, values in self._labels.items()}
-        return task_metrics(full, bank_only, labels), float(total_loss(full, labels))
+        # The objective training minimises, in expectation: the partner slice is hidden for a
+        # `partner_dropout` share of rows, so early stopping weighs the bank-only path alike.
+        hidden = self._config.partner_dropout
+        objective = (1 - hidden) * total_loss(full, labels) + hidden * total_loss(bank_only, labels)
+        return task_metrics(full, bank_only, labels), float(objective)
 
     def logits(
         self, rows: npt.NDArray[np.int64], partner_round: int
