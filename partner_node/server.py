@@ -1,11 +1,13 @@
-"""Starting the partner node: load its table once, serve its three services over mutual TLS.
+"""Starting the partner node: load its table once, serve its four services over mutual TLS.
 
 The node is long-lived; it loads the partner's table when it starts (a table that does not
 load stops it there, with the file, column and row named) and, until it is told to stop,
 answers the bank's alignment runs (AlignmentService, role ``bank``), takes each training round
 its Flower ClientApp hands over (PartnerRounds, role ``partner``) and streams the rounds it
-planned with the bank's trainer (TrainingDataPlane, role ``bank-trainer``). Torch, the partner
-bottom and the aligned rows stay in this process from one round to the next.
+planned with the bank's trainer (TrainingDataPlane, role ``bank-trainer``), and gives the bank's
+gateway the embeddings of its published model versions (PartnerEmbeddingService, role
+``gateway``). Torch, the partner bottom and the aligned rows stay in this process from one round
+to the next.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from partner_node.alignment_service import ALIGNMENT_ROLES, alignment_service
 from partner_node.config import PartnerNodeConfig
 from partner_node.dataplane_service import ALLOWED_ROLES as DATAPLANE_ROLES
 from partner_node.dataplane_service import DataPlaneService
+from partner_node.embedding_service import EMBEDDING_ROLES, embedding_service
 from partner_node.psi_responder import PsiResponder
 from partner_node.rounds_service import ROUNDS_ROLES, rounds_service
+from partner_node.serving_models import ServingModels
 from partner_node.training_runs import TrainingRuns
 from partner_node.training_set import AlignedTrainingSets
 
@@ -73,12 +77,18 @@ def start_partner_node(config: PartnerNodeConfig, progress: Progress | None = No
         dataplane,
         runs_dir=config.data_dir / "runs",
     )
+    serving = ServingModels(table, config.data_dir / "models", config.data_dir)
     server, port = create_server(
-        [alignment_service(responder), dataplane.adder(), rounds_service(runs)],
+        [
+            alignment_service(responder),
+            dataplane.adder(),
+            rounds_service(runs),
+            embedding_service(serving),
+        ],
         config.listen,
         config.tls,
         insecure=config.insecure,
-        allowed_roles={**ALIGNMENT_ROLES, **DATAPLANE_ROLES, **ROUNDS_ROLES},
+        allowed_roles={**ALIGNMENT_ROLES, **DATAPLANE_ROLES, **ROUNDS_ROLES, **EMBEDDING_ROLES},
     )
     server.start()
     _LOG.info("[PartnerNode] serving %d identifiers on port %d", len(table), port)

@@ -1,0 +1,171 @@
+"""The partner's PartnerEmbeddingService over gRPC: check the request, look the keys up in the
+loaded model version (``partner_node.serving_models``), answer with embeddings only.
+
+Only the bank's gateway (role ``gateway``) may call it (`EMBEDDING_ROLES`, enforced by the
+interceptor of ``cobrand.rpc.create_server``): the application flow, the bank's node and its
+trainer are refused. A key outside the current alignment is an answer (``UNKNOWN_KEY``, or a
+``found`` flag that is false), not an error; a malformed field is ``INVALID_ARGUMENT`` naming
+it, and an unknown model version ``NOT_FOUND`` naming it. No raw partner feature ever leaves:
+the replies hold the bottom model's output alone. Logs name a call by its request id and a key
+by a short hash prefix, never by the key itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Iterator
+from typing import Final
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from cobrand.errors import InvalidRequest
+from cobrand.pki import Role
+from cobrand.psi import JOIN_KEY_BYTES
+from cobrand.rpc import DEFAULT_MAX_MESSAGE_BYTES, ServicerAdder, service_roles
+from cobrand.tensor_wire import pack_matrix
+from cobrand.v1 import embedding_pb2, embedding_pb2_grpc
+from partner_node.serving_models import ServingModels
+
+__all__ = [
+    "EMBEDDING_ROLES",
+    "MAX_BATCH_KEYS",
+    "EmbeddingServicer",
+    "embedding_service",
+    "max_batch_keys",
+]
+
+_LOG = logging.getLogger(__name__)
+
+EMBEDDING_ROLES = service_roles(
+    embedding_pb2.DESCRIPTOR.services_by_name["PartnerEmbeddingService"],
+    frozenset({Role.GATEWAY}),
+)
+"""Who may call each PartnerEmbeddingService method: the bank's gateway (role ``gateway``)."""
+
+MAX_BATCH_KEYS: Final = 65_536
+"""Most join keys one StreamEmbeddings request may carry (fewer for very wide embeddings)."""
+
+# Request and batch ids go to both sides' logs: short and of safe characters (a UUID fits).
+_CALL_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# Without a deadline, a caller waits this long for a version still loading.
+_LOAD_WAIT_S = 30.0
+# Room in a reply for everything but the embedding matrix and the found flags.
+_REPLY_OVERHEAD_BYTES = 64 * 1024
+
+
+def max_batch_keys(width: int, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> int:
+    """Most keys per batch whose reply (float32 row and a flag per key) fits in one message."""
+    return min(MAX_BATCH_KEYS, (max_message_bytes - _REPLY_OVERHEAD_BYTES) // (4 * width + 1))
+
+
+def _check_call_id(value: str, field: str) -> None:
+    if not _CALL_ID.fullmatch(value):
+        shown = f"{len(value)} characters" if value else "empty"
+        raise InvalidRequest(
+            f"{field} must be 1 to 128 letters, digits or '._:-' (a UUID fits); it is {shown}"
+        )
+
+
+def _key_tag(join_key: bytes) -> str:
+    """A short hash prefix of a join key, to tell calls apart in logs without the key."""
+    return hashlib.blake2b(join_key, digest_size=4).hexdigest()
+
+
+def _wait_s(context: grpc.ServicerContext) -> float:
+    remaining = context.time_remaining()
+    return _LOAD_WAIT_S if remaining is None else max(0.0, min(remaining, _LOAD_WAIT_S))
+
+
+class EmbeddingServicer(embedding_pb2_grpc.PartnerEmbeddingServiceServicer):
+    """Serves the model versions of one `ServingModels`."""
+
+    def __init__(self, models: ServingModels) -> None:
+        self._models = models
+
+    def GetEmbedding(  # noqa: N802 -- the generated servicer's method name
+        self, request: embedding_pb2.GetEmbeddingRequest, context: grpc.ServicerContext
+    ) -> embedding_pb2.GetEmbeddingResponse:
+        _check_call_id(request.request_id, "request_id")
+        if len(request.join_key) != JOIN_KEY_BYTES:
+            raise InvalidRequest(
+                f"join_key must be {JOIN_KEY_BYTES} bytes, it is {len(request.join_key)}"
+            )
+        version = self._models.version(request.model_version, _wait_s(context))
+        embedding = version.embedding(request.join_key)
+        if _LOG.isEnabledFor(logging.DEBUG):
+            _LOG.debug(
+                "[Embedding.Get] request %s key %s version %s: %s",
+                request.request_id,
+                _key_tag(request.join_key),
+                version.version_id,
+                "found" if embedding is not None else "unknown key",
+            )
+        reply = embedding_pb2.GetEmbeddingResponse(
+            request_id=request.request_id,
+            model_version=version.version_id,
+            status=embedding_pb2.LOOKUP_STATUS_UNKNOWN_KEY,
+        )
+        if embedding is not None:
+            reply.status = embedding_pb2.LOOKUP_STATUS_FOUND
+            reply.embedding.extend(embedding.tolist())
+        return reply
+
+    def StreamEmbeddings(  # noqa: N802
+        self,
+        request_iterator: Iterator[embedding_pb2.EmbeddingBatchRequest],
+        context: grpc.ServicerContext,
+    ) -> Iterator[embedding_pb2.EmbeddingBatchResponse]:
+        for request in request_iterator:
+            _check_call_id(request.batch_id, "batch_id")
+            keys = _join_keys(request)
+            version = self._models.version(request.model_version, _wait_s(context))
+            limit = max_batch_keys(version.width)
+            if len(keys) > limit:
+                raise InvalidRequest(
+                    f"join_keys of batch {request.batch_id}: {len(keys)} keys; at most {limit} "
+                    f"per batch for embeddings of width {version.width}"
+                )
+            matrix, found = version.lookup(keys)
+            _LOG.debug(
+                "[Embedding.Stream] batch %s version %s: %d keys, %d found",
+                request.batch_id,
+                version.version_id,
+                len(keys),
+                int(found.sum()),
+            )
+            yield embedding_pb2.EmbeddingBatchResponse(
+                batch_id=request.batch_id,
+                model_version=version.version_id,
+                embedding_width=version.width,
+                embeddings=pack_matrix(matrix),
+                found=found.tolist(),
+            )
+
+
+def _join_keys(request: embedding_pb2.EmbeddingBatchRequest) -> npt.NDArray[np.bytes_]:
+    data = request.join_keys
+    where = f"join_keys of batch {request.batch_id}"
+    if not data or len(data) % JOIN_KEY_BYTES:
+        raise InvalidRequest(
+            f"{where}: {len(data)} bytes is not a whole, non-zero number of "
+            f"{JOIN_KEY_BYTES}-byte keys"
+        )
+    count = len(data) // JOIN_KEY_BYTES
+    if count > MAX_BATCH_KEYS:
+        raise InvalidRequest(f"{where}: {count} keys; at most {MAX_BATCH_KEYS} per batch")
+    return np.frombuffer(data, dtype=f"S{JOIN_KEY_BYTES}")
+
+
+def embedding_service(models: ServingModels) -> ServicerAdder:
+    """Register PartnerEmbeddingService for `models` on a server (for ``create_server``)."""
+    servicer = EmbeddingServicer(models)
+
+    def add(server: grpc.Server) -> None:
+        # The generated *_pb2_grpc modules come without type annotations.
+        embedding_pb2_grpc.add_PartnerEmbeddingServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+
+    return add

@@ -1,0 +1,244 @@
+"""The partner node's PartnerEmbeddingService over mutual TLS on loopback: a published version's
+embedding of an aligned customer, by join key, for the bank's gateway alone; keys outside the
+alignment answered as such; malformed requests refused naming the field."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from cobrand.rpc import REASON_METADATA_KEY, create_channel
+from cobrand.v1 import embedding_pb2, embedding_pb2_grpc
+from partner_node.embedding_service import MAX_BATCH_KEYS
+from partner_node.server import PartnerNode, start_partner_node
+from tests.conftest import ThrowAwayPki
+from tests.partner_node.embedding_sites import (
+    PublishedVersion,
+    aligned_customers,
+    publish_version,
+)
+from tests.training_sites import TrainingSites, write_training_sites
+
+TIMEOUT = 30.0
+WIDTH = 5
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory: pytest.TempPathFactory) -> TrainingSites:
+    return write_training_sites(tmp_path_factory.mktemp("sites"), customers=600, seed=21)
+
+
+@pytest.fixture(scope="module")
+def version(sites: TrainingSites) -> PublishedVersion:
+    return publish_version(sites, seed=4, width=WIDTH)
+
+
+@pytest.fixture(scope="module")
+def node(
+    throwaway_pki: ThrowAwayPki, sites: TrainingSites, version: PublishedVersion
+) -> Iterator[PartnerNode]:
+    started = start_partner_node(sites.partner_node_config(throwaway_pki.tls("partner")))
+    yield started
+    started.stop(grace=None)
+
+
+@contextmanager
+def _stub(pki: ThrowAwayPki, node: PartnerNode, holder: str = "gateway") -> Iterator[Any]:
+    with create_channel(f"127.0.0.1:{node.port}", pki.tls(holder)) as channel:
+        yield embedding_pb2_grpc.PartnerEmbeddingServiceStub(channel)  # type: ignore[no-untyped-call]
+
+
+@pytest.fixture(scope="module")
+def gateway(throwaway_pki: ThrowAwayPki, node: PartnerNode) -> Iterator[Any]:
+    with _stub(throwaway_pki, node) as stub:
+        yield stub
+
+
+def _get(stub: Any, version_id: str, key: bytes, request_id: str = "req-1") -> Any:
+    return stub.GetEmbedding(
+        embedding_pb2.GetEmbeddingRequest(
+            request_id=request_id, model_version=version_id, join_key=key
+        ),
+        timeout=TIMEOUT,
+    )
+
+
+def _refusal(call: Any, *args: Any) -> Any:
+    """The error `call` ends with (a grpc.Call too: code, details, trailing metadata)."""
+    with pytest.raises(grpc.RpcError) as raised:
+        call(*args)
+    return raised.value
+
+
+def test_an_aligned_customer_gets_the_versions_bottom_output_on_its_own_encoded_row(
+    gateway: Any, sites: TrainingSites, version: PublishedVersion
+) -> None:
+    customers = aligned_customers(sites, 8)
+
+    replies = [
+        _get(gateway, version.version_id, key, f"req-{i}") for i, (key, _) in enumerate(customers)
+    ]
+
+    expected = version.expected([canonical for _, canonical in customers])
+    for i, reply in enumerate(replies):
+        assert reply.request_id == f"req-{i}"
+        assert reply.model_version == version.version_id
+        assert reply.status == embedding_pb2.LOOKUP_STATUS_FOUND
+        assert len(reply.embedding) == WIDTH
+        np.testing.assert_allclose(reply.embedding, expected[i], rtol=1e-5, atol=1e-6)
+
+
+def test_a_key_outside_the_alignment_is_answered_unknown_key_without_an_embedding(
+    gateway: Any, version: PublishedVersion
+) -> None:
+    reply = _get(gateway, version.version_id, os.urandom(16))
+
+    assert reply.status == embedding_pb2.LOOKUP_STATUS_UNKNOWN_KEY
+    assert list(reply.embedding) == []
+    assert reply.request_id == "req-1"
+
+
+def test_an_unknown_model_version_is_not_found_naming_it(
+    gateway: Any, sites: TrainingSites, version: PublishedVersion
+) -> None:
+    key = aligned_customers(sites, 1)[0][0]
+
+    refused = _refusal(_get, gateway, "0123456789abcdef", key)
+
+    assert refused.code() == grpc.StatusCode.NOT_FOUND
+    assert "model_version 0123456789abcdef is not published" in refused.details()
+    assert version.version_id in refused.details()
+    assert (REASON_METADATA_KEY, "UNKNOWN_MODEL_VERSION") in refused.trailing_metadata()
+
+
+@pytest.mark.parametrize(
+    ("field", "change"),
+    [
+        ("join_key", {"join_key": b"\x01" * 15}),
+        ("join_key", {"join_key": b""}),
+        ("request_id", {"request_id": ""}),
+        ("request_id", {"request_id": "r" * 129}),
+        ("request_id", {"request_id": "line\nbreak"}),
+        ("model_version", {"model_version": "v1"}),
+    ],
+)
+def test_a_malformed_request_is_refused_naming_the_field(
+    gateway: Any,
+    sites: TrainingSites,
+    version: PublishedVersion,
+    field: str,
+    change: dict[str, Any],
+) -> None:
+    fields: dict[str, Any] = {
+        "request_id": "req-bad",
+        "model_version": version.version_id,
+        "join_key": aligned_customers(sites, 1)[0][0],
+        **change,
+    }
+
+    refused = _refusal(gateway.GetEmbedding, embedding_pb2.GetEmbeddingRequest(**fields), TIMEOUT)
+
+    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.details().startswith(field), refused.details()
+
+
+@pytest.mark.parametrize("holder", ["app", "bank-trainer", "bank"])
+def test_only_the_banks_gateway_may_call_the_service(
+    throwaway_pki: ThrowAwayPki,
+    node: PartnerNode,
+    sites: TrainingSites,
+    version: PublishedVersion,
+    holder: str,
+) -> None:
+    key = aligned_customers(sites, 1)[0][0]
+    with _stub(throwaway_pki, node, holder) as stub:
+        single = _refusal(_get, stub, version.version_id, key)
+        stream = _refusal(
+            lambda: list(stub.StreamEmbeddings(iter([_batch("b", version, key)]), timeout=TIMEOUT))
+        )
+
+    for refused in (single, stream):
+        assert refused.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert f"role '{holder}' may not call" in refused.details()
+
+
+def _batch(batch_id: str, version: PublishedVersion, *keys: bytes) -> Any:
+    return embedding_pb2.EmbeddingBatchRequest(
+        batch_id=batch_id, model_version=version.version_id, join_keys=b"".join(keys)
+    )
+
+
+def test_streamed_batches_are_answered_in_order_with_a_found_flag_per_key(
+    gateway: Any, sites: TrainingSites, version: PublishedVersion
+) -> None:
+    customers = aligned_customers(sites, 30)
+    keys = [key for key, _ in customers]
+    expected = version.expected([canonical for _, canonical in customers])
+    stranger = os.urandom(16)
+    batches = [
+        _batch("b0", version, *keys[:10]),
+        _batch("b1", version, keys[20], stranger, keys[12]),
+        _batch("b2", version, *reversed(keys[10:30])),
+    ]
+
+    replies = list(gateway.StreamEmbeddings(iter(batches), timeout=TIMEOUT))
+
+    assert [r.batch_id for r in replies] == ["b0", "b1", "b2"]
+    assert all(r.model_version == version.version_id for r in replies)
+    assert all(r.embedding_width == WIDTH for r in replies)
+    matrices = [np.frombuffer(r.embeddings, dtype="<f4").reshape(-1, WIDTH) for r in replies]
+    assert [list(r.found) for r in replies] == [[True] * 10, [True, False, True], [True] * 20]
+    np.testing.assert_allclose(matrices[0], expected[:10], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(matrices[1][[0, 2]], expected[[20, 12]], rtol=1e-5, atol=1e-6)
+    assert not matrices[1][1].any()
+    np.testing.assert_allclose(matrices[2], expected[10:30][::-1], rtol=1e-5, atol=1e-6)
+
+
+def test_an_oversized_batch_ends_the_stream_after_answering_the_batches_before_it(
+    gateway: Any, sites: TrainingSites, version: PublishedVersion
+) -> None:
+    key = aligned_customers(sites, 1)[0][0]
+    batches = [
+        _batch("first", version, key),
+        _batch("huge", version, *[key] * (MAX_BATCH_KEYS + 1)),
+        _batch("after", version, key),
+    ]
+    answered: list[Any] = []
+
+    refused = _refusal(
+        lambda: answered.extend(gateway.StreamEmbeddings(iter(batches), timeout=TIMEOUT))
+    )
+    still_served = _get(gateway, version.version_id, key)
+
+    assert [r.batch_id for r in answered] == ["first"]
+    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.details() == (
+        f"join_keys of batch huge: {MAX_BATCH_KEYS + 1} keys; at most {MAX_BATCH_KEYS} per batch"
+    )
+    assert still_served.status == embedding_pb2.LOOKUP_STATUS_FOUND
+
+
+@pytest.mark.parametrize(
+    ("join_keys", "message"),
+    [
+        (b"", "join_keys of batch b: 0 bytes is not a whole, non-zero number of 16-byte keys"),
+        (b"\x01" * 17, "join_keys of batch b: 17 bytes is not a whole"),
+    ],
+)
+def test_a_batch_of_malformed_keys_is_refused_naming_the_field(
+    gateway: Any, version: PublishedVersion, join_keys: bytes, message: str
+) -> None:
+    request = embedding_pb2.EmbeddingBatchRequest(
+        batch_id="b", model_version=version.version_id, join_keys=join_keys
+    )
+
+    refused = _refusal(lambda: list(gateway.StreamEmbeddings(iter([request]), timeout=TIMEOUT)))
+
+    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.details().startswith(message)
