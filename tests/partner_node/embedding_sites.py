@@ -3,6 +3,8 @@ and the expected embeddings computed apart from the service, straight from the p
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import hashlib
 from dataclasses import dataclass
 
@@ -10,7 +12,12 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from cobrand.alignment_store import AlignmentStore
+from cobrand.alignment_store import (
+    JOIN_KEY_DTYPE,
+    AlignmentStore,
+    intersection_digest,
+    write_alignment,
+)
 from cobrand.federation import load_federation
 from cobrand.model_manifest import ModelDigests
 from cobrand.model_store import ModelStore
@@ -82,3 +89,28 @@ def aligned_customers(sites: TrainingSites, count: int) -> list[tuple[bytes, str
     with AlignmentStore(sites.partner_data) as store:
         keys, ids = next(store.members(batch_size=count))
     return [(key.tobytes(), str(i)) for key, i in zip(keys, ids, strict=True)]
+
+
+def realign(sites: TrainingSites, run_id: str, seed: int) -> dict[str, bytes]:
+    """Store a new alignment at the partner: the same customers under new join keys.
+
+    Returns each customer's new join key, by canonical id.
+    """
+    with AlignmentStore(sites.partner_data) as store:
+        summary = store.summary
+        ids = np.concatenate([batch for _, batch in store.members()])
+    rng = np.random.default_rng(seed)
+    keys = np.sort(np.frombuffer(rng.bytes(16 * len(ids)), dtype="S16")).view(JOIN_KEY_DTYPE)
+    members = rng.permutation(ids)
+    write_alignment(
+        sites.partner_data,
+        dataclasses.replace(
+            summary,
+            run_id=run_id,
+            committed_at=dt.datetime.now(dt.UTC),
+            intersection_digest=intersection_digest(keys),
+        ),
+        keys,
+        members,
+    )
+    return {str(i): key.tobytes() for key, i in zip(keys, members, strict=True)}
