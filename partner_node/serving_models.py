@@ -34,8 +34,9 @@ import numpy.typing as npt
 import torch
 
 from cobrand.aligned_rows import aligned_table
-from cobrand.alignment_store import ALIGNMENT_FILE, AlignmentStore
+from cobrand.alignment_store import ALIGNMENT_FILE, JOIN_KEY_DTYPE, AlignmentStore
 from cobrand.errors import (
+    ConfigError,
     FailedPrecondition,
     InvalidRequest,
     Unavailable,
@@ -47,7 +48,7 @@ from cobrand.rounds_protocol import AlignmentVersion
 from cobrand.tables import PartyTable
 from partner_node.model_registry import load_partner_version
 
-__all__ = ["MAX_CACHED_VERSIONS", "AlignedKeys", "ServingModels", "ServingVersion"]
+__all__ = ["MAX_CACHED_VERSIONS", "KeyIndex", "ServingModels", "ServingVersion"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -62,39 +63,18 @@ _KEY_DTYPE: Final = np.dtype(f"S{JOIN_KEY_BYTES}")
 
 
 @dataclass(frozen=True)
-class AlignedKeys:
-    """The join keys of one alignment, ascending, and the partner's rows in that order.
+class KeyIndex:
+    """The join keys of one alignment, ascending: key i is the customer at aligned position i.
 
     Attributes
     ----------
     alignment : AlignmentVersion
     keys : ndarray of S16, shape (n,)
         Strictly ascending (as the alignment store holds them).
-    table : PartyTable
-        The partner's table cut to the aligned customers: row i is the customer of ``keys[i]``.
     """
 
     alignment: AlignmentVersion
     keys: npt.NDArray[np.bytes_]
-    table: PartyTable
-
-    @classmethod
-    def read(cls, table: PartyTable, data_dir: Path) -> AlignedKeys:
-        """The current alignment in `data_dir` over the partner's `table`.
-
-        Raises
-        ------
-        FailedPrecondition
-            The alignment is damaged or names customers the table no longer holds.
-        """
-        with AlignmentStore(data_dir) as store:
-            batches = [keys for keys, _ in store.members()]
-            keys = np.concatenate(batches) if batches else np.array([], dtype=f"V{JOIN_KEY_BYTES}")
-            return cls(
-                AlignmentVersion.of(store.summary),
-                keys.view(_KEY_DTYPE),
-                aligned_table(table, store),
-            )
 
     def positions(
         self, join_keys: npt.NDArray[np.bytes_]
@@ -107,19 +87,42 @@ class AlignedKeys:
 
 
 @dataclass(frozen=True)
+class _AlignedRows:
+    """An alignment's key index and the partner's rows in its order, to build versions from."""
+
+    index: KeyIndex
+    table: PartyTable
+
+    @classmethod
+    def read(cls, table: PartyTable, data_dir: Path) -> _AlignedRows:
+        """The current alignment in `data_dir` over the partner's `table`.
+
+        Raises
+        ------
+        FailedPrecondition
+            The alignment is damaged or names customers the table no longer holds.
+        """
+        with AlignmentStore(data_dir) as store:
+            batches = [keys for keys, _ in store.members()]
+            keys = np.concatenate(batches) if batches else np.array([], dtype=JOIN_KEY_DTYPE)
+            index = KeyIndex(AlignmentVersion.of(store.summary), keys.view(_KEY_DTYPE))
+            return cls(index, aligned_table(table, store))
+
+
+@dataclass(frozen=True)
 class ServingVersion:
     """One model version's embedding of every customer of one alignment, ready to look up.
 
     Attributes
     ----------
     version_id : str
-    aligned : AlignedKeys
+    index : KeyIndex
     embeddings : ndarray of float32, shape (n, width)
-        Row i is the embedding of ``aligned.keys[i]``; read-only.
+        Row i is the embedding of ``index.keys[i]``; read-only.
     """
 
     version_id: str
-    aligned: AlignedKeys
+    index: KeyIndex
     embeddings: npt.NDArray[np.float32]
 
     @property
@@ -129,23 +132,29 @@ class ServingVersion:
 
     def embedding(self, join_key: bytes) -> npt.NDArray[np.float32] | None:
         """One customer's embedding, or None when `join_key` is not aligned."""
-        positions, found = self.aligned.positions(np.frombuffer(join_key, dtype=_KEY_DTYPE))
+        positions, found = self.index.positions(np.frombuffer(join_key, dtype=_KEY_DTYPE))
         return self.embeddings[positions[0]] if found[0] else None
 
     def lookup(
         self, join_keys: npt.NDArray[np.bytes_]
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
         """Embeddings of many keys, in their order (zero rows for keys not aligned), and flags."""
-        positions, found = self.aligned.positions(join_keys)
+        positions, found = self.index.positions(join_keys)
         matrix = self.embeddings[positions]
         matrix[~found] = 0.0
         return matrix, found
 
 
-def _embed(version_id: str, store: ModelStore, aligned: AlignedKeys) -> ServingVersion:
+def _embed(version_id: str, store: ModelStore, aligned: _AlignedRows) -> ServingVersion:
     """Encode the aligned rows with the version's preprocessor and run its bottom over them."""
     version = load_partner_version(store, version_id)
-    encoded = version.preprocessor.transform(aligned.table)
+    try:
+        encoded = version.preprocessor.transform(aligned.table)
+    except ConfigError as err:
+        # The partner's table, not the caller's request, is at fault.
+        raise FailedPrecondition(
+            f"model version {version_id} does not fit the partner's table: {err}"
+        ) from err
     numeric = torch.from_numpy(encoded.numeric)
     categorical = torch.from_numpy(encoded.categorical)
     parts = []
@@ -162,7 +171,7 @@ def _embed(version_id: str, store: ModelStore, aligned: AlignedKeys) -> ServingV
             f"aligned position {int(np.flatnonzero(~finite)[0])}"
         )
     embeddings.setflags(write=False)
-    return ServingVersion(version_id, aligned, embeddings)
+    return ServingVersion(version_id, aligned.index, embeddings)
 
 
 _Build = Callable[[], "ServingVersion"]
@@ -230,7 +239,7 @@ class ServingModels:
         # (alignment file identity, its alignment); re-read when the file is replaced.
         self._alignment: tuple[tuple[int, int, int], AlignmentVersion] | None = None
         # The keys of the last alignment read, shared by every version built over it.
-        self._aligned: AlignedKeys | None = None
+        self._aligned: _AlignedRows | None = None
         self._aligned_lock = threading.Lock()
 
     def version(self, version_id: str, wait_s: float) -> ServingVersion:
@@ -263,10 +272,8 @@ class ServingModels:
             entry = self._start_loading(key)
         try:
             return entry.result(wait_s)
-        except Unavailable:
-            raise
         except BaseException:
-            # A failed load is not kept: the version may be published or repaired later.
+            # A failed load is not kept: the version may be repaired or the alignment settle.
             with self._lock:
                 if self._entries.get(key) is entry and entry.failed:
                     del self._entries[key]
@@ -305,10 +312,10 @@ class ServingModels:
 
     def _build(self, version_id: str, alignment: AlignmentVersion) -> ServingVersion:
         with self._aligned_lock:
-            if self._aligned is None or self._aligned.alignment != alignment:
-                self._aligned = AlignedKeys.read(self._table, self._data_dir)
+            if self._aligned is None or self._aligned.index.alignment != alignment:
+                self._aligned = _AlignedRows.read(self._table, self._data_dir)
             aligned = self._aligned
-        if aligned.alignment != alignment:
+        if aligned.index.alignment != alignment:
             raise Unavailable("the partner's alignment changed while a model version loaded")
         served = _embed(version_id, self._store, aligned)
         _LOG.info(

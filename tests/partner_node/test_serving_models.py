@@ -109,7 +109,7 @@ def test_a_new_alignment_replaces_the_key_index_at_the_next_lookup(
     new_keys = realign(sites, "alignment-again", seed=99)
     after = models.version(version.version_id, WAIT_S)
 
-    assert after.aligned.alignment.run_id == "alignment-again"
+    assert after.index.alignment.run_id == "alignment-again"
     assert after.embedding(old_key) is None
     assert before is not None
     np.testing.assert_array_equal(after.embedding(new_keys[customer]), before)
@@ -122,3 +122,19 @@ def test_a_partner_without_an_alignment_says_so(
 
     with pytest.raises(FailedPrecondition, match="the partner has no alignment yet"):
         _models(sites).version(versions[0].version_id, WAIT_S)
+
+
+def test_a_damaged_version_is_refused_naming_its_file_and_other_versions_still_load(
+    sites: TrainingSites, versions: list[PublishedVersion]
+) -> None:
+    damaged = sites.partner_data / "models" / versions[0].version_id / "partner_bottom.pt"
+    content = damaged.read_bytes()
+    damaged.write_bytes(content[:-1] + bytes([content[-1] ^ 1]))
+    models = _models(sites)
+
+    for _ in range(2):
+        with pytest.raises(FailedPrecondition, match=r"partner_bottom\.pt has \d+ bytes"):
+            models.version(versions[0].version_id, WAIT_S)
+    loaded = models.version(versions[1].version_id, WAIT_S)
+
+    assert loaded.version_id == versions[1].version_id
