@@ -34,6 +34,14 @@ class EarlyStopping:
             return EarlyStopping(result.round, result.valid_loss)
         return self
 
+    def learning_rate(self, base: float, round_number: int) -> float:
+        """Round `round_number`'s learning rate at both sides: `base`, halved for each round
+        since the best one, so training settles near a plateau before early stopping ends it.
+
+        Depends only on this state, so a resumed round gets the rate it had.
+        """
+        return base * 0.5 ** (round_number - 1 - self.best_round)
+
     def stops(self, last_round: int, patience: int) -> bool:
         """Whether training stops after `last_round`: `patience` rounds without a better one."""
         return last_round - self.best_round >= patience

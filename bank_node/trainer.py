@@ -89,7 +89,8 @@ class TrainingConfig(Section):
         Stop after this many rounds without a better validation loss.
     batch_size : int
     learning_rate : float
-        Adam's, for the bank's modules and in the partner's round plan.
+        Adam's, for the bank's modules and in the partner's round plan; halved for each round
+        since the best one (`EarlyStopping.learning_rate`).
     partner_dropout : float
         Share of training rows whose partner slice is hidden from the head.
     pipeline_depth : int
@@ -269,7 +270,10 @@ class BankTrainer:
             )
             try:
                 if training:
-                    plan_partner_round(round_number, self._config.learning_rate)
+                    rate = stopping.learning_rate(self._config.learning_rate, round_number)
+                    for group in self._optimizer.param_groups:
+                        group["lr"] = rate
+                    plan_partner_round(round_number, rate)
                     result = self.train_round(round_number)
                     rounds.append(result)
                     stopping = stopping.after(result)
