@@ -10,6 +10,9 @@ import yaml
 
 from bank_node.serving_reference import ScoreScaling
 from cobrand.errors import ConfigError
+from cobrand.schema import PartySchema
+from cobrand.synth.dataset import SynthConfig, bank_schema
+from cobrand.yamlfile import load_yaml_model
 from gateway.config import (
     Decision,
     DecisionConfig,
@@ -19,6 +22,8 @@ from gateway.config import (
     load_decision_config,
 )
 from tests.gateway.synth_version import EXAMPLES
+
+BANK_SCHEMAS = Path(__file__).resolve().parents[2] / "bank_node" / "schemas"
 
 
 def _minimal() -> dict[str, Any]:
@@ -237,3 +242,12 @@ def test_a_package_age_limit_needs_the_age_field() -> None:
 
     with pytest.raises(ConfigError, match=r"key 'packages\[0\].min_age': needs application"):
         config.check_fields(["age"], [])
+
+
+def test_each_example_fits_the_bank_features_of_its_data_set() -> None:
+    synthetic = bank_schema(SynthConfig(customers=10, seed=0))
+    default_credit = load_yaml_model(BANK_SCHEMAS / "default_credit.yaml", PartySchema, ConfigError)
+
+    for example, schema in (("cobrand_synth", synthetic), ("default_credit", default_credit)):
+        config = load_decision_config(EXAMPLES / f"{example}.yaml")
+        config.check_fields(schema.numeric_features, schema.categorical_features)

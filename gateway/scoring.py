@@ -1,0 +1,316 @@
+"""The gateway's scoring core: one application's bank row (and partner embedding) to a decision.
+
+`Scorer` holds a loaded bank model version and the decision configuration. `Scorer.score`
+runs one forward pass over a few rows: the applicant, one copy per bank feature set to the
+version's reference value (`bank_node.serving_reference.attribution_batch`) and, when the
+partner's embedding is used, the applicant without it (the head's partner-missing path). From
+that pass come the probability of default, the score, every reason's points and the package
+and instalment propensities; then the configuration decides (`gateway.policy`).
+
+Scores are `ScoreScaling` points where the odds run good to bad: a higher score is a lower
+risk. A probability is the sigmoid of the model's float32 logit, taken in float64; the score is
+its points rounded half up. Reasons are at most four codes whose actual value lowered the score
+most against its reference: bank features by their code (``B01``...) and the partner's slice
+as the one aggregated code ``P01``, which names no partner feature and appears only when it
+ranks in the top four.
+
+Without a partner embedding (partner down, applicant unknown to it, no consent) the head scores
+the bank slice alone, and the result says so (`SlicesUsed.partner` False). The same inputs give
+the same result, bit for bit, which replaying an audited decision relies on.
+
+`partner_view` is what the partner's channel may see of a result: the decision, the limit band
+and the packages; never the score, the probability or the reasons.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from bank_node.model_registry import BankVersion
+from bank_node.serving_reference import adverse_reasons, attribution_batch
+from cobrand.errors import ConfigError, FailedPrecondition, InvalidRequest
+from gateway.application import ApplicationEncoder, BankRow, FieldValue
+from gateway.config import Decision, DecisionConfig
+from gateway.policy import (
+    InstalmentOffer,
+    PackageOffer,
+    RuleHit,
+    credit_limit,
+    decide,
+    instalment_offer,
+    offer_packages,
+)
+
+__all__ = [
+    "INSTALMENT",
+    "MAX_REASONS",
+    "RIGHTS_PACKAGE",
+    "RISK",
+    "PartnerView",
+    "Reason",
+    "ScoreResult",
+    "Scorer",
+    "SlicesUsed",
+    "partner_view",
+]
+
+RISK: Final = "risk"
+INSTALMENT: Final = "instalment"
+RIGHTS_PACKAGE: Final = "rights_package"
+MAX_REASONS: Final = 4
+
+
+@dataclass(frozen=True)
+class Reason:
+    """A reason code with its text and the points it cost against the reference applicant."""
+
+    code: str
+    text: str
+    points: float
+
+
+@dataclass(frozen=True)
+class SlicesUsed:
+    """Which slices the decision used: always the bank's; the partner's when its embedding was."""
+
+    bank: bool
+    partner: bool
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """One scored application, ready to be recorded and turned into a reply.
+
+    Attributes
+    ----------
+    model_version : str
+    probability_of_default : float
+    score : int
+        Points; higher is lower risk.
+    score_band : str
+        Empty below every configured score band.
+    decision : Decision
+    rule_hits : tuple of RuleHit
+        Hard rules that triggered, in configuration order.
+    credit_limit_minor : int
+        In minor units of `currency`; 0 when declined.
+    currency : str
+    limit_band : str
+        Empty when declined.
+    reasons : tuple of Reason
+        At most four, most points lost first.
+    packages : tuple of PackageOffer
+        Eligible packages, best first; none when declined or without the task.
+    instalment : InstalmentOffer or None
+        None when declined, without the task or without a rule table.
+    slices : SlicesUsed
+    """
+
+    model_version: str
+    probability_of_default: float
+    score: int
+    score_band: str
+    decision: Decision
+    rule_hits: tuple[RuleHit, ...]
+    credit_limit_minor: int
+    currency: str
+    limit_band: str
+    reasons: tuple[Reason, ...]
+    packages: tuple[PackageOffer, ...]
+    instalment: InstalmentOffer | None
+    slices: SlicesUsed
+
+
+@dataclass(frozen=True)
+class PartnerView:
+    """What the partner's channel sees of a decision: no score, probability or reasons."""
+
+    decision: Decision
+    limit_band: str
+    packages: tuple[PackageOffer, ...]
+
+
+def partner_view(result: ScoreResult) -> PartnerView:
+    """The part of `result` the co-brand partner's channel may see."""
+    return PartnerView(
+        decision=result.decision, limit_band=result.limit_band, packages=result.packages
+    )
+
+
+class Scorer:
+    """A bank model version and the decision configuration, ready to score applications.
+
+    Parameters
+    ----------
+    version : BankVersion
+        From `bank_node.model_registry.load_bank_version`; must have a binary ``risk`` task.
+    config : DecisionConfig
+    package_classes : sequence of str, optional
+        The class names of the version's ``rights_package`` task in output order (the bank
+        schema's ``labels.rights_package.classes``); needed when the version has that task.
+
+    Raises
+    ------
+    FailedPrecondition
+        The version has no binary risk task.
+    ConfigError
+        The configuration names a field the version lacks or of the wrong kind, a package
+        that is not one of the model's classes, or the class names do not fit the task.
+    """
+
+    def __init__(
+        self, version: BankVersion, config: DecisionConfig, package_classes: Sequence[str] = ()
+    ) -> None:
+        version_id = version.manifest.version_id
+        if version.tasks.get(RISK) != 1:
+            raise FailedPrecondition(f"model version {version_id} has no binary {RISK} task")
+        preprocessor = version.preprocessor
+        config.check_fields(
+            [s.name for s in preprocessor.numeric], [s.name for s in preprocessor.categorical]
+        )
+        width = version.tasks.get(RIGHTS_PACKAGE)
+        if width is not None and len(package_classes) != width:
+            raise ConfigError(
+                f"model version {version_id}: its {RIGHTS_PACKAGE} task has {width} classes, "
+                f"{len(package_classes)} class names were given"
+            )
+        for i, package in enumerate(config.packages):
+            if width is not None and package.name not in package_classes:
+                raise ConfigError(
+                    f"key 'packages[{i}].name': {package.name!r} is not a {RIGHTS_PACKAGE} "
+                    f"class of model version {version_id} ({', '.join(package_classes)})"
+                )
+        self.version = version
+        self.config = config
+        self.encoder = ApplicationEncoder(preprocessor, config.application)
+        self._scaling = config.score_scaling or version.scaling
+        self._classes = tuple(package_classes) if width is not None else ()
+        self._references = version.reasons.bank
+        first = version.head.trunk[0]
+        assert isinstance(first, nn.Linear)
+        self.partner_width = first.in_features - version.bottom.spec.embedding_width - 1
+
+    def score(self, row: BankRow, partner: npt.ArrayLike | None) -> ScoreResult:
+        """Score one encoded application and decide it.
+
+        Parameters
+        ----------
+        row : BankRow
+            From ``self.encoder.encode``.
+        partner : array_like of float, shape (partner_width,), or None
+            The partner bottom's embedding of this applicant for this version; None when the
+            partner's slice is missing (the result is then bank-only).
+
+        Raises
+        ------
+        InvalidRequest
+            The partner embedding has another shape or a value that is not finite.
+        """
+        embedding = None if partner is None else self._embedding(partner)
+        logits = self._forward(row, embedding)
+        risk = _sigmoid(logits[RISK])
+        points = self._scaling.points(risk)
+        score = math.floor(points[0] + 0.5)
+        probability = float(risk[0])
+        decision, hits = decide(self.config, probability, score, row.values)
+        decision, limit, band = credit_limit(self.config, decision, score)
+        packages: tuple[PackageOffer, ...] = ()
+        instalment = None
+        if decision is not Decision.DECLINE:
+            if RIGHTS_PACKAGE in logits:
+                shares = _softmax(logits[RIGHTS_PACKAGE][0])
+                age_field = self.config.application.age_field
+                packages = offer_packages(
+                    self.config,
+                    dict(zip(self._classes, shares.tolist(), strict=True)),
+                    row.values[age_field] if age_field is not None else None,
+                    limit,
+                )
+            if INSTALMENT in logits:
+                instalment = instalment_offer(self.config, float(_sigmoid(logits[INSTALMENT])[0]))
+        return ScoreResult(
+            model_version=self.version.manifest.version_id,
+            probability_of_default=probability,
+            score=score,
+            score_band=self.config.score_band(score),
+            decision=decision,
+            rule_hits=hits,
+            credit_limit_minor=limit,
+            currency=self.config.credit_limits.currency,
+            limit_band=band,
+            reasons=self._reasons(row, points, partner_used=embedding is not None),
+            packages=packages,
+            instalment=instalment,
+            slices=SlicesUsed(bank=True, partner=embedding is not None),
+        )
+
+    def _embedding(self, partner: npt.ArrayLike) -> torch.Tensor:
+        values = np.asarray(partner, dtype=np.float32)
+        if values.shape != (self.partner_width,):
+            raise InvalidRequest(
+                f"partner embedding: expected {self.partner_width} values, got shape {values.shape}"
+            )
+        if not np.isfinite(values).all():
+            raise InvalidRequest("partner embedding: holds a value that is not finite")
+        return torch.from_numpy(values).reshape(1, -1)
+
+    def _forward(
+        self, row: BankRow, partner: torch.Tensor | None
+    ) -> dict[str, npt.NDArray[np.float64]]:
+        """Logits per task for the applicant, each reference row and, with a partner
+        embedding, the applicant without it (last row)."""
+        numeric, categorical = attribution_batch(row.numeric, row.categorical, self._references)
+        with torch.inference_mode():
+            bank = self.version.bottom(torch.from_numpy(numeric), torch.from_numpy(categorical))
+            rows = bank.shape[0]
+            missing = torch.zeros(rows + (partner is not None), dtype=torch.bool)
+            if partner is None:
+                missing[:] = True
+                partner_rows = torch.zeros(rows, self.partner_width)
+            else:
+                bank = torch.cat([bank, bank[:1]])
+                missing[-1] = True
+                partner_rows = partner.expand(rows + 1, -1)
+            logits = self.version.head(bank, partner_rows, missing)
+        return {task: out.numpy().astype(np.float64) for task, out in logits.items()}
+
+    def _reasons(
+        self, row: BankRow, points: npt.NDArray[np.float64], *, partner_used: bool
+    ) -> tuple[Reason, ...]:
+        texts = {
+            ref.code: ref.text.replace("{value}", _shown(row.values[ref.feature]))
+            for ref in self._references
+        }
+        partner_reason = self.version.reasons.partner
+        if partner_used:
+            texts[partner_reason.code] = partner_reason.text
+        codes = list(texts)
+        gains = dict(zip(codes, points[1:] - points[0], strict=True))
+        chosen = adverse_reasons(float(points[0]), points[1:], codes, limit=MAX_REASONS)
+        return tuple(Reason(code=c, text=texts[c], points=float(gains[c])) for c in chosen)
+
+
+def _sigmoid(logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    # 1 / (1 + e^-x) without overflow for large negative logits.
+    result: npt.NDArray[np.float64] = np.exp(-np.logaddexp(0.0, -logits))
+    return result
+
+
+def _softmax(logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    shifted = np.exp(logits - logits.max())
+    result: npt.NDArray[np.float64] = shifted / shifted.sum()
+    return result
+
+
+def _shown(value: FieldValue) -> str:
+    if value is None:
+        return "missing"
+    return f"{value:g}" if isinstance(value, float) else value
