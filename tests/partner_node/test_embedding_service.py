@@ -4,7 +4,10 @@ alignment answered as such; malformed requests refused naming the field."""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -242,3 +245,59 @@ def test_a_batch_of_malformed_keys_is_refused_naming_the_field(
 
     assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert refused.details().startswith(message)
+
+
+def test_logs_name_a_lookup_by_request_id_and_a_hash_prefix_never_by_the_key(
+    gateway: Any, sites: TrainingSites, version: PublishedVersion, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = aligned_customers(sites, 1)[0][0]
+    stranger = os.urandom(16)
+
+    with caplog.at_level(logging.DEBUG, logger="partner_node"):
+        _get(gateway, version.version_id, key, "req-logged")
+        _get(gateway, version.version_id, stranger, "req-stranger")
+
+    lines = [r.getMessage() for r in caplog.records if r.name == "partner_node.embedding_service"]
+    tags = [hashlib.blake2b(raw, digest_size=4).hexdigest() for raw in (key, stranger)]
+    assert lines == [
+        f"[Embedding.Get] request req-logged key {tags[0]} version {version.version_id}: found",
+        f"[Embedding.Get] request req-stranger key {tags[1]} version {version.version_id}: "
+        "unknown key",
+    ]
+    for raw in (key, stranger):
+        assert all(raw.hex() not in line and repr(raw) not in line for line in lines)
+
+
+def test_a_newly_published_version_loads_while_the_one_in_service_keeps_answering(
+    gateway: Any, sites: TrainingSites, version: PublishedVersion
+) -> None:
+    customers = aligned_customers(sites, 3)
+    newer = publish_version(sites, seed=9, width=7)
+    stop = threading.Event()
+    answered: list[int] = []
+    failures: list[grpc.RpcError] = []
+
+    def serve_the_old_version() -> None:
+        while not stop.is_set():
+            try:
+                reply = _get(gateway, version.version_id, customers[len(answered) % 3][0])
+            except grpc.RpcError as failure:
+                failures.append(failure)
+                return
+            answered.append(len(reply.embedding))
+
+    worker = threading.Thread(target=serve_the_old_version)
+    worker.start()
+    try:
+        replies = [_get(gateway, newer.version_id, key) for key, _ in customers]
+    finally:
+        stop.set()
+        worker.join()
+
+    assert failures == []
+    assert answered
+    assert set(answered) == {WIDTH}
+    expected = newer.expected([canonical for _, canonical in customers])
+    for reply, row in zip(replies, expected, strict=True):
+        assert reply.model_version == newer.version_id
+        np.testing.assert_allclose(reply.embedding, row, rtol=1e-5, atol=1e-6)
