@@ -116,7 +116,10 @@ def test_score_thresholds_decide_at_the_applicants_own_score(
     }
     bands = [{"band": "ALL", "min_score": -1000, "limit_minor": 100}]
     changed = _with(
-        config, thresholds=thresholds, credit_limits={"currency": "CNY", "bands": bands}
+        config,
+        thresholds=thresholds,
+        hard_rules=[],
+        credit_limits={"currency": "CNY", "bands": bands},
     )
 
     result = Scorer(synth.version, changed, synth.classes).score(rows[2], None)
@@ -130,8 +133,7 @@ def test_score_thresholds_decide_at_the_applicants_own_score(
 def test_probability_thresholds_decide_at_the_applicants_own_probability(
     synth: SynthVersion, config: DecisionConfig, rows: list[BankRow]
 ) -> None:
-    probability = Scorer(synth.version, config, synth.classes).score(rows[3], None)
-    p = probability.probability_of_default
+    p = Scorer(synth.version, config, synth.classes).score(rows[3], None).probability_of_default
 
     def decided(approve_below: float, decline_from: float) -> Decision:
         thresholds = {
@@ -139,11 +141,11 @@ def test_probability_thresholds_decide_at_the_applicants_own_probability(
             "approve_below": approve_below,
             "decline_from": decline_from,
         }
-        changed = _with(config, thresholds=thresholds)
+        changed = _with(config, thresholds=thresholds, hard_rules=[])
         return Scorer(synth.version, changed, synth.classes).score(rows[3], None).decision
 
     assert decided(p, p) is Decision.DECLINE
-    assert decided(np.nextafter(p, 1.0), 1.0) is not Decision.DECLINE
+    assert decided(np.nextafter(p, 1.0), 1.0) is Decision.APPROVE
     assert decided(p, 1.0) is Decision.REFER
 
 
@@ -231,8 +233,7 @@ def test_no_reason_names_a_partner_feature(scorer: Scorer, rows: list[BankRow]) 
 
 def test_bank_reasons_show_the_applicants_own_value(scorer: Scorer, rows: list[BankRow]) -> None:
     features = {ref.code: ref.feature for ref in scorer.version.reasons.bank}
-    result = next(r for r in (scorer.score(row, None) for row in rows) if r.reasons)
-    row = rows[[scorer.score(row, None) for row in rows].index(result)]
+    row, result = next((row, r) for row in rows if (r := scorer.score(row, None)).reasons)
 
     reason = result.reasons[0]
     value = row.values[features[reason.code]]
