@@ -18,6 +18,11 @@ from gateway.scoring import MAX_REASONS, PartnerView, Scorer, ScoreResult, partn
 from tests.gateway.synth_version import EXAMPLES, PARTNER_WIDTH, SynthVersion, synth_version
 
 APPLICANTS = 40
+# One limit band for every score, so no approval is referred for want of a limit.
+EVERY_SCORE = {
+    "currency": "CNY",
+    "bands": [{"band": "ALL", "min_score": -1000, "limit_minor": 100}],
+}
 
 
 @pytest.fixture(scope="module")
@@ -114,13 +119,7 @@ def test_score_thresholds_decide_at_the_applicants_own_score(
         "approve_from": score + approve_from,
         "decline_below": score + decline_below,
     }
-    bands = [{"band": "ALL", "min_score": -1000, "limit_minor": 100}]
-    changed = _with(
-        config,
-        thresholds=thresholds,
-        hard_rules=[],
-        credit_limits={"currency": "CNY", "bands": bands},
-    )
+    changed = _with(config, thresholds=thresholds, hard_rules=[], credit_limits=EVERY_SCORE)
 
     result = Scorer(synth.version, changed, synth.classes).score(rows[2], None)
 
@@ -141,7 +140,7 @@ def test_probability_thresholds_decide_at_the_applicants_own_probability(
             "approve_below": approve_below,
             "decline_from": decline_from,
         }
-        changed = _with(config, thresholds=thresholds, hard_rules=[])
+        changed = _with(config, thresholds=thresholds, hard_rules=[], credit_limits=EVERY_SCORE)
         return Scorer(synth.version, changed, synth.classes).score(rows[3], None).decision
 
     assert decided(p, p) is Decision.DECLINE
