@@ -4,18 +4,25 @@ instalment offers, the bank-only path, determinism and the partner channel's vie
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pytest
+import torch
 
+from bank_node.model_registry import load_bank_version, save_bank_version
+from bank_node.training_data import TEST, TRAIN, BankTrainingData
 from cobrand.errors import ConfigError, InvalidRequest
+from cobrand.model_store import ModelStore
+from cobrand.split_model import BottomModel, BottomSpec, HeadModel
 from cobrand.synth.partner import PARTNER_CATEGORICAL, PARTNER_NUMERIC
 from gateway.application import BankRow, stored_features_of
 from gateway.config import Decision, DecisionConfig, load_decision_config
 from gateway.scoring import MAX_REASONS, PartnerView, Scorer, ScoreResult, partner_view
 from tests.gateway.synth_version import EXAMPLES, PARTNER_WIDTH, SynthVersion, synth_version
+from tests.model_parts import fitted_table
 
 APPLICANTS = 40
 # One limit band for every score, so no approval is referred for want of a limit.
@@ -321,3 +328,42 @@ def test_package_class_names_must_fit_the_models_task(
 ) -> None:
     with pytest.raises(ConfigError, match="rights_package task has 7 classes, 2 class names"):
         Scorer(synth.version, config, ("shopping", "travel"))
+
+
+def test_a_risk_only_version_decides_without_packages_or_instalment_offers(
+    tmp_path: Path,
+) -> None:
+    table, preprocessor = fitted_table("bank", rows=300)
+    tasks = {"risk": 1}
+    data = BankTrainingData(
+        features=preprocessor.transform(table),
+        labels={"risk": (np.arange(len(table)) % 5 == 0).astype(np.float32)},
+        split=table.split,
+        tasks=tasks,
+    )
+    torch.manual_seed(0)
+    bottom = BottomModel(BottomSpec.from_preprocessor(preprocessor, embedding_width=4, hidden=8))
+    probability = np.full(len(table), 0.2)
+    store = ModelStore(tmp_path)
+    manifest = save_bank_version(
+        store,
+        bottom=bottom.eval(),
+        head=HeadModel(4, 3, tasks, hidden=8).eval(),
+        preprocessor=preprocessor,
+        data=data,
+        train_probabilities={"risk": probability[table.split == TRAIN]},
+        test_probabilities={"risk": probability[table.split == TEST]},
+        partner_weights_sha256=bytes(32),
+        partner_preprocessor_sha256=bytes(32),
+    )
+    scorer = Scorer(
+        load_bank_version(store, manifest.version_id),
+        load_decision_config(EXAMPLES / "default_credit.yaml"),
+    )
+
+    result = scorer.score(scorer.encoder.encode({"income": 4000.0, "segment": "gold"}), None)
+
+    assert result.decision in set(Decision)
+    assert result.currency == "TWD"
+    assert result.packages == ()
+    assert result.instalment is None
