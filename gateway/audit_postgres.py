@@ -9,15 +9,19 @@ back (same inputs) or `ApplicationIdReused`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 import psycopg
 
-from cobrand.errors import ConfigError
-from gateway.audit_store import SCHEMA, SqlAuditStore
+from cobrand.errors import CobrandError, ConfigError, Unavailable
+from gateway.audit_record import AuditRecord
+from gateway.audit_store import SCHEMA, EncodedRecord, SqlAuditStore
 
 __all__ = ["PostgresAuditStore"]
+
+log = logging.getLogger(__name__)
 
 # Serializes the table's creation: concurrent CREATE ... IF NOT EXISTS can still collide.
 _SCHEMA_LOCK_KEY = 0x636F6272616E64  # "cobrand"
@@ -30,6 +34,10 @@ def _pg(sql: str) -> str:
 class PostgresAuditStore(SqlAuditStore):
     """The audit table in the PostgreSQL database at `dsn` (created if missing).
 
+    A connection lost (server restart, failover, network) is opened again: a batch whose
+    connection broke is written once more on a new one, which is safe even if its commit had
+    reached the server, since a record already stored comes back as itself.
+
     Raises
     ------
     ConfigError
@@ -39,16 +47,32 @@ class PostgresAuditStore(SqlAuditStore):
 
     def __init__(self, dsn: str) -> None:
         super().__init__()
+        self._dsn = dsn
         try:
-            self._writer = psycopg.connect(dsn)
-            self._writer.execute("SET synchronous_commit = on")
-            self._writer.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
-            for statement in SCHEMA:
-                self._writer.execute(statement)
-            self._writer.commit()
+            self._writer = self._connect_writer()
             self._reader = psycopg.connect(dsn, autocommit=True)
         except psycopg.Error as exc:
             raise ConfigError(f"audit.dsn: cannot open the audit database: {exc}") from exc
+
+    def _connect_writer(self) -> psycopg.Connection[tuple[Any, ...]]:
+        conn = psycopg.connect(self._dsn)
+        conn.execute("SET synchronous_commit = on")
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
+        for statement in SCHEMA:
+            conn.execute(statement)
+        conn.commit()
+        return conn
+
+    def write_batch(self, batch: Sequence[EncodedRecord]) -> list[AuditRecord | CobrandError]:
+        """As `SqlAuditStore.write_batch`, on a new connection if the current one broke."""
+        try:
+            return super().write_batch(batch)
+        except psycopg.OperationalError:
+            if not self._writer.broken:
+                raise
+        log.warning("[AuditLog] PostgreSQL connection lost; writing the batch again")
+        self._writer = self._connect_writer()
+        return super().write_batch(batch)
 
     def _begin(self) -> None:
         # psycopg opens the transaction with the first statement.
@@ -58,7 +82,9 @@ class PostgresAuditStore(SqlAuditStore):
         self._writer.commit()
 
     def _rollback(self) -> None:
-        self._writer.rollback()
+        # A broken connection has no transaction left to end (and would raise).
+        if not self._writer.broken:
+            self._writer.rollback()
 
     def _write(self, sql: str, params: Sequence[Any]) -> int:
         return self._writer.execute(_pg(sql), params).rowcount
@@ -67,7 +93,16 @@ class PostgresAuditStore(SqlAuditStore):
         return self._writer.execute(_pg(sql), params).fetchall()
 
     def _read_query(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        return self._reader.execute(_pg(sql), params).fetchall()
+        try:
+            return self._reader.execute(_pg(sql), params).fetchall()
+        except psycopg.OperationalError as exc:
+            if not self._reader.broken:
+                raise Unavailable(f"the audit database cannot answer: {exc}") from exc
+        try:
+            self._reader = psycopg.connect(self._dsn, autocommit=True)
+            return self._reader.execute(_pg(sql), params).fetchall()
+        except psycopg.OperationalError as exc:
+            raise Unavailable(f"the audit database cannot be reached: {exc}") from exc
 
     def close(self) -> None:
         """Close both connections."""
