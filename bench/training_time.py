@@ -18,8 +18,8 @@ Both sides' tables are aligned first with private set intersection, as ``cobrand
   total, loading included, as the federated figure includes each node's loading.
 - Flower's floor: a SuperLink and SuperNode started the same way and one run of
   ``bench/flower_floor`` exchanging as many empty messages as the training run's control plane
-  did (a status before round 1, one plan per round, a status after the last): what Flower costs
-  with nothing to do.
+  did (a status before round 1, one plan per round, a status after the last, the model's
+  publication): what Flower costs with nothing to do.
 
 Early stopping is off (patience = rounds), so both trainings run every round. Goals (issue 10):
 on default credit, federated <= 2 x centralized + the floor; at 1M aligned synthetic customers,
@@ -164,7 +164,8 @@ def main() -> None:
             federated = time.perf_counter() - started
         print(f"  federated done in {federated:.1f} s", flush=True)
         centralized, test = _centralized(sites.work, training)
-        messages = report["training"]["rounds"] + 2
+        # A status before round 1, a plan per round, a status after the last, the publication.
+        messages = report["training"]["rounds"] + 3
         floor, startup = flower_floor(sites.work, messages)
     _print_figures(report, federated, centralized, test)
     print(

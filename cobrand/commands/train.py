@@ -30,6 +30,7 @@ import typer
 
 import bank_node.flower_app
 from bank_node.report import summary_lines
+from bank_node.resume import ResumePolicy
 from bank_node.run_journal import journal_path, read_journal
 from bank_node.run_report import finished_event, write_run_reports
 from bank_node.trainer_config import TRAINER_CONFIG_ENV, TrainerConfig
@@ -57,6 +58,7 @@ _LOOPBACK = "127.0.0.1"
 _JOURNAL_POLL_S = 0.5
 # Each `flwr ls` is a process of its own (about a second): ask Flower less often than the file.
 _STATUS_POLL_S = 5.0
+_LOCAL_RESUME_WAIT_S = 20.0
 
 
 def run(
@@ -131,7 +133,13 @@ def train_aligned(
     trainer_tls = tls_files(bank_ca, pki.issue(bank_ca, pki.Role.BANK_TRAINER, "bank-trainer"))
     trainer_settings = write_settings(
         work / "trainer.yaml",
-        TrainerConfig(bank=work / "bank.yaml", runs_dir=work / "runs", tls=trainer_tls),
+        TrainerConfig(
+            bank=work / "bank.yaml",
+            runs_dir=work / "runs",
+            tls=trainer_tls,
+            # Nobody restarts a local partner node that died: fail soon instead of waiting.
+            resume=ResumePolicy(wait_s=_LOCAL_RESUME_WAIT_S),
+        ),
     )
     with LocalFederation(
         work / "flower",
