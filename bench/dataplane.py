@@ -45,8 +45,9 @@ from bank_node.dataplane_client import DataPlaneClient
 from bank_node.evaluation import task_metrics, total_loss
 from bank_node.trainer import BankTrainer, TrainingConfig
 from bank_node.training_data import BankTrainingData, task_widths
+from bench.bench_pki import make_pki, tls
 from cobrand.federation import load_federation
-from cobrand.pki import Party, Role, import_peer_ca, init_ca, issue
+from cobrand.pki import Role
 from cobrand.preprocess import Encoded, Preprocessor
 from cobrand.rpc import TlsFiles, create_channel, create_server
 from cobrand.schema import load_party_schema
@@ -167,25 +168,6 @@ def train_centralized(aligned: Aligned, config: TrainingConfig) -> dict[str, Any
     return {"seconds": time.perf_counter() - started, "test": test}
 
 
-def _make_pki(root: Path) -> None:
-    """Both parties' CAs, the partner's server certificate, the bank trainer's certificate."""
-    bank, partner = root / "bank", root / "partner"
-    init_ca(bank, Party.BANK)
-    init_ca(partner, Party.PARTNER)
-    import_peer_ca(bank, partner / "ca.crt")
-    import_peer_ca(partner, bank / "ca.crt")
-    issue(partner, Role.PARTNER, "partner", ("127.0.0.1",))
-    issue(bank, Role.BANK_TRAINER, "bank-trainer")
-
-
-def _tls(root: Path, party: str, holder: str) -> TlsFiles:
-    return TlsFiles(
-        ca_bundle=root / party / "trust.pem",
-        cert=root / party / f"{holder}.crt",
-        key=root / party / f"{holder}.key",
-    )
-
-
 def serve_partner(work: Path) -> None:
     """The partner process: serve the data plane; take runs and round plans on stdin."""
     features = np.load(work / "partner.npz")
@@ -197,7 +179,7 @@ def serve_partner(work: Path) -> None:
     server, port = create_server(
         service.adder(),
         "127.0.0.1:0",
-        _tls(work / "pki", "partner", "partner"),
+        tls(work / "pki", "partner", "partner"),
         allowed_roles=ALLOWED_ROLES,
     )
     server.start()
@@ -258,7 +240,7 @@ def partner_process(aligned: Aligned) -> Iterator[tuple[PartnerProcess, TlsFiles
     """
     with tempfile.TemporaryDirectory(prefix="cobrand-bench-dataplane-") as tmp:
         work = Path(tmp)
-        _make_pki(work / "pki")
+        make_pki(work / "pki", Role.BANK_TRAINER)
         np.savez(
             work / "partner.npz",
             numeric=aligned.partner.numeric,
@@ -268,7 +250,7 @@ def partner_process(aligned: Aligned) -> Iterator[tuple[PartnerProcess, TlsFiles
         partner = PartnerProcess(work)
         try:
             width = BottomSpec.from_preprocessor(aligned.partner_preprocessor).embedding_width
-            yield partner, _tls(work / "pki", "bank", "bank-trainer"), width
+            yield partner, tls(work / "pki", "bank", "bank-trainer"), width
         finally:
             partner.close()
 

@@ -37,7 +37,8 @@ from typing import Any
 import grpc
 import numpy as np
 
-from cobrand.pki import Party, Role, import_peer_ca, init_ca, issue
+from bench.bench_pki import make_pki, tls
+from cobrand.pki import Role
 from cobrand.rpc import TlsFiles, create_channel, create_server
 from cobrand.v1 import embedding_pb2, embedding_pb2_grpc
 from partner_node.server import start_partner_node
@@ -46,25 +47,6 @@ from tests.partner_node.embedding_sites import aligned_customers, partner_table,
 from tests.training_sites import write_training_sites
 
 _ECHO = "/bench.Echo/Echo"
-
-
-def _make_pki(root: Path) -> None:
-    """Both parties' CAs, the partner node's server certificate and the gateway's certificate."""
-    bank, partner = root / "bank", root / "partner"
-    init_ca(bank, Party.BANK)
-    init_ca(partner, Party.PARTNER)
-    import_peer_ca(bank, partner / "ca.crt")
-    import_peer_ca(partner, bank / "ca.crt")
-    issue(partner, Role.PARTNER, "partner", ("127.0.0.1",))
-    issue(bank, Role.GATEWAY, "gateway", ("127.0.0.1",))
-
-
-def _tls(root: Path, party: str, holder: str) -> TlsFiles:
-    return TlsFiles(
-        ca_bundle=root / party / "trust.pem",
-        cert=root / party / f"{holder}.crt",
-        key=root / party / f"{holder}.key",
-    )
 
 
 def _latencies(call: Callable[[int], object], calls: int) -> list[float]:
@@ -120,7 +102,7 @@ def _echo_server(tls: TlsFiles) -> tuple[grpc.Server, int]:
 def run(customers: int, calls: int, width: int, batch: int, deadline_s: float) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-embedding-") as tmp:
         work = Path(tmp)
-        _make_pki(work / "pki")
+        make_pki(work / "pki", Role.GATEWAY)
         sites = write_training_sites(work, customers=customers, seed=5)
         version = publish_version(sites, seed=1, width=width)
         keys = [key for key, _ in aligned_customers(sites, sites.intersection)]
@@ -145,10 +127,10 @@ def run(customers: int, calls: int, width: int, batch: int, deadline_s: float) -
         )
 
         node = start_partner_node(
-            sites.partner_node_config(_tls(work / "pki", "partner", "partner"))
+            sites.partner_node_config(tls(work / "pki", "partner", "partner"))
         )
-        echo, echo_port = _echo_server(_tls(work / "pki", "partner", "partner"))
-        gateway = _tls(work / "pki", "bank", "gateway")
+        echo, echo_port = _echo_server(tls(work / "pki", "partner", "partner"))
+        gateway = tls(work / "pki", "bank", "gateway")
         try:
             with (
                 create_channel(f"127.0.0.1:{echo_port}", gateway) as echo_channel,

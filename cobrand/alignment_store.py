@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from cobrand.durable import fsync_path
 from cobrand.errors import FailedPrecondition, InvalidRequest, NotFound
 from cobrand.pki import Party
 from cobrand.psi import JOIN_KEY_BYTES
@@ -137,9 +138,9 @@ def write_alignment(
     partial = directory / f".{ALIGNMENT_FILE}.{summary.run_id}.partial"
     try:
         _build(partial, summary, join_keys, canonical_ids)
-        _fsync(partial)
+        fsync_path(partial)
         os.replace(partial, target)
-        _fsync(directory)
+        fsync_path(directory)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
@@ -222,14 +223,6 @@ def _summary_rows(summary: AlignmentSummary) -> list[tuple[str, Any]]:
             value = value.value
         rows.append((field.name, value))
     return rows
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class AlignmentStore:

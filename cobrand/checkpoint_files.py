@@ -27,6 +27,7 @@ from typing import Any, Final
 
 import torch
 
+from cobrand.durable import fsync_path
 from cobrand.errors import FailedPrecondition, InvalidRequest
 from cobrand.weights import weights_digest
 
@@ -126,7 +127,7 @@ class CheckpointDir:
             os.replace(partial, final)
         finally:
             partial.unlink(missing_ok=True)
-        _fsync_directory(self.directory)
+        fsync_path(self.directory)
         return digest
 
     def read(self, round_number: int, expected_sha256: bytes | None = None) -> RoundCheckpoint:
@@ -206,12 +207,3 @@ def _update(digest: Any, name: str, value: Any) -> None:
             _update(digest, f"{name}[{index}]", item)
     else:
         digest.update(f"{name}={value!r};".encode())
-
-
-def _fsync_directory(directory: Path) -> None:
-    # The rename is durable only once the directory entry is.
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import pydantic
 
+from cobrand.durable import fsync_path
 from cobrand.errors import FailedPrecondition, InvalidRequest, UnknownModelVersion
 from cobrand.model_manifest import MANIFEST_FILE, ArtefactEntry, Manifest, ModelDigests
 
@@ -242,7 +243,7 @@ class ModelStore:
             for name, data in artefacts.items():
                 _write_synced(partial / name, data)
             _write_synced(partial / MANIFEST_FILE, manifest.to_json().encode("ascii"))
-            _fsync(partial)
+            fsync_path(partial)
             os.rename(partial, self._directory(version_id))
         except OSError:
             shutil.rmtree(partial, ignore_errors=True)
@@ -253,7 +254,7 @@ class ModelStore:
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
-        _fsync(self.root)
+        fsync_path(self.root)
         _LOG.info("[ModelStore] saved %s model version %s", party, version_id)
         return manifest
 
@@ -285,7 +286,7 @@ class ModelStore:
         partial = self.root / f"{_PARTIAL_PREFIX}{version_id}.{MANIFEST_FILE}"
         _write_synced(partial, updated.to_json().encode("ascii"))
         os.replace(partial, path)
-        _fsync(path.parent)
+        fsync_path(path.parent)
         return updated
 
     def _existing(
@@ -313,11 +314,3 @@ def _write_synced(path: Path, data: bytes) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
