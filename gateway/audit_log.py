@@ -20,6 +20,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -97,7 +98,7 @@ def open_audit_log(settings: AuditSettings) -> AuditLog:
 
 @dataclass(frozen=True, slots=True)
 class GroupCommitStats:
-    """Records written and the transactions (one flush each) that wrote them."""
+    """Records handled (stored or refused) and the transactions, one flush each, they took."""
 
     records: int
     batches: int
@@ -137,8 +138,14 @@ class AuditLog:
         self._writer = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._writer.start()
 
-    def record(self, record: AuditRecord) -> AuditRecord:
+    def record(self, record: AuditRecord, timeout_s: float | None = None) -> AuditRecord:
         """Record `record` durably; returns once it is committed and flushed.
+
+        Parameters
+        ----------
+        record : AuditRecord
+        timeout_s : float or None
+            Longest wait for the store (e.g. the call's remaining deadline); None waits on.
 
         Returns
         -------
@@ -154,14 +161,21 @@ class AuditLog:
         AlreadyExists
             If the request id is already recorded.
         Unavailable
-            If the log is closed or the store failed to write; nothing was acknowledged.
+            If the log is closed, the store failed to write, or `timeout_s` passed first; the
+            record was not acknowledged (after a timeout it may still be written: a retry
+            with the same application id then gets it back).
         """
         pending = _Pending(EncodedRecord.of(record), Future())
         with self._lock:
             if self._closed:
                 raise Unavailable("the audit log is closed")
             self._queue.put(pending)
-        return pending.done.result()
+        try:
+            return pending.done.result(timeout=timeout_s)
+        except FutureTimeout:
+            raise Unavailable(
+                f"the audit log did not confirm the decision within {timeout_s} s"
+            ) from None
 
     def find_application(self, inputs: ApplicationInputs) -> AuditRecord | None:
         """The decision recorded for ``inputs.application_id``, or None if never decided.

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import math
+import sqlite3
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -252,6 +254,27 @@ def test_a_closed_log_refuses_new_records(tmp_path: Path) -> None:
     log.close()
     with pytest.raises(Unavailable):
         log.record(make_record())
+
+
+def test_a_record_the_store_cannot_take_in_time_is_not_acknowledged(tmp_path: Path) -> None:
+    db = tmp_path / "audit.db"
+    late = make_record("APP-LATE")
+    with open_audit_log(AuditSettings(path=db)) as log:
+        blocker = sqlite3.connect(db, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # holds the write lock, as another writer would
+        with pytest.raises(Unavailable, match="did not confirm"):
+            log.record(late, timeout_s=0.2)
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        # Written once the lock is free: a retry of the application gets it back.
+        assert log.record(make_record("APP-LATE")) == late
+
+
+def test_the_sqlite_file_is_in_wal_mode(tmp_path: Path) -> None:
+    db = tmp_path / "audit.db"
+    open_audit_log(AuditSettings(path=db)).close()
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
 @pytest.mark.parametrize(
