@@ -6,7 +6,6 @@ carries a format number, so a later layout can still read what an earlier one wr
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 from typing import Any
@@ -48,10 +47,44 @@ def record_to_json(record: AuditRecord) -> str:
             None if record.partner_embedding is None else list(record.partner_embedding)
         ),
         "partner_status": record.partner_status.value,
-        # Enums are StrEnums, so they serialize as their values.
-        "result": dataclasses.asdict(record.result),
+        "result": _result_json(record.result),
     }
     return canonical_json(body).decode()
+
+
+def _result_json(result: ScoreResult) -> dict[str, Any]:
+    # Spelt out rather than dataclasses.asdict: the stored layout is a format of its own, and
+    # asdict's deep copy is most of the encoding time.
+    instalment = result.instalment
+    return {
+        "model_version": result.model_version,
+        "probability_of_default": result.probability_of_default,
+        "score": result.score,
+        "score_band": result.score_band,
+        "decision": result.decision.value,
+        "rule_hits": [
+            {"code": hit.code, "text": hit.text, "outcome": hit.outcome.value}
+            for hit in result.rule_hits
+        ],
+        "credit_limit_minor": result.credit_limit_minor,
+        "currency": result.currency,
+        "limit_band": result.limit_band,
+        "reasons": [{"code": r.code, "text": r.text, "points": r.points} for r in result.reasons],
+        "packages": [
+            {"package": p.package, "propensity": p.propensity, "rank": p.rank}
+            for p in result.packages
+        ],
+        "instalment": (
+            None
+            if instalment is None
+            else {
+                "propensity": instalment.propensity,
+                "offer": instalment.offer,
+                "channel": instalment.channel.value,
+            }
+        ),
+        "slices": {"bank": result.slices.bank, "partner": result.slices.partner},
+    }
 
 
 def _result(body: dict[str, Any]) -> ScoreResult:
