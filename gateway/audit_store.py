@@ -22,7 +22,7 @@ from cobrand.errors import AlreadyExists, CobrandError, InvalidRequest
 from gateway.audit_json import record_from_json, record_to_json
 from gateway.audit_record import ApplicationInputs, AuditRecord
 
-__all__ = ["ApplicationIdReused", "EncodedRecord", "SqlAuditStore", "epoch_us"]
+__all__ = ["INSERT", "SCHEMA", "ApplicationIdReused", "EncodedRecord", "SqlAuditStore", "epoch_us"]
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS audit_decisions (
@@ -39,7 +39,7 @@ SCHEMA = (
 )
 
 # DO NOTHING instead of an error, so one duplicate does not abort the others of its batch.
-_INSERT = """INSERT INTO audit_decisions
+INSERT = """INSERT INTO audit_decisions
     (request_id, application_id, decided_at_us, model_version, input_digest, record)
     VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"""
 _BY_APPLICATION = "SELECT input_digest, record FROM audit_decisions WHERE application_id = ?"
@@ -71,6 +71,18 @@ class EncodedRecord:
     def of(cls, record: AuditRecord) -> EncodedRecord:
         """Encode `record`."""
         return cls(record, record_to_json(record))
+
+
+def _row(item: EncodedRecord) -> tuple[Any, ...]:
+    rec = item.record
+    return (
+        rec.request_id,
+        rec.application_id,
+        epoch_us(rec.decided_at),
+        rec.model_version,
+        rec.inputs.digest,
+        item.text,
+    )
 
 
 def _reused(application_id: str) -> ApplicationIdReused:
@@ -126,25 +138,26 @@ class SqlAuditStore(ABC):
         """
         self._begin()
         try:
-            outcomes = [self._insert(item) for item in batch]
+            inserted = self._insert_rows([_row(item) for item in batch])
+            outcomes = [
+                item.record if stored else self._clash(item)
+                for item, stored in zip(batch, inserted, strict=True)
+            ]
             self._commit()
         except BaseException:
             self._rollback()
             raise
         return outcomes
 
-    def _insert(self, item: EncodedRecord) -> AuditRecord | CobrandError:
+    def _insert_rows(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
+        """Insert each row unless its request or application id is taken; which were inserted.
+
+        One statement per row here; a store with a round trip per statement does better.
+        """
+        return [self._write(INSERT, row) == 1 for row in rows]
+
+    def _clash(self, item: EncodedRecord) -> AuditRecord | CobrandError:
         rec = item.record
-        params = (
-            rec.request_id,
-            rec.application_id,
-            epoch_us(rec.decided_at),
-            rec.model_version,
-            rec.inputs.digest,
-            item.text,
-        )
-        if self._write(_INSERT, params) == 1:
-            return rec
         rows = self._write_query(_BY_APPLICATION, (rec.application_id,))
         if not rows:
             return AlreadyExists(f"request id {rec.request_id} is already recorded")
