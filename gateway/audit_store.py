@@ -152,7 +152,8 @@ class SqlAuditStore(ABC):
     def _insert_rows(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
         """Insert each row unless its request or application id is taken; which were inserted.
 
-        One statement per row here; a store with a round trip per statement does better.
+        One statement per row here; a store whose statements each cost a network round trip
+        overrides it.
         """
         return [self._write(INSERT, row) == 1 for row in rows]
 
