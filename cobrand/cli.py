@@ -16,6 +16,7 @@ import typer  # noqa: E402
 
 from bank_node import cli as bank_cli  # noqa: E402
 from cobrand.commands import align, data, demo, pki, train  # noqa: E402
+from gateway import audit_cli  # noqa: E402
 from partner_node import cli as partner_cli  # noqa: E402
 
 app = typer.Typer(
@@ -31,6 +32,7 @@ app.command(name="align")(align.run)
 app.command(name="train")(train.run)
 app.add_typer(bank_cli.app, name="bank")
 app.add_typer(partner_cli.app, name="partner")
+app.add_typer(audit_cli.app, name="audit")
 
 
 @app.callback()

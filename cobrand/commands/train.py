@@ -68,7 +68,7 @@ def run(
         typer.Option(min=0, help="Blinding processes per party for alignment (default: cores)."),
     ] = None,
 ) -> None:
-    """Align privately, train one model federated with Flower, write OUT/report.json."""
+    """Align privately, train one model federated with Flower, write OUT/report.json and .html."""
     with cli_errors():
         spec = load_job(job)
         typer.echo(f"aligning, then training (settings, certificates and logs in {_work(spec)})")
