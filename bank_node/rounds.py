@@ -48,7 +48,8 @@ from bank_node.model_release import Release, release_model
 from bank_node.resume import ResumePolicy, wait_for_partner
 from bank_node.run_checkpoints import RunCheckpoints
 from bank_node.run_journal import RunJournal
-from bank_node.trainer import BankTrainer, RoundResult, TrainingConfig, TrainingResult
+from bank_node.trainer import BankTrainer, RoundResult, TrainingResult
+from bank_node.training_config import TrainingConfig
 from bank_node.training_set import BankTrainingSet
 from cobrand.errors import FailedPrecondition, Unavailable
 from cobrand.model_store import ModelStore

@@ -33,7 +33,7 @@ from typing import Annotated, Any, Final
 
 from pydantic import AfterValidator, Field, ValidationError, ValidationInfo
 
-from bank_node.trainer import TrainingConfig
+from bank_node.training_config import TrainingConfig
 from cobrand.errors import ConfigError
 from cobrand.settings import Section
 from cobrand.synth import DatasetFiles

@@ -39,7 +39,8 @@ import numpy as np
 import torch
 
 from bank_node.dataplane_client import DataPlaneClient, PartnerPassSummary
-from bank_node.trainer import BankTrainer, PlanPartnerRound, TrainingConfig, TrainingResult
+from bank_node.trainer import BankTrainer, PlanPartnerRound, TrainingResult
+from bank_node.training_config import TrainingConfig
 from bank_node.training_data import TRAIN, BankTrainingData
 from bench.dataplane import (
     DATA,

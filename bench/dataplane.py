@@ -43,7 +43,8 @@ import torch
 
 from bank_node.dataplane_client import DataPlaneClient
 from bank_node.evaluation import task_metrics, total_loss
-from bank_node.trainer import BankTrainer, TrainingConfig
+from bank_node.trainer import BankTrainer
+from bank_node.training_config import TrainingConfig
 from bank_node.training_data import BankTrainingData, task_widths
 from bench.bench_pki import make_pki, tls
 from cobrand.federation import load_federation

@@ -42,7 +42,8 @@ from pyarrow import csv
 from sklearn.model_selection import train_test_split
 
 from bank_node.leakage import attack_aucs
-from bank_node.trainer import BankTrainer, TrainingConfig
+from bank_node.trainer import BankTrainer
+from bank_node.training_config import TrainingConfig
 from bench.dataplane import DATA, Aligned, load_aligned, partner_process, train_federated
 from cobrand.metrics import auc, ks
 

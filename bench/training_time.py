@@ -38,7 +38,7 @@ from typing import Any, Final
 import torch
 
 from bank_node.config import BankNodeConfig
-from bank_node.trainer import TrainingConfig
+from bank_node.training_config import TrainingConfig
 from bank_node.training_job import TrainingSection
 from bank_node.training_set import load_training_set
 from bench.dataplane import DATA, ROOT, Aligned, train_centralized

@@ -33,7 +33,7 @@ from bank_node.dataplane_client import error_from_rpc
 from bank_node.resume import ResumePolicy
 from bank_node.rounds import RunOutcome, train_run
 from bank_node.run_journal import RunJournal, read_journal
-from bank_node.trainer import TrainingConfig
+from bank_node.training_config import TrainingConfig
 from bank_node.training_set import BankTrainingSet, load_training_set
 from cobrand.rounds_protocol import ModelPublication, PartnerStatus, RoundPlan, RunProgress
 from cobrand.rounds_serde import (

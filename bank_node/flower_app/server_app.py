@@ -30,8 +30,8 @@ from bank_node.config import BankNodeConfig
 from bank_node.flower_app.partner import FlowerPartner, RunWatch
 from bank_node.rounds import train_run
 from bank_node.run_journal import RunJournal, journal_path
-from bank_node.trainer import TrainingConfig
 from bank_node.trainer_config import TRAINER_CONFIG_ENV, TrainerConfig
+from bank_node.training_config import TrainingConfig
 from bank_node.training_set import load_training_set
 from cobrand.errors import ConfigError
 from cobrand.rpc import create_channel

@@ -12,7 +12,7 @@ from flwr.cli.build import build_fab_from_disk
 from flwr.serverapp import ServerApp
 
 from bank_node.flower_app.server_app import RUN_CONFIG_FIELDS, app, training_config
-from bank_node.trainer import TrainingConfig
+from bank_node.training_config import TrainingConfig
 from cobrand.errors import ConfigError
 
 APP = Path(__file__).resolve().parents[2] / "bank_node" / "flower_app"

@@ -16,7 +16,7 @@ from bank_node.holdout_scores import load_test_scores
 from bank_node.resume import ResumePolicy
 from bank_node.rounds import holdout_scores_path, train_run
 from bank_node.run_journal import RunJournal, read_journal
-from bank_node.trainer import TrainingConfig
+from bank_node.training_config import TrainingConfig
 from bank_node.training_set import BankTrainingSet, load_training_set
 from cobrand.errors import FailedPrecondition, Unavailable
 from cobrand.model_manifest import manifest_digest, model_version, verify_peer

@@ -14,7 +14,8 @@ import torch
 from google.protobuf.message import Message
 
 from bank_node.evaluation import total_loss
-from bank_node.trainer import BankTrainer, TrainingConfig
+from bank_node.trainer import BankTrainer
+from bank_node.training_config import TrainingConfig
 from bank_node.training_data import BankTrainingData
 from cobrand.errors import FailedPrecondition
 from cobrand.preprocess import Encoded
