@@ -5,8 +5,10 @@ Only the bank's gateway (role ``gateway``) may call it (`EMBEDDING_ROLES`, enfor
 interceptor of ``cobrand.rpc.create_server``): the application flow, the bank's node and its
 trainer are refused. A key outside the current alignment is an answer (``UNKNOWN_KEY``, or a
 ``found`` flag that is false), not an error; a malformed field is ``INVALID_ARGUMENT`` naming
-it, and an unknown model version ``NOT_FOUND`` naming it. No raw partner feature ever leaves:
-the replies hold the bottom model's output alone. Logs name a call by its request id and a key
+it, and an unknown model version ``NOT_FOUND`` naming it. ``DescribeVersion`` gives the
+partner's manifest digest of a published version, which the gateway checks against the one the
+bank recorded before it uses the version. No raw partner feature ever leaves: the replies hold
+the bottom model's output alone. Logs name a call by its request id and a key
 by a short hash prefix, never by the key itself.
 """
 
@@ -23,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cobrand.errors import InvalidRequest
+from cobrand.model_manifest import manifest_digest
 from cobrand.pki import Role
 from cobrand.psi import JOIN_KEY_BYTES
 from cobrand.rpc import DEFAULT_MAX_MESSAGE_BYTES, ServicerAdder, service_roles
@@ -113,6 +116,14 @@ class EmbeddingServicer(embedding_pb2_grpc.PartnerEmbeddingServiceServicer):
             reply.status = embedding_pb2.LOOKUP_STATUS_FOUND
             reply.embedding.extend(embedding.tolist())
         return reply
+
+    def DescribeVersion(  # noqa: N802
+        self, request: embedding_pb2.DescribeVersionRequest, context: grpc.ServicerContext
+    ) -> embedding_pb2.DescribeVersionResponse:
+        manifest = self._models.manifest(request.model_version)
+        return embedding_pb2.DescribeVersionResponse(
+            model_version=manifest.version_id, manifest_sha256=manifest_digest(manifest)
+        )
 
     def StreamEmbeddings(  # noqa: N802
         self,

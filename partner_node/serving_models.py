@@ -42,6 +42,7 @@ from cobrand.errors import (
     Unavailable,
     UnknownModelVersion,
 )
+from cobrand.model_manifest import Manifest
 from cobrand.model_store import ModelStore
 from cobrand.psi import JOIN_KEY_BYTES
 from cobrand.rounds_protocol import AlignmentVersion
@@ -279,9 +280,32 @@ class ServingModels:
                     del self._entries[key]
             raise
 
+    def manifest(self, version_id: str) -> Manifest:
+        """The partner's manifest of a published version, without loading it.
+
+        Raises
+        ------
+        InvalidRequest
+            `version_id` is not a version id (named ``model_version``).
+        UnknownModelVersion
+            The partner holds no such version.
+        FailedPrecondition
+            The manifest is damaged.
+        """
+        try:
+            return self._store.manifest(version_id)
+        except InvalidRequest as err:
+            raise InvalidRequest(f"model_version: {err}") from err
+        except UnknownModelVersion:
+            held = ", ".join(self._store.versions()) or "none"
+            raise UnknownModelVersion(
+                f"model_version {version_id} is not published at the partner (it holds {held})"
+            ) from None
+
     def _start_loading(self, key: tuple[str, AlignmentVersion]) -> _Loading:
         version_id, alignment = key
-        self._check_published(version_id)
+        # Before an entry is made, so requests for versions that do not exist evict nothing.
+        self.manifest(version_id)
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
@@ -297,18 +321,6 @@ class ServingModels:
             daemon=True,
         ).start()
         return entry
-
-    def _check_published(self, version_id: str) -> None:
-        # Before an entry is made, so requests for versions that do not exist evict nothing.
-        try:
-            self._store.manifest(version_id)
-        except InvalidRequest as err:
-            raise InvalidRequest(f"model_version: {err}") from err
-        except UnknownModelVersion:
-            held = ", ".join(self._store.versions()) or "none"
-            raise UnknownModelVersion(
-                f"model_version {version_id} is not published at the partner (it holds {held})"
-            ) from None
 
     def _build(self, version_id: str, alignment: AlignmentVersion) -> ServingVersion:
         with self._aligned_lock:

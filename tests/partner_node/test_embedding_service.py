@@ -16,6 +16,8 @@ import grpc
 import numpy as np
 import pytest
 
+from cobrand.model_manifest import manifest_digest
+from cobrand.model_store import ModelStore
 from cobrand.rpc import REASON_METADATA_KEY, create_channel
 from cobrand.v1 import embedding_pb2, embedding_pb2_grpc
 from partner_node.embedding_service import MAX_BATCH_KEYS
@@ -118,6 +120,24 @@ def test_an_unknown_model_version_is_not_found_naming_it(
     assert "model_version 0123456789abcdef is not published" in refused.details()
     assert version.version_id in refused.details()
     assert (REASON_METADATA_KEY, "UNKNOWN_MODEL_VERSION") in refused.trailing_metadata()
+
+
+def test_describe_version_gives_the_partners_manifest_digest_of_a_published_version(
+    gateway: Any, sites: TrainingSites, version: PublishedVersion
+) -> None:
+    reply = gateway.DescribeVersion(
+        embedding_pb2.DescribeVersionRequest(model_version=version.version_id), timeout=TIMEOUT
+    )
+
+    manifest = ModelStore(sites.partner_data / "models").manifest(version.version_id)
+    assert reply.model_version == version.version_id
+    assert reply.manifest_sha256 == manifest_digest(manifest)
+    refused = _refusal(
+        gateway.DescribeVersion,
+        embedding_pb2.DescribeVersionRequest(model_version="0123456789abcdef"),
+    )
+    assert refused.code() == grpc.StatusCode.NOT_FOUND
+    assert "model_version 0123456789abcdef" in refused.details()
 
 
 @pytest.mark.parametrize(
