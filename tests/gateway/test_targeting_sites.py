@@ -41,8 +41,6 @@ from tests.training_sites import TrainingSites
 
 __all__ = ["PublishedPair", "add_bank_only_customers", "bank_aligned", "publish_pair"]
 
-PARTNER_WIDTH = 6
-
 
 @dataclass(frozen=True)
 class PublishedPair:
@@ -80,10 +78,12 @@ def publish_pair(sites: TrainingSites, seed: int, *, at_partner: bool = True) ->
     partners, partner_schema = partner_table(sites)
     partner_preprocessor = Preprocessor.fit(partners, partner_schema)
     torch.manual_seed(seed)
-    partner_spec = BottomSpec.from_preprocessor(partner_preprocessor, embedding_width=PARTNER_WIDTH)
+    # The networks' default sizes, as training builds them: the bench times them.
+    partner_spec = BottomSpec.from_preprocessor(partner_preprocessor)
     partner_bottom = BottomModel(partner_spec).eval()
-    bottom = BottomModel(BottomSpec.from_preprocessor(preprocessor, embedding_width=8, hidden=16))
-    head = HeadModel(8, PARTNER_WIDTH, tasks, hidden=16)
+    bank_spec = BottomSpec.from_preprocessor(preprocessor)
+    bottom = BottomModel(bank_spec)
+    head = HeadModel(bank_spec.embedding_width, partner_spec.embedding_width, tasks)
     with torch.no_grad():
         for task, layer in head.outputs.items():
             assert isinstance(layer, torch.nn.Linear)
