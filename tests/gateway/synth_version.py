@@ -19,6 +19,7 @@ import torch
 
 from bank_node.model_registry import BankVersion, load_bank_version, save_bank_version
 from bank_node.training_data import TEST, TRAIN, BankTrainingData, task_widths
+from cobrand.model_manifest import Manifest
 from cobrand.model_store import ModelStore
 from cobrand.preprocess import Preprocessor
 from cobrand.schema import PartySchema
@@ -27,7 +28,13 @@ from cobrand.synth.bank import RIGHTS_PACKAGES
 from cobrand.synth.dataset import SynthConfig, bank_schema, generate_tables
 from cobrand.tables import PartyTable, load_party_table
 
-__all__ = ["EXAMPLES", "PARTNER_WIDTH", "SynthVersion", "synth_version"]
+__all__ = [
+    "EXAMPLES",
+    "PARTNER_WIDTH",
+    "SynthVersion",
+    "save_synth_bank_version",
+    "synth_version",
+]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "gateway" / "examples"
 """The example decision configurations shipped with the gateway."""
@@ -60,6 +67,32 @@ def _build(directory: Path) -> SynthVersion:
     path = directory / "bank.parquet"
     pq.write_table(generate_tables(config).bank, path)
     table = load_party_table(schema, path)
+    store = ModelStore(directory / "models")
+    manifest = save_synth_bank_version(
+        store,
+        table,
+        schema,
+        partner_weights_sha256=hashlib.sha256(b"partner weights").digest(),
+        partner_preprocessor_sha256=hashlib.sha256(b"partner preprocessor").digest(),
+    )
+    return SynthVersion(
+        version=load_bank_version(store, manifest.version_id),
+        table=table,
+        schema=schema,
+        classes=RIGHTS_PACKAGES,
+    )
+
+
+def save_synth_bank_version(
+    store: ModelStore,
+    table: PartyTable,
+    schema: PartySchema,
+    *,
+    partner_weights_sha256: bytes,
+    partner_preprocessor_sha256: bytes,
+) -> Manifest:
+    """Save a seeded, untrained bank half over `table` (partner embeddings of `PARTNER_WIDTH`)
+    for the partner half those digests describe."""
     preprocessor = Preprocessor.fit(table, schema)
     tasks = task_widths(schema)
     data = BankTrainingData(
@@ -76,8 +109,7 @@ def _build(directory: Path) -> SynthVersion:
             layer.bias.fill_(-2.5 if task == "risk" else 0.0)
     probability = np.random.default_rng(5).uniform(0.01, 0.4, len(table))
     binary = ("risk", "instalment")
-    store = ModelStore(directory / "models")
-    manifest = save_bank_version(
+    return save_bank_version(
         store,
         bottom=bottom.eval(),
         head=head.eval(),
@@ -85,12 +117,6 @@ def _build(directory: Path) -> SynthVersion:
         data=data,
         train_probabilities={task: probability[table.split == TRAIN] for task in binary},
         test_probabilities={task: probability[table.split == TEST] for task in binary},
-        partner_weights_sha256=hashlib.sha256(b"partner weights").digest(),
-        partner_preprocessor_sha256=hashlib.sha256(b"partner preprocessor").digest(),
-    )
-    return SynthVersion(
-        version=load_bank_version(store, manifest.version_id),
-        table=table,
-        schema=schema,
-        classes=RIGHTS_PACKAGES,
+        partner_weights_sha256=partner_weights_sha256,
+        partner_preprocessor_sha256=partner_preprocessor_sha256,
     )

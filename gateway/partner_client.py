@@ -1,0 +1,259 @@
+"""The gateway's call to the partner's embedding service: a tight deadline and a circuit breaker.
+
+An application is always decided: when the partner is slow, down, or does not know the
+applicant, the gateway scores the bank's slice alone and says why (`PartnerSliceStatus`).
+So `PartnerClient.embedding` never raises for the partner's sake; it returns a `PartnerSlice`.
+
+- Each call gets the configured deadline (default 50 ms), past which the slice is ``TIMEOUT``.
+- A `CircuitBreaker` per gateway process stops calling a partner that keeps failing: after
+  ``failures`` consecutive failures it opens for ``cool_down_s`` (every call ``UNAVAILABLE``
+  at once, costing the application nothing), then lets one trial call through (half-open):
+  its success closes the breaker, its failure opens it again.
+- A reply is used only if it is for the version asked (a gateway never combines two versions'
+  embeddings), has the version's embedding width and holds finite values; anything else
+  counts as a failure of the partner.
+
+Logs name a call by its request id, never by the join key.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from cobrand.errors import ConfigError, Unavailable
+from cobrand.psi import JOIN_KEY_BYTES
+from cobrand.v1 import embedding_pb2, embedding_pb2_grpc
+from gateway.audit_record import PartnerSliceStatus
+
+__all__ = ["BreakerState", "CircuitBreaker", "PartnerClient", "PartnerSlice"]
+
+_LOG = logging.getLogger(__name__)
+
+
+class BreakerState(enum.Enum):
+    """Closed: calls go through. Open: none do. Half-open: one trial call does."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half-open"
+
+
+class CircuitBreaker:
+    """Consecutive-failure circuit breaker; thread-safe.
+
+    Parameters
+    ----------
+    failures : int
+        Consecutive failures that open it (at least 1).
+    cool_down_s : float
+        How long it stays open before a trial call.
+    clock : callable, optional
+        Monotonic seconds (tests pass their own).
+    """
+
+    def __init__(
+        self, failures: int, cool_down_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if failures < 1 or cool_down_s < 0:
+            raise ConfigError("a circuit breaker needs failures >= 1 and cool_down_s >= 0")
+        self._threshold = failures
+        self._cool_down_s = cool_down_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._state = BreakerState.CLOSED
+        self._failures = 0
+        self._opened_at = 0.0
+
+    @property
+    def state(self) -> BreakerState:
+        """The state now (an open breaker past its cool-down still reads open until a call)."""
+        with self._lock:
+            return self._state
+
+    def allow(self) -> bool:
+        """Whether a call may go out now; True for the one trial call of a half-open breaker.
+
+        A caller that was allowed must report the outcome (`succeeded` or `failed`).
+        """
+        with self._lock:
+            if self._state is BreakerState.CLOSED:
+                return True
+            if self._state is BreakerState.OPEN:
+                if self._clock() - self._opened_at < self._cool_down_s:
+                    return False
+                self._state = BreakerState.HALF_OPEN
+                return True
+            # Half-open: the trial call is out; the others wait for its outcome.
+            return False
+
+    def succeeded(self) -> None:
+        """The call went well: close the breaker."""
+        with self._lock:
+            if self._state is not BreakerState.CLOSED:
+                _LOG.info("[PartnerBreaker] the partner answers again: breaker closed")
+            self._state = BreakerState.CLOSED
+            self._failures = 0
+
+    def failed(self) -> None:
+        """The call failed: open the breaker after enough in a row, or after a failed trial."""
+        with self._lock:
+            self._failures += 1
+            if self._state is BreakerState.HALF_OPEN or (
+                self._state is BreakerState.CLOSED and self._failures >= self._threshold
+            ):
+                self._state = BreakerState.OPEN
+                self._opened_at = self._clock()
+                _LOG.warning(
+                    "[PartnerBreaker] %d failures in a row: breaker open for %.1f s, "
+                    "applications are scored from the bank's slice",
+                    self._failures,
+                    self._cool_down_s,
+                )
+
+
+@dataclass(frozen=True)
+class PartnerSlice:
+    """The partner's part of one decision: the embedding when used, and why (or why not)."""
+
+    status: PartnerSliceStatus
+    embedding: npt.NDArray[np.float32] | None = None
+
+
+class _UnusableReplyError(Exception):
+    """A reply the gateway must not use (another version or width, a value not finite)."""
+
+
+class PartnerClient:
+    """Calls PartnerEmbeddingService over one channel, under a deadline and a breaker.
+
+    Parameters
+    ----------
+    channel : grpc.Channel
+        To the partner node, made with the gateway's certificate (role ``gateway``).
+    deadline_s : float
+        The deadline of each GetEmbedding call.
+    breaker : CircuitBreaker
+    """
+
+    def __init__(self, channel: grpc.Channel, deadline_s: float, breaker: CircuitBreaker) -> None:
+        # The generated stubs come without type annotations.
+        self._stub: Any = embedding_pb2_grpc.PartnerEmbeddingServiceStub(channel)  # type: ignore[no-untyped-call]
+        self._deadline_s = deadline_s
+        self.breaker = breaker
+
+    def embedding(
+        self, request_id: str, model_version: str, join_key: bytes, width: int
+    ) -> PartnerSlice:
+        """The partner's embedding of the customer with `join_key` under `model_version`.
+
+        Parameters
+        ----------
+        request_id : str
+            The gateway's id of the decision, echoed in both sides' logs.
+        model_version : str
+        join_key : bytes
+            From the last alignment.
+        width : int
+            The embedding width the version's head takes.
+
+        Returns
+        -------
+        PartnerSlice
+            ``USED`` with the embedding, ``UNKNOWN_APPLICANT`` when the partner does not hold
+            the key, ``TIMEOUT`` past the deadline, ``UNAVAILABLE`` otherwise (unreachable, an
+            error, an unusable reply, or the breaker open).
+        """
+        if not self.breaker.allow():
+            return PartnerSlice(PartnerSliceStatus.UNAVAILABLE)
+        request = embedding_pb2.GetEmbeddingRequest(
+            request_id=request_id, model_version=model_version, join_key=join_key
+        )
+        try:
+            reply = self._stub.GetEmbedding(request, timeout=self._deadline_s)
+            found = _checked(reply, model_version, width)
+        except grpc.RpcError as err:
+            self.breaker.failed()
+            code = err.code() if isinstance(err, grpc.Call) else None
+            _LOG.warning(
+                "[PartnerClient] request %s: the partner call failed: %s", request_id, code
+            )
+            if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+                return PartnerSlice(PartnerSliceStatus.TIMEOUT)
+            return PartnerSlice(PartnerSliceStatus.UNAVAILABLE)
+        except _UnusableReplyError as err:
+            self.breaker.failed()
+            _LOG.error("[PartnerClient] request %s: reply not used: %s", request_id, err)
+            return PartnerSlice(PartnerSliceStatus.UNAVAILABLE)
+        self.breaker.succeeded()
+        if found is None:
+            return PartnerSlice(PartnerSliceStatus.UNKNOWN_APPLICANT)
+        return PartnerSlice(PartnerSliceStatus.USED, found)
+
+    def warm_up(self, model_version: str, timeout_s: float) -> None:
+        """Have the partner load `model_version` now, so the first applications need not wait.
+
+        The partner loads a version on its first lookup; this one asks for a key no alignment
+        holds (all zeros) with a deadline long enough for the load. A failure is only logged.
+        """
+        request = embedding_pb2.GetEmbeddingRequest(
+            request_id="warm-up", model_version=model_version, join_key=bytes(JOIN_KEY_BYTES)
+        )
+        try:
+            self._stub.GetEmbedding(request, timeout=timeout_s)
+        except grpc.RpcError as err:
+            code = err.code() if isinstance(err, grpc.Call) else None
+            _LOG.warning(
+                "[PartnerClient] warming model version %s up failed: %s", model_version, code
+            )
+
+    def describe(self, model_version: str, timeout_s: float) -> tuple[str, bytes]:
+        """The version the partner answers for and its manifest digest (for `verify_peer`).
+
+        Raises
+        ------
+        Unavailable
+            The partner could not be asked or refused (its status and details named).
+        """
+        try:
+            reply = self._stub.DescribeVersion(
+                embedding_pb2.DescribeVersionRequest(model_version=model_version),
+                timeout=timeout_s,
+            )
+        except grpc.RpcError as err:
+            detail = (
+                f"{err.code().name}: {err.details()}" if isinstance(err, grpc.Call) else str(err)
+            )
+            raise Unavailable(
+                f"the partner could not describe model version {model_version}: {detail}"
+            ) from None
+        return str(reply.model_version), bytes(reply.manifest_sha256)
+
+
+def _checked(
+    reply: embedding_pb2.GetEmbeddingResponse, model_version: str, width: int
+) -> npt.NDArray[np.float32] | None:
+    """The reply's embedding (None for an unknown key), if the gateway may use it."""
+    if reply.model_version != model_version:
+        raise _UnusableReplyError(f"the partner answered for version {reply.model_version}")
+    if reply.status == embedding_pb2.LOOKUP_STATUS_UNKNOWN_KEY:
+        return None
+    if reply.status != embedding_pb2.LOOKUP_STATUS_FOUND:
+        raise _UnusableReplyError(f"lookup status {reply.status} is not one the gateway knows")
+    values = np.asarray(reply.embedding, dtype=np.float32)
+    if values.shape != (width,):
+        raise _UnusableReplyError(
+            f"an embedding of {values.size} values; the version takes {width}"
+        )
+    if not np.isfinite(values).all():
+        raise _UnusableReplyError("an embedding value is not finite")
+    return values

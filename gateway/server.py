@@ -1,0 +1,256 @@
+"""Starting the gateway: load the served version and everything it scores with, check the
+partner holds the same version, serve ScoringGateway over mutual TLS.
+
+At start, `start_gateway`
+
+1. reads the bank node's settings for its table (stored features of existing customers), its
+   schema (the rights-package classes) and its ``data_dir`` (the model registry and the
+   alignment result, indexed in memory by `gateway.applicants`);
+2. loads the served version (`bank_node.model_registry.load_bank_version`, every file checked
+   against its manifest) and the decision configuration (`gateway.scoring.Scorer`);
+3. asks the partner for its manifest digest of the version (``DescribeVersion``), checks it
+   is the one the bank recorded when both sides published it (`verify_peer`) and has the
+   partner load the version (`PartnerClient.warm_up`); a partner that holds other files stops
+   the start, while an unreachable one is only logged: the gateway serves from the bank's
+   slice alone (``UNAVAILABLE``) and keeps asking in the background, using the partner from
+   the moment the check passes;
+4. opens the audit log and starts serving.
+
+`Gateway.stop` lets the calls in progress finish (each one's decision recorded) before the
+audit log closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import grpc
+
+from bank_node.config import BankNodeConfig
+from bank_node.model_registry import load_bank_version
+from cobrand.errors import FailedPrecondition, Unavailable
+from cobrand.model_manifest import Manifest, verify_peer
+from cobrand.model_store import ModelStore
+from cobrand.party_files import load_own_table
+from cobrand.pki import Party
+from cobrand.rpc import create_channel, create_server
+from cobrand.schema import load_party_schema
+from cobrand.settings import load_settings
+from gateway.applicants import ApplicantDirectory, JoinKeyIndex
+from gateway.application import stored_features_of
+from gateway.audit_log import AuditLog, open_audit_log
+from gateway.config import load_decision_config
+from gateway.partner_client import CircuitBreaker, PartnerClient
+from gateway.pseudonyms import PseudonymKey
+from gateway.scoring import Scorer
+from gateway.service import SCORING_ROLES, ScoringServicer, ServedVersions, scoring_service
+from gateway.settings import GatewaySettings
+
+__all__ = ["Gateway", "PartnerCheck", "serve", "start_gateway"]
+
+_LOG = logging.getLogger(__name__)
+
+
+class PartnerCheck:
+    """The partner client, handed out only once the partner is known to hold the version.
+
+    Parameters
+    ----------
+    client : PartnerClient
+    manifest : Manifest
+        The bank's manifest of the served version (holds the partner's digest).
+    timeout_s : float
+        Deadline of each check.
+    retry_s : float
+        Pause between checks while the partner cannot be reached.
+    """
+
+    def __init__(
+        self, client: PartnerClient, manifest: Manifest, timeout_s: float, retry_s: float
+    ) -> None:
+        self._client = client
+        self._manifest = manifest
+        self._timeout_s = timeout_s
+        self._retry_s = retry_s
+        self._verified = threading.Event()
+        self._stopping = threading.Event()
+        self._retrying: threading.Thread | None = None
+
+    @property
+    def verified(self) -> bool:
+        """Whether the partner's copy of the version was checked and found the same."""
+        return self._verified.is_set()
+
+    def __call__(self, version_id: str) -> PartnerClient | None:
+        """The client for `version_id`, or None while it is not verified at the partner."""
+        if self._verified.is_set() and version_id == self._manifest.version_id:
+            return self._client
+        return None
+
+    def check(self) -> bool:
+        """Ask the partner now; True once verified, False if it could not be reached.
+
+        Raises
+        ------
+        FailedPrecondition
+            The partner answers for another version or holds other files than published.
+        """
+        version_id = self._manifest.version_id
+        try:
+            answered, digest = self._client.describe(version_id, self._timeout_s)
+        except Unavailable as err:
+            _LOG.warning(
+                "[Gateway] partner not verified for model version %s (%s): scoring from the "
+                "bank's slice alone, asking again every %.0f s",
+                version_id,
+                err,
+                self._retry_s,
+            )
+            return False
+        verify_peer(self._manifest, answered, digest)
+        self._client.warm_up(version_id, self._timeout_s)
+        self._verified.set()
+        _LOG.info("[Gateway] the partner holds model version %s as published", version_id)
+        return True
+
+    def keep_checking(self) -> None:
+        """Check again in the background until verified, refused or stopped."""
+        self._retrying = threading.Thread(target=self._retry, name="partner-check", daemon=True)
+        self._retrying.start()
+
+    def stop(self) -> None:
+        """Stop checking in the background."""
+        self._stopping.set()
+        if self._retrying is not None:
+            self._retrying.join()
+
+    def _retry(self) -> None:
+        while not self._stopping.wait(self._retry_s):
+            try:
+                if self.check():
+                    return
+            except FailedPrecondition as err:
+                _LOG.error("[Gateway] the partner's model version is refused: %s", err)
+                return
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """A started gateway."""
+
+    server: grpc.Server
+    port: int
+    partner: PartnerCheck
+    audit: AuditLog
+    resources: ExitStack
+    grace_s: float
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop serving; calls in progress get `grace` seconds (the settings' by default) to
+        finish and be recorded, then the audit log and the partner channel close."""
+        self.server.stop(self.grace_s if grace is None else grace).wait()
+        self.resources.close()
+
+
+def start_gateway(settings: GatewaySettings) -> Gateway:
+    """Load the served version and its inputs, check the partner, start serving.
+
+    Raises
+    ------
+    ConfigError
+        A bad settings, federation, schema, table or decision file, a bad key file, or an
+        address that cannot be bound.
+    UnknownModelVersion
+        The version is not in the bank's registry.
+    FailedPrecondition
+        A file of the version differs from its manifest, or the partner holds another copy.
+    CertificateError
+        Missing, expired or mismatched TLS files.
+    """
+    bank = load_settings(BankNodeConfig, settings.bank)
+    federation, table = load_own_table(Party.BANK, bank.federation, bank.schema_file, bank.table)
+    schema = load_party_schema(bank.schema_file, federation)
+    version = load_bank_version(ModelStore(bank.data_dir / "models"), settings.model_version)
+    packages = schema.labels.rights_package
+    scorer = Scorer(
+        version,
+        load_decision_config(settings.decision_config),
+        packages.classes if packages is not None else (),
+    )
+    applicants = ApplicantDirectory(
+        frozenset(federation.identifier_kinds),
+        schema.identifier.kind,
+        JoinKeyIndex.read(bank.data_dir),
+        PseudonymKey.from_file(settings.pseudonym_key),
+        stored_features_of(table, version.preprocessor),
+    )
+    resources = ExitStack()
+    try:
+        channel = resources.enter_context(
+            create_channel(
+                settings.partner.address,
+                settings.tls,
+                insecure=settings.insecure,
+                server_name=settings.partner.server_name,
+            )
+        )
+        breaker = settings.partner.breaker
+        partner = PartnerCheck(
+            PartnerClient(
+                channel,
+                settings.partner.deadline_ms / 1000,
+                CircuitBreaker(breaker.failures, breaker.cool_down_s),
+            ),
+            version.manifest,
+            settings.partner.verify_timeout_s,
+            settings.partner.verify_retry_s,
+        )
+        if not partner.check():
+            partner.keep_checking()
+        resources.callback(partner.stop)
+        audit = resources.enter_context(open_audit_log(settings.audit))
+        servicer = ScoringServicer(
+            ServedVersions({version.manifest.version_id: scorer}, version.manifest.version_id),
+            applicants,
+            partner,
+            audit,
+        )
+        server, port = create_server(
+            scoring_service(servicer),
+            settings.listen,
+            settings.tls,
+            insecure=settings.insecure,
+            allowed_roles=SCORING_ROLES,
+            max_message_bytes=settings.max_message_bytes,
+            max_workers=settings.max_workers,
+        )
+        server.start()
+        _LOG.info(
+            "[Gateway] serving model version %s on port %d (partner %s)",
+            version.manifest.version_id,
+            port,
+            "verified" if partner.verified else "not verified: bank slice only",
+        )
+    except BaseException:
+        resources.close()
+        raise
+    return Gateway(server, port, partner, audit, resources, settings.shutdown_grace_s)
+
+
+def serve(settings: GatewaySettings, on_started: Callable[[Gateway], None] | None = None) -> None:
+    """Run the gateway until SIGTERM or SIGINT, then stop it gracefully."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    gateway = start_gateway(settings)
+    try:
+        if on_started is not None:
+            on_started(gateway)
+        stop.wait()
+    finally:
+        gateway.stop()

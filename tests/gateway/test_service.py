@@ -1,0 +1,439 @@
+"""ScoreApplication end to end over mutual TLS on loopback: a version published at both sides, a
+real partner node serving its embeddings, the gateway server, and the bank's and the partner's
+application flows as callers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from cobrand.rpc import REASON_METADATA_KEY, create_channel
+from cobrand.v1 import scoring_pb2, scoring_pb2_grpc
+from gateway.audit_record import PartnerSliceStatus
+from gateway.server import Gateway, start_gateway
+from partner_node.server import PartnerNode, start_partner_node
+from tests.conftest import ThrowAwayPki
+from tests.gateway.gateway_sites import (
+    Applicants,
+    applicants_of,
+    gateway_settings,
+    publish_both_sides,
+)
+from tests.gateway.synth_version import PARTNER_WIDTH
+from tests.training_sites import TrainingSites, write_training_sites
+
+TIMEOUT = 10.0
+BANK = scoring_pb2.APPLICATION_CHANNEL_BANK
+PARTNER = scoring_pb2.APPLICATION_CHANNEL_PARTNER
+USED = scoring_pb2.PARTNER_SLICE_STATUS_USED
+# A new applicant: not a customer of either party (the `people` fixture checks).
+NEW_APPLICANT = "+8619999999999"
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory: pytest.TempPathFactory) -> TrainingSites:
+    return write_training_sites(tmp_path_factory.mktemp("sites"), customers=600, seed=31)
+
+
+@pytest.fixture(scope="module")
+def version_id(sites: TrainingSites) -> str:
+    return publish_both_sides(sites)
+
+
+@pytest.fixture(scope="module")
+def people(sites: TrainingSites) -> Applicants:
+    found = applicants_of(sites)
+    assert found.aligned
+    assert found.bank_only
+    assert NEW_APPLICANT not in found.aligned + found.bank_only
+    return found
+
+
+@pytest.fixture(scope="module")
+def node(
+    throwaway_pki: ThrowAwayPki, sites: TrainingSites, version_id: str
+) -> Iterator[PartnerNode]:
+    started = start_partner_node(sites.partner_node_config(throwaway_pki.tls("partner")))
+    yield started
+    started.stop(grace=None)
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    tmp_path_factory: pytest.TempPathFactory,
+    throwaway_pki: ThrowAwayPki,
+    sites: TrainingSites,
+    version_id: str,
+    node: PartnerNode,
+) -> Iterator[Gateway]:
+    settings = gateway_settings(
+        tmp_path_factory.mktemp("gateway"), sites, throwaway_pki, version_id, node.port
+    )
+    started = start_gateway(settings)
+    assert started.partner.verified
+    yield started
+    started.stop(grace=None)
+
+
+@contextmanager
+def _stub(pki: ThrowAwayPki, port: int, holder: str) -> Iterator[Any]:
+    with create_channel(f"127.0.0.1:{port}", pki.tls(holder)) as channel:
+        yield scoring_pb2_grpc.ScoringGatewayStub(channel)  # type: ignore[no-untyped-call]
+
+
+@pytest.fixture(scope="module")
+def bank_app(throwaway_pki: ThrowAwayPki, gateway: Gateway) -> Iterator[Any]:
+    with _stub(throwaway_pki, gateway.port, "app") as stub:
+        yield stub
+
+
+@pytest.fixture(scope="module")
+def partner_app(throwaway_pki: ThrowAwayPki, gateway: Gateway) -> Iterator[Any]:
+    with _stub(throwaway_pki, gateway.port, "partner-app") as stub:
+        yield stub
+
+
+def request(
+    application_id: str,
+    identifier: str,
+    *,
+    consent: bool = False,
+    channel: int = BANK,
+    model_version: str = "",
+    **fields: float | str | None,
+) -> scoring_pb2.ScoreApplicationRequest:
+    """An application; a field given None is sent explicitly missing."""
+    message = scoring_pb2.ScoreApplicationRequest(
+        application_id=application_id,
+        channel=channel,  # type: ignore[arg-type]
+        identifier_kind="mobile_cn",
+        identifier=identifier,
+        partner_lookup_consent=consent,
+        model_version=model_version,
+    )
+    for name, value in fields.items():
+        if value is None:
+            message.fields[name].missing = True
+        elif isinstance(value, str):
+            message.fields[name].category = value
+        else:
+            message.fields[name].number = value
+    return message
+
+
+def spelt(canonical: str) -> str:
+    """A canonical +86 mobile number as an applicant types it: "138-0013-8000"."""
+    digits = canonical[3:]
+    return f"{digits[:3]}-{digits[3:7]}-{digits[7:]}"
+
+
+def refusal(stub: Any, message: scoring_pb2.ScoreApplicationRequest) -> Any:
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.ScoreApplication(message, timeout=TIMEOUT)
+    return raised.value
+
+
+def test_an_applicant_the_partner_knows_is_scored_with_the_partners_embedding(
+    bank_app: Any, gateway: Gateway, people: Applicants, version_id: str
+) -> None:
+    reply = bank_app.ScoreApplication(
+        request("APP-known-1", spelt(people.aligned[0]), monthly_income=12000.0),
+        timeout=TIMEOUT,
+    )
+
+    assert reply.model_version == version_id
+    assert reply.slices.bank
+    assert reply.slices.partner
+    assert reply.slices.partner_status == USED
+    assert reply.decision != scoring_pb2.DECISION_UNSPECIFIED
+    assert reply.risk.score_band
+    assert 0.0 < reply.risk.probability_of_default < 1.0
+    assert 0 < len(reply.risk.reasons) <= 4
+    assert not reply.replayed
+    recorded = gateway.audit.get(reply.request_id)
+    assert recorded is not None
+    assert recorded.partner_embedding is not None
+    assert len(recorded.partner_embedding) == PARTNER_WIDTH
+    # The stored row completed the one field the application gave.
+    assert recorded.bank_features["monthly_income"] == 12000.0
+    assert recorded.bank_features["age"] is not None
+
+
+def test_the_same_person_in_another_spelling_is_the_same_pseudonymous_applicant(
+    bank_app: Any, gateway: Gateway, people: Applicants
+) -> None:
+    canonical = people.aligned[1]
+    first = bank_app.ScoreApplication(request("APP-spell-1", canonical), timeout=TIMEOUT)
+    second = bank_app.ScoreApplication(request("APP-spell-2", spelt(canonical)), timeout=TIMEOUT)
+
+    records = [gateway.audit.get(reply.request_id) for reply in (first, second)]
+    assert records[0] is not None
+    assert records[1] is not None
+    assert records[0].inputs.applicant == records[1].inputs.applicant
+    assert canonical[3:] not in repr(records[0].inputs)
+    assert first.risk.score == second.risk.score
+
+
+def test_a_bank_customer_the_partner_does_not_know_gets_a_bank_only_answer(
+    bank_app: Any, people: Applicants
+) -> None:
+    reply = bank_app.ScoreApplication(
+        request("APP-bank-only-1", people.bank_only[0], consent=True), timeout=TIMEOUT
+    )
+
+    assert reply.slices.bank
+    assert not reply.slices.partner
+    assert reply.slices.partner_status == scoring_pb2.PARTNER_SLICE_STATUS_UNKNOWN_APPLICANT
+    assert reply.decision != scoring_pb2.DECISION_UNSPECIFIED
+    assert all(reason.code != "P01" for reason in reply.risk.reasons)
+
+
+def test_an_applicant_outside_the_alignment_without_consent_is_not_looked_up(
+    bank_app: Any,
+) -> None:
+    reply = bank_app.ScoreApplication(
+        request("APP-new-1", NEW_APPLICANT, age=30.0, monthly_income=9000.0), timeout=TIMEOUT
+    )
+
+    assert reply.slices.partner_status == scoring_pb2.PARTNER_SLICE_STATUS_NO_CONSENT
+    assert not reply.slices.partner
+    assert reply.decision != scoring_pb2.DECISION_UNSPECIFIED
+
+
+def test_the_same_application_sent_again_returns_the_recorded_decision(
+    bank_app: Any, people: Applicants
+) -> None:
+    sent = request("APP-retry-1", people.aligned[2], monthly_income=8000.0)
+    first = bank_app.ScoreApplication(sent, timeout=TIMEOUT)
+
+    again = bank_app.ScoreApplication(sent, timeout=TIMEOUT)
+
+    assert again.replayed
+    assert not first.replayed
+    assert again.request_id == first.request_id
+    assert again.decided_at == first.decided_at
+    assert again.risk == first.risk
+    assert again.decision == first.decision
+    changed = refusal(bank_app, request("APP-retry-1", people.aligned[2], monthly_income=8001.0))
+    assert changed.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "application_id" in changed.details()
+
+
+def test_the_partners_channel_sees_the_decision_limit_band_and_packages_only(
+    partner_app: Any, gateway: Gateway, people: Applicants
+) -> None:
+    reply = partner_app.ScoreApplication(
+        request("APP-partner-1", people.aligned[3], channel=PARTNER), timeout=TIMEOUT
+    )
+
+    assert reply.decision != scoring_pb2.DECISION_UNSPECIFIED
+    assert not reply.HasField("risk")
+    assert not reply.HasField("instalment")
+    assert not reply.HasField("slices")
+    assert reply.credit_limit_minor == 0
+    recorded = gateway.audit.get(reply.request_id)
+    assert recorded is not None
+    assert recorded.caller == "urn:cobrand:partner:app:partner-app"
+    assert reply.limit_band == recorded.result.limit_band
+    assert [p.package for p in reply.packages] == [p.package for p in recorded.result.packages]
+    assert recorded.result.reasons, "the bank's reasons are recorded, just not shown"
+
+
+@pytest.mark.parametrize(
+    ("holder", "channel"),
+    [("partner-app", BANK), ("app", PARTNER), ("gateway", BANK)],
+)
+def test_each_caller_may_submit_only_on_its_own_channel(
+    throwaway_pki: ThrowAwayPki, gateway: Gateway, people: Applicants, holder: str, channel: int
+) -> None:
+    with _stub(throwaway_pki, gateway.port, holder) as stub:
+        refused = refusal(stub, request(f"APP-role-{holder}", people.aligned[0], channel=channel))
+
+    assert refused.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+@pytest.mark.parametrize(
+    ("named", "change"),
+    [
+        ("application_id", {"application_id": ""}),
+        ("application_id", {"application_id": "A" * 129}),
+        ("channel", {"channel": 0}),
+        ("channel", {"channel": 9}),
+        ("identifier_kind", {"identifier_kind": "passport"}),
+        ("identifier", {"identifier": "12345"}),
+        ("monthly_income", {"fields": {"monthly_income": float("nan")}}),
+        ("monthly_income", {"fields": {"monthly_income": float("inf")}}),
+        ("monthly_income", {"fields": {"monthly_income": -5.0}}),
+        ("shoe_size", {"fields": {"shoe_size": 42.0}}),
+        ("city_tier", {"fields": {"city_tier": "tier-9"}}),
+        ("age", {"fields": {"age": "thirty"}}),
+    ],
+)
+def test_a_bad_request_is_refused_naming_the_field(
+    bank_app: Any, people: Applicants, named: str, change: dict[str, Any]
+) -> None:
+    fields = change.pop("fields", {})
+    message = request(f"APP-bad-{named}", people.aligned[0], **fields)
+    for name, value in change.items():
+        setattr(message, name, value)
+
+    refused = refusal(bank_app, message)
+
+    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert named in refused.details()
+    assert "Traceback" not in refused.details()
+    assert people.aligned[0][3:] not in refused.details()
+
+
+def test_an_unknown_field_is_refused_rather_than_ignored(bank_app: Any, people: Applicants) -> None:
+    message = request("APP-unknown-field", people.aligned[0])
+    # Field 99 of a newer contract as a varint of 1: tag (99 << 3) | 0 = 0x98 0x06, then 0x01.
+    wire = message.SerializeToString() + b"\x98\x06\x01"
+
+    refused = refusal(bank_app, scoring_pb2.ScoreApplicationRequest.FromString(wire))
+
+    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "field number 99" in refused.details()
+
+
+def test_an_unknown_model_version_is_not_found_naming_it(
+    bank_app: Any, people: Applicants, version_id: str
+) -> None:
+    refused = refusal(
+        bank_app, request("APP-version", people.aligned[0], model_version="0123456789abcdef")
+    )
+
+    assert refused.code() == grpc.StatusCode.NOT_FOUND
+    assert "model_version" in refused.details()
+    assert "0123456789abcdef" in refused.details()
+    assert version_id in refused.details()
+    assert (REASON_METADATA_KEY, "UNKNOWN_MODEL_VERSION") in refused.trailing_metadata()
+
+
+def test_every_decision_is_recorded_with_its_version_and_slices(
+    bank_app: Any, gateway: Gateway, people: Applicants, version_id: str
+) -> None:
+    sent = [
+        request("APP-audit-1", people.aligned[4]),
+        request("APP-audit-2", people.bank_only[1], consent=True),
+        request("APP-audit-3", people.bank_only[2]),
+    ]
+    replies = [bank_app.ScoreApplication(message, timeout=TIMEOUT) for message in sent]
+
+    statuses = []
+    for reply in replies:
+        recorded = gateway.audit.get(reply.request_id)
+        assert recorded is not None
+        assert recorded.model_version == version_id == reply.model_version
+        assert recorded.result.slices.partner == reply.slices.partner
+        assert recorded.result.score == reply.risk.score
+        statuses.append(recorded.partner_status)
+    assert statuses == [
+        PartnerSliceStatus.USED,
+        PartnerSliceStatus.UNKNOWN_APPLICANT,
+        PartnerSliceStatus.NO_CONSENT,
+    ]
+
+
+# -- the partner stops ---------------------------------------------------------------------------
+
+DEADLINE_MS = 50.0
+COOL_DOWN_S = 30.0
+
+
+@pytest.fixture
+def own_partner(
+    throwaway_pki: ThrowAwayPki, sites: TrainingSites, version_id: str
+) -> Iterator[PartnerNode]:
+    started = start_partner_node(sites.partner_node_config(throwaway_pki.tls("partner")))
+    yield started
+    started.stop(grace=None)
+
+
+@pytest.fixture
+def own_gateway(
+    tmp_path: Path,
+    throwaway_pki: ThrowAwayPki,
+    sites: TrainingSites,
+    version_id: str,
+    own_partner: PartnerNode,
+) -> Iterator[Gateway]:
+    settings = gateway_settings(
+        tmp_path,
+        sites,
+        throwaway_pki,
+        version_id,
+        own_partner.port,
+        deadline_ms=DEADLINE_MS,
+        breaker_failures=2,
+        breaker_cool_down_s=COOL_DOWN_S,
+    )
+    started = start_gateway(settings)
+    yield started
+    started.stop(grace=None)
+
+
+def test_with_the_partner_stopped_applications_are_still_decided_within_the_deadline(
+    throwaway_pki: ThrowAwayPki,
+    own_gateway: Gateway,
+    own_partner: PartnerNode,
+    people: Applicants,
+) -> None:
+    with _stub(throwaway_pki, own_gateway.port, "app") as app:
+        before = app.ScoreApplication(request("APP-down-0", people.aligned[5]), timeout=TIMEOUT)
+        assert before.slices.partner_status == USED
+        own_partner.stop(grace=None)
+
+        timings, replies = [], []
+        for i in range(1, 5):
+            started = time.perf_counter()
+            replies.append(
+                app.ScoreApplication(request(f"APP-down-{i}", people.aligned[5]), timeout=TIMEOUT)
+            )
+            timings.append(time.perf_counter() - started)
+        not_asked = app.ScoreApplication(
+            request("APP-down-new", people.bank_only[3]), timeout=TIMEOUT
+        )
+
+    for reply in replies:
+        assert reply.slices.bank
+        assert not reply.slices.partner
+        assert reply.slices.partner_status in (
+            scoring_pb2.PARTNER_SLICE_STATUS_UNAVAILABLE,
+            scoring_pb2.PARTNER_SLICE_STATUS_TIMEOUT,
+        )
+        assert reply.decision != scoring_pb2.DECISION_UNSPECIFIED
+    # Deadline plus a margin for scoring and the audit write on a shared machine.
+    assert max(timings) < DEADLINE_MS / 1000 + 0.25
+    assert own_gateway.partner(before.model_version) is not None
+    assert own_gateway.partner(before.model_version).breaker.state.value == "open"  # type: ignore[union-attr]
+    assert not_asked.slices.partner_status == scoring_pb2.PARTNER_SLICE_STATUS_NO_CONSENT
+
+
+def test_a_gateway_started_without_its_partner_serves_the_bank_slice(
+    tmp_path: Path,
+    throwaway_pki: ThrowAwayPki,
+    sites: TrainingSites,
+    version_id: str,
+    own_partner: PartnerNode,
+    people: Applicants,
+) -> None:
+    port = own_partner.port
+    own_partner.stop(grace=None)
+    settings = gateway_settings(tmp_path, sites, throwaway_pki, version_id, port)
+    started = start_gateway(settings)
+    try:
+        assert not started.partner.verified
+        with _stub(throwaway_pki, started.port, "app") as app:
+            reply = app.ScoreApplication(request("APP-cold-1", people.aligned[6]), timeout=TIMEOUT)
+    finally:
+        started.stop(grace=None)
+
+    assert reply.slices.partner_status == scoring_pb2.PARTNER_SLICE_STATUS_UNAVAILABLE
+    assert reply.decision != scoring_pb2.DECISION_UNSPECIFIED
