@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from cobrand.alignment_store import AlignmentStore
+from cobrand.alignment_store import JOIN_KEY_DTYPE, AlignmentStore
 from cobrand.errors import InvalidRequest, NotFound
 from cobrand.identifiers import IDENTIFIER_KINDS
-from cobrand.psi import JOIN_KEY_BYTES
 from gateway.application import FieldValue, StoredFeatures
 from gateway.audit_record import Pseudonym
 from gateway.pseudonyms import PseudonymKey
@@ -64,13 +63,14 @@ class JoinKeyIndex:
         The alignment run; empty when the bank has no alignment yet.
     ids : ndarray of str, shape (n,)
         Canonical identifiers, ascending.
-    keys : ndarray of S16, shape (n,)
-        ``keys[i]`` is the join key of ``ids[i]``.
+    keys : ndarray of V16, shape (n,)
+        ``keys[i]`` is the join key of ``ids[i]`` (raw bytes: a fixed-width bytes dtype would
+        drop a key's trailing zero bytes).
     """
 
     run_id: str
     ids: npt.NDArray[np.str_]
-    keys: npt.NDArray[np.bytes_]
+    keys: npt.NDArray[np.void]
 
     @classmethod
     def read(cls, data_dir: Path) -> JoinKeyIndex:
@@ -89,13 +89,13 @@ class JoinKeyIndex:
                 "slice alone until an alignment runs",
                 data_dir,
             )
-            return cls("", np.array([], dtype=str), np.array([], dtype=f"S{JOIN_KEY_BYTES}"))
+            return cls("", np.array([], dtype=str), np.array([], dtype=JOIN_KEY_DTYPE))
         with store:
             batches = list(store.members())
             run_id = store.summary.run_id
         if not batches:
-            return cls(run_id, np.array([], dtype=str), np.array([], dtype=f"S{JOIN_KEY_BYTES}"))
-        keys = np.concatenate([k for k, _ in batches]).view(f"S{JOIN_KEY_BYTES}")
+            return cls(run_id, np.array([], dtype=str), np.array([], dtype=JOIN_KEY_DTYPE))
+        keys = np.concatenate([k for k, _ in batches])
         ids = np.concatenate([i for _, i in batches]).astype(str)
         order = np.argsort(ids, kind="stable")
         _LOG.info("[Applicants] alignment %s: %d aligned customers indexed", run_id, len(ids))
@@ -105,7 +105,8 @@ class JoinKeyIndex:
         """The join key of `canonical_id`, or None outside the alignment."""
         position = int(np.searchsorted(self.ids, canonical_id))
         if position < len(self.ids) and self.ids[position] == canonical_id:
-            return bytes(self.keys[position])
+            key: bytes = self.keys[position].tobytes()
+            return key
         return None
 
 
