@@ -40,8 +40,19 @@ from tests.training_sites import TrainingSites
 __all__ = ["Applicants", "applicants_of", "gateway_settings", "publish_both_sides"]
 
 
-def publish_both_sides(sites: TrainingSites, seed: int = 7) -> str:
+def publish_both_sides(
+    sites: TrainingSites, seed: int = 7, recorded_peer: bytes | None = None
+) -> str:
     """Publish one version at both sides of `sites`, each recording the other's digest.
+
+    Parameters
+    ----------
+    sites : TrainingSites
+    seed : int
+        Seeds the partner bottom (another seed, another version).
+    recorded_peer : bytes, optional
+        A partner manifest digest for the bank to record instead of the one the partner
+        reports (a registry that does not match the partner's).
 
     Returns
     -------
@@ -71,7 +82,7 @@ def publish_both_sides(sites: TrainingSites, seed: int = 7) -> str:
         spec=spec,
         preprocessor=preprocessor,
     )
-    bank_store.record_peer(manifest.version_id, partner_digest)
+    bank_store.record_peer(manifest.version_id, recorded_peer or partner_digest)
     return manifest.version_id
 
 

@@ -165,6 +165,19 @@ def test_an_applicant_the_partner_knows_is_scored_with_the_partners_embedding(
     assert recorded.bank_features["age"] is not None
 
 
+def test_every_aligned_customer_is_scored_with_the_partners_slice(
+    bank_app: Any, people: Applicants
+) -> None:
+    statuses = [
+        bank_app.ScoreApplication(
+            request(f"APP-all-{i}", canonical), timeout=TIMEOUT
+        ).slices.partner_status
+        for i, canonical in enumerate(people.aligned)
+    ]
+
+    assert statuses == [USED] * len(people.aligned)
+
+
 def test_the_same_person_in_another_spelling_is_the_same_pseudonymous_applicant(
     bank_app: Any, gateway: Gateway, people: Applicants
 ) -> None:
@@ -414,26 +427,3 @@ def test_with_the_partner_stopped_applications_are_still_decided_within_the_dead
     assert own_gateway.partner(before.model_version) is not None
     assert own_gateway.partner(before.model_version).breaker.state.value == "open"  # type: ignore[union-attr]
     assert not_asked.slices.partner_status == scoring_pb2.PARTNER_SLICE_STATUS_NO_CONSENT
-
-
-def test_a_gateway_started_without_its_partner_serves_the_bank_slice(
-    tmp_path: Path,
-    throwaway_pki: ThrowAwayPki,
-    sites: TrainingSites,
-    version_id: str,
-    own_partner: PartnerNode,
-    people: Applicants,
-) -> None:
-    port = own_partner.port
-    own_partner.stop(grace=None)
-    settings = gateway_settings(tmp_path, sites, throwaway_pki, version_id, port)
-    started = start_gateway(settings)
-    try:
-        assert not started.partner.verified
-        with _stub(throwaway_pki, started.port, "app") as app:
-            reply = app.ScoreApplication(request("APP-cold-1", people.aligned[6]), timeout=TIMEOUT)
-    finally:
-        started.stop(grace=None)
-
-    assert reply.slices.partner_status == scoring_pb2.PARTNER_SLICE_STATUS_UNAVAILABLE
-    assert reply.decision != scoring_pb2.DECISION_UNSPECIFIED

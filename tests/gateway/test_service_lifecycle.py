@@ -1,0 +1,256 @@
+"""The gateway's life: it refuses to start against a partner holding other files than published,
+starts bank-only without its partner and takes the partner up once it answers, finishes the
+calls in progress when stopped, and runs as ``cobrand gateway serve``."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+
+from cobrand.errors import FailedPrecondition
+from cobrand.model_manifest import manifest_digest
+from cobrand.model_store import ModelStore
+from cobrand.rpc import create_channel, create_server
+from cobrand.v1 import embedding_pb2, embedding_pb2_grpc, scoring_pb2, scoring_pb2_grpc
+from gateway.audit_log import AuditSettings, open_audit_log
+from gateway.audit_record import PartnerSliceStatus
+from gateway.server import start_gateway
+from partner_node.server import PartnerNode, start_partner_node
+from tests.conftest import ThrowAwayPki
+from tests.gateway.gateway_sites import (
+    Applicants,
+    applicants_of,
+    gateway_settings,
+    publish_both_sides,
+)
+from tests.gateway.synth_version import PARTNER_WIDTH
+from tests.training_sites import TrainingSites, write_training_sites
+
+TIMEOUT = 10.0
+USED = scoring_pb2.PARTNER_SLICE_STATUS_USED
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory: pytest.TempPathFactory) -> TrainingSites:
+    return write_training_sites(tmp_path_factory.mktemp("sites"), customers=400, seed=37)
+
+
+@pytest.fixture(scope="module")
+def version_id(sites: TrainingSites) -> str:
+    return publish_both_sides(sites)
+
+
+@pytest.fixture(scope="module")
+def people(sites: TrainingSites) -> Applicants:
+    return applicants_of(sites)
+
+
+@pytest.fixture
+def partner(throwaway_pki: ThrowAwayPki, sites: TrainingSites) -> Iterator[PartnerNode]:
+    started = start_partner_node(sites.partner_node_config(throwaway_pki.tls("partner")))
+    yield started
+    started.stop(grace=None)
+
+
+def _application(application_id: str, identifier: str) -> scoring_pb2.ScoreApplicationRequest:
+    return scoring_pb2.ScoreApplicationRequest(
+        application_id=application_id,
+        channel=scoring_pb2.APPLICATION_CHANNEL_BANK,
+        identifier_kind="mobile_cn",
+        identifier=identifier,
+    )
+
+
+def _app(pki: ThrowAwayPki, port: int) -> Any:
+    channel = create_channel(f"127.0.0.1:{port}", pki.tls("app"))
+    return channel, scoring_pb2_grpc.ScoringGatewayStub(channel)  # type: ignore[no-untyped-call]
+
+
+def test_a_partner_holding_other_files_than_published_stops_the_start(
+    tmp_path: Path, throwaway_pki: ThrowAwayPki, sites: TrainingSites, partner: PartnerNode
+) -> None:
+    mismatched = publish_both_sides(
+        sites, seed=8, recorded_peer=hashlib.sha256(b"other files").digest()
+    )
+    settings = gateway_settings(tmp_path, sites, throwaway_pki, mismatched, partner.port)
+
+    with pytest.raises(FailedPrecondition, match="the partner's files differ"):
+        start_gateway(settings)
+
+
+def test_a_gateway_started_without_its_partner_takes_it_up_once_it_answers(
+    tmp_path: Path,
+    throwaway_pki: ThrowAwayPki,
+    sites: TrainingSites,
+    version_id: str,
+    partner: PartnerNode,
+    people: Applicants,
+) -> None:
+    port = partner.port
+    partner.stop(grace=None)
+    settings = gateway_settings(
+        tmp_path, sites, throwaway_pki, version_id, port, verify_retry_s=0.2
+    )
+    gateway = start_gateway(settings)
+    channel, app = _app(throwaway_pki, gateway.port)
+    try:
+        assert not gateway.partner.verified
+        before = app.ScoreApplication(
+            _application("APP-cold-1", people.aligned[0]), timeout=TIMEOUT
+        )
+        config = sites.partner_node_config(throwaway_pki.tls("partner"))
+        back = start_partner_node(config.model_copy(update={"listen": f"127.0.0.1:{port}"}))
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            while not gateway.partner.verified and time.monotonic() < deadline:
+                time.sleep(0.05)
+            after = app.ScoreApplication(
+                _application("APP-cold-2", people.aligned[0]), timeout=TIMEOUT
+            )
+        finally:
+            back.stop(grace=None)
+    finally:
+        channel.close()
+        gateway.stop(grace=None)
+
+    assert before.slices.partner_status == scoring_pb2.PARTNER_SLICE_STATUS_UNAVAILABLE
+    assert before.decision != scoring_pb2.DECISION_UNSPECIFIED
+    assert after.slices.partner_status == USED
+
+
+class SlowPartner(embedding_pb2_grpc.PartnerEmbeddingServiceServicer):
+    """Describes the published version truly; answers each lookup after `delay_s`."""
+
+    def __init__(self, sites: TrainingSites, version_id: str, delay_s: float) -> None:
+        self._manifest = ModelStore(sites.partner_data / "models").manifest(version_id)
+        self._delay_s = delay_s
+        self.started = threading.Event()
+
+    def DescribeVersion(  # noqa: N802
+        self, request: embedding_pb2.DescribeVersionRequest, context: grpc.ServicerContext
+    ) -> embedding_pb2.DescribeVersionResponse:
+        return embedding_pb2.DescribeVersionResponse(
+            model_version=self._manifest.version_id,
+            manifest_sha256=manifest_digest(self._manifest),
+        )
+
+    def GetEmbedding(  # noqa: N802
+        self, request: embedding_pb2.GetEmbeddingRequest, context: grpc.ServicerContext
+    ) -> embedding_pb2.GetEmbeddingResponse:
+        if request.request_id != "warm-up":
+            self.started.set()
+            time.sleep(self._delay_s)
+        return embedding_pb2.GetEmbeddingResponse(
+            request_id=request.request_id,
+            model_version=request.model_version,
+            status=embedding_pb2.LOOKUP_STATUS_FOUND,
+            embedding=[0.25] * PARTNER_WIDTH,
+        )
+
+
+def test_stopping_the_gateway_finishes_and_records_the_calls_in_progress(
+    tmp_path: Path,
+    throwaway_pki: ThrowAwayPki,
+    sites: TrainingSites,
+    version_id: str,
+    people: Applicants,
+) -> None:
+    slow = SlowPartner(sites, version_id, delay_s=0.8)
+    server, port = create_server(
+        lambda s: embedding_pb2_grpc.add_PartnerEmbeddingServiceServicer_to_server(slow, s),  # type: ignore[no-untyped-call]
+        "127.0.0.1:0",
+        throwaway_pki.tls("partner"),
+    )
+    server.start()
+    settings = gateway_settings(tmp_path, sites, throwaway_pki, version_id, port, deadline_ms=5000)
+    gateway = start_gateway(settings)
+    channel, app = _app(throwaway_pki, gateway.port)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(
+                app.ScoreApplication,
+                _application("APP-in-flight", people.aligned[0]),
+                timeout=TIMEOUT,
+            )
+            assert slow.started.wait(TIMEOUT)
+            gateway.stop(grace=TIMEOUT)
+            reply = in_flight.result()
+        with pytest.raises(grpc.RpcError) as refused:
+            app.ScoreApplication(_application("APP-after-stop", people.aligned[1]), timeout=2)
+    finally:
+        channel.close()
+        server.stop(None).wait()
+
+    assert reply.slices.partner_status == USED
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    with open_audit_log(settings.audit) as audit:
+        recorded = audit.get(reply.request_id)
+    assert recorded is not None
+    assert recorded.partner_status is PartnerSliceStatus.USED
+
+
+def test_cobrand_gateway_serve_answers_until_sigterm_then_stops_cleanly(
+    tmp_path: Path,
+    throwaway_pki: ThrowAwayPki,
+    sites: TrainingSites,
+    version_id: str,
+    partner: PartnerNode,
+    people: Applicants,
+) -> None:
+    settings = gateway_settings(tmp_path, sites, throwaway_pki, version_id, partner.port)
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump(settings.model_dump(mode="json", exclude_none=True)))
+    port_file = tmp_path / "port"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from gateway.cli import app; app()",
+            "serve",
+            "--config",
+            str(config),
+            "--port-file",
+            str(port_file),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not port_file.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert port_file.exists(), process.communicate(timeout=5)
+        channel, app = _app(throwaway_pki, int(port_file.read_text()))
+        with channel:
+            reply = app.ScoreApplication(
+                _application("APP-cli", people.aligned[0]), timeout=TIMEOUT
+            )
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+    assert reply.slices.partner_status == USED
+    assert process.returncode == 0, err
+    assert f"gateway serving model version {version_id}" in out
+    assert "partner verified" in out
+    assert "gateway stopped" in out
+    assert people.aligned[0][3:] not in out + err
+    with open_audit_log(AuditSettings(backend="sqlite", path=tmp_path / "audit.db")) as audit:
+        assert audit.get(reply.request_id) is not None
