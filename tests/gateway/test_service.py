@@ -315,6 +315,17 @@ def test_an_unknown_field_is_refused_rather_than_ignored(bank_app: Any, people: 
     assert "field number 99" in refused.details()
 
 
+def test_an_oversized_request_is_refused_before_it_is_read(
+    bank_app: Any, people: Applicants
+) -> None:
+    long_category = refusal(bank_app, request("APP-long", people.aligned[0], occupation="x" * 1000))
+    oversized = refusal(bank_app, request("APP-huge", people.aligned[0], occupation="x" * 300_000))
+
+    assert long_category.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "occupation" in long_category.details()
+    assert oversized.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 def test_an_unknown_model_version_is_not_found_naming_it(
     bank_app: Any, people: Applicants, version_id: str
 ) -> None:
