@@ -1,8 +1,8 @@
 """Bulk targeting over a real partner node on loopback with mutual TLS: the ranked list is the
 same model scored in one process (the gateway's per-application Scorer, with the partner's
 embeddings computed from its table), customers unknown to the partner are scored bank-only and
-flagged, a partner without the version is refused naming both versions, and ``cobrand target``
-writes the list or refuses a bad option in one line."""
+flagged, a partner without the version (or answering with another) is refused naming both
+versions, and ``cobrand target`` writes the list or refuses a bad option in one line."""
 
 from __future__ import annotations
 
@@ -20,14 +20,16 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from cobrand.errors import UnknownModelVersion
-from cobrand.rpc import create_channel
+from cobrand.errors import FailedPrecondition, UnknownModelVersion
+from cobrand.rpc import create_channel, create_server
+from cobrand.v1 import embedding_pb2, embedding_pb2_grpc
 from gateway.application import stored_features_of
 from gateway.bulk_scoring import BulkScorer
 from gateway.config import DecisionConfig, load_decision_config
 from gateway.scoring import INSTALMENT, RIGHTS_PACKAGE, Scorer
 from gateway.target_cli import run
 from gateway.targeting import Ranked, target
+from partner_node.embedding_service import EMBEDDING_ROLES
 from partner_node.server import PartnerNode, start_partner_node
 from tests.conftest import ThrowAwayPki
 from tests.gateway.synth_version import EXAMPLES
@@ -320,3 +322,54 @@ def test_a_bad_option_exits_2_with_one_line_naming_it(
     assert lines[0].startswith("error: ")
     assert named in lines[0]
     assert not (tmp_path / "top.csv").exists()
+
+
+class _OtherVersionPartner(embedding_pb2_grpc.PartnerEmbeddingServiceServicer):
+    """A partner that answers every batch with embeddings of another version."""
+
+    def __init__(self, version_id: str, width: int) -> None:
+        self._version_id, self._width = version_id, width
+
+    def StreamEmbeddings(  # noqa: N802 -- the generated servicer's method name
+        self, request_iterator: Iterator[Any], context: grpc.ServicerContext
+    ) -> Iterator[embedding_pb2.EmbeddingBatchResponse]:
+        for request in request_iterator:
+            count = len(request.join_keys) // 16
+            yield embedding_pb2.EmbeddingBatchResponse(
+                batch_id=request.batch_id,
+                model_version=self._version_id,
+                embedding_width=self._width,
+                embeddings=bytes(4 * self._width * count),
+                found=[True] * count,
+            )
+
+
+def test_an_answer_of_another_version_is_refused_naming_both_versions(
+    throwaway_pki: ThrowAwayPki,
+    sites: TrainingSites,
+    pair: PublishedPair,
+    decisions: DecisionConfig,
+) -> None:
+    scorer = BulkScorer(pair.version, decisions, INSTALMENT, pair.classes)
+    servicer = _OtherVersionPartner("0123456789abcdef", scorer.partner_width)
+    server, port = create_server(
+        lambda s: embedding_pb2_grpc.add_PartnerEmbeddingServiceServicer_to_server(servicer, s),  # type: ignore[no-untyped-call]
+        "127.0.0.1:0",
+        throwaway_pki.tls("partner"),
+        allowed_roles=EMBEDDING_ROLES,
+    )
+    server.start()
+    table, keys = bank_aligned(sites)
+    try:
+        with (
+            create_channel(f"127.0.0.1:{port}", throwaway_pki.tls("gateway")) as lying,
+            pytest.raises(FailedPrecondition) as refused,
+        ):
+            target(scorer, table, keys, lying, top=10)
+    finally:
+        server.stop(grace=None)
+
+    message = str(refused.value)
+    assert "0123456789abcdef" in message
+    assert pair.version.manifest.version_id in message
+    assert "never combined" in message
