@@ -30,6 +30,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 
 import grpc
+import torch
 
 from bank_node.config import BankNodeConfig
 from bank_node.model_registry import load_bank_version
@@ -172,6 +173,7 @@ def start_gateway(settings: GatewaySettings) -> Gateway:
     CertificateError
         Missing, expired or mismatched TLS files.
     """
+    torch.set_num_threads(settings.torch_threads)
     bank = load_settings(BankNodeConfig, settings.bank)
     federation, table = load_own_table(Party.BANK, bank.federation, bank.schema_file, bank.table)
     schema = load_party_schema(bank.schema_file, federation)
