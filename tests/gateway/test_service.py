@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -236,6 +237,43 @@ def test_the_same_application_sent_again_returns_the_recorded_decision(
     changed = refusal(bank_app, request("APP-retry-1", people.aligned[2], monthly_income=8001.0))
     assert changed.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "application_id" in changed.details()
+
+
+def test_concurrent_retries_of_one_application_get_one_decision(
+    bank_app: Any, people: Applicants
+) -> None:
+    sent = request("APP-race-1", people.aligned[7], monthly_income=7000.0)
+
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(
+            pool.map(lambda _: bank_app.ScoreApplication(sent, timeout=TIMEOUT), range(8))
+        )
+
+    assert len({reply.request_id for reply in replies}) == 1
+    assert [reply.replayed for reply in replies].count(False) == 1
+
+
+def test_many_applications_at_once_are_each_decided_and_recorded(
+    bank_app: Any, gateway: Gateway, people: Applicants
+) -> None:
+    customers = people.aligned[:32]
+
+    with ThreadPoolExecutor(32) as pool:
+        replies = list(
+            pool.map(
+                lambda i: bank_app.ScoreApplication(
+                    request(f"APP-burst-{i}", customers[i]), timeout=TIMEOUT
+                ),
+                range(len(customers)),
+            )
+        )
+
+    # Under a burst on a shared machine a lookup may miss its 50 ms deadline; each is decided.
+    for reply in replies:
+        recorded = gateway.audit.get(reply.request_id)
+        assert recorded is not None
+        assert reply.decision != scoring_pb2.DECISION_UNSPECIFIED
+        assert reply.slices.partner == (recorded.partner_status is PartnerSliceStatus.USED)
 
 
 def test_the_partners_channel_sees_the_decision_limit_band_and_packages_only(
