@@ -23,13 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import torch
-from torch import nn
 
 from bank_node.model_registry import BankVersion
 from cobrand.errors import ConfigError, FailedPrecondition
 from cobrand.tables import PartyTable
 from gateway.config import Decision, DecisionConfig, HardRule
-from gateway.scoring import INSTALMENT, RIGHTS_PACKAGE, RISK, _sigmoid
+from gateway.scoring import INSTALMENT, RIGHTS_PACKAGE, RISK, Scorer, _sigmoid
 
 __all__ = ["TASKS", "AlignedBank", "BulkScorer", "BulkScores"]
 
@@ -115,7 +114,7 @@ class BulkScorer:
     ------
     ConfigError
         An unknown task, a configuration without what the task needs, or naming a field or
-        package the version lacks.
+        package the version lacks (as `Scorer` refuses it).
     FailedPrecondition
         The version has no binary risk task, or not the task.
     """
@@ -127,42 +126,28 @@ class BulkScorer:
         task: str,
         package_classes: Sequence[str] = (),
     ) -> None:
-        version_id = version.manifest.version_id
         if task not in TASKS:
             raise ConfigError(f"task {task!r}: not a campaign task ({', '.join(TASKS)})")
-        if version.tasks.get(RISK) != 1:
-            raise FailedPrecondition(f"model version {version_id} has no binary {RISK} task")
+        # The per-application scorer checks the version and the configuration against each
+        # other (risk task, fields, package classes): the same checks hold here.
+        scorer = Scorer(version, config, package_classes)
         if task not in version.tasks:
-            raise FailedPrecondition(f"model version {version_id} has no {task} task")
-        preprocessor = version.preprocessor
-        self._numeric = [s.name for s in preprocessor.numeric]
-        self._categorical = [s.name for s in preprocessor.categorical]
-        config.check_fields(self._numeric, self._categorical)
+            raise FailedPrecondition(
+                f"model version {version.manifest.version_id} has no {task} task"
+            )
         if task == INSTALMENT and config.instalment is None:
             raise ConfigError("key 'instalment': the decision configuration has no rule table")
-        if task == RIGHTS_PACKAGE:
-            if len(package_classes) != version.tasks[task]:
-                raise ConfigError(
-                    f"model version {version_id}: its {task} task has {version.tasks[task]} "
-                    f"classes, {len(package_classes)} class names were given"
-                )
-            for i, package in enumerate(config.packages):
-                if package.name not in package_classes:
-                    raise ConfigError(
-                        f"key 'packages[{i}].name': {package.name!r} is not a {task} class of "
-                        f"model version {version_id} ({', '.join(package_classes)})"
-                    )
-            if not config.packages:
-                raise ConfigError("key 'packages': the decision configuration offers none")
+        if task == RIGHTS_PACKAGE and not config.packages:
+            raise ConfigError("key 'packages': the decision configuration offers none")
         self.version = version
         self.config = config
         self.task = task
+        self.partner_width = scorer.partner_width
+        self._numeric = [s.name for s in version.preprocessor.numeric]
+        self._categorical = [s.name for s in version.preprocessor.categorical]
         self._scaling = config.score_scaling or version.scaling
         # Column of each configured package in the model's output, in configuration order.
         self._package_columns = [list(package_classes).index(p.name) for p in config.packages]
-        first = version.head.trunk[0]
-        assert isinstance(first, nn.Linear)
-        self.partner_width = first.in_features - version.bottom.spec.embedding_width - 1
 
     def prepare(self, table: PartyTable) -> AlignedBank:
         """Encode the bank's aligned rows and evaluate the hard rules over them, in one pass.

@@ -22,7 +22,7 @@ import typer
 from bank_node.config import BankNodeConfig
 from bank_node.model_registry import load_bank_version
 from cobrand.aligned_rows import aligned_table
-from cobrand.alignment_store import AlignmentStore
+from cobrand.alignment_store import JOIN_KEY_DTYPE, AlignmentStore
 from cobrand.commands.exits import cli_errors
 from cobrand.commands.progress import ProgressBars
 from cobrand.errors import ConfigError
@@ -87,7 +87,8 @@ def run(
         scorer = BulkScorer(version, decisions, task, classes)
         with AlignmentStore(settings.data_dir) as store:
             aligned = aligned_table(table, store)
-            join_keys = np.concatenate([keys for keys, _ in store.members()])
+            batches = [keys for keys, _ in store.members()]
+        join_keys = np.concatenate(batches) if batches else np.empty(0, JOIN_KEY_DTYPE)
         address = partner or settings.partner.address
         tls = TlsFiles(ca_bundle=tls_ca, cert=tls_cert, key=tls_key)
         server_name = None if partner else settings.partner.server_name

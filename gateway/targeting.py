@@ -284,9 +284,18 @@ def target(
 
     Raises
     ------
-    UnknownModelVersion, FailedPrecondition, Unavailable, InvalidRequest
-        As `stream_embeddings` and `score_batches` raise them.
+    FailedPrecondition
+        No aligned customers, or not one join key per row; as `stream_embeddings` and
+        `score_batches` raise it.
+    UnknownModelVersion, Unavailable, InvalidRequest
+        As `stream_embeddings` raises them.
     """
+    if len(join_keys) != len(table):
+        raise FailedPrecondition(
+            f"{len(join_keys)} join keys for {len(table)} aligned rows of the bank's table"
+        )
+    if not len(table):
+        raise FailedPrecondition("the alignment holds no customers to score")
     bank = scorer.prepare(table)
     version_id = scorer.version.manifest.version_id
     batches = stream_embeddings(

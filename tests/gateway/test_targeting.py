@@ -20,7 +20,7 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from cobrand.errors import FailedPrecondition, UnknownModelVersion
+from cobrand.errors import ConfigError, FailedPrecondition, UnknownModelVersion
 from cobrand.rpc import create_channel, create_server
 from cobrand.v1 import embedding_pb2, embedding_pb2_grpc
 from gateway.application import stored_features_of
@@ -199,6 +199,15 @@ def test_a_partner_without_the_version_is_refused_naming_both_versions(
     assert pair.version.manifest.version_id in str(refused.value)
 
 
+def test_a_configuration_without_an_instalment_rule_table_is_refused_naming_the_key(
+    pair: PublishedPair, decisions: DecisionConfig
+) -> None:
+    without = decisions.model_copy(update={"instalment": None})
+
+    with pytest.raises(ConfigError, match="key 'instalment'"):
+        BulkScorer(pair.version, without, INSTALMENT, pair.classes)
+
+
 # --- cobrand target ------------------------------------------------------------------------
 
 runner = CliRunner()
@@ -300,6 +309,7 @@ def test_cobrand_target_writes_the_ranked_list_in_the_format_of_the_suffix(
         ("output", "/nonexistent-folder/top.csv", "--output"),
         ("output", "top.xlsx", "--output"),
         ("in-flight", "0", "--in-flight"),
+        ("model-version", "0123456789abcdef", "0123456789abcdef"),
     ],
 )
 def test_a_bad_option_exits_2_with_one_line_naming_it(
