@@ -73,8 +73,15 @@ def gateway(
     version_id: str,
     node: PartnerNode,
 ) -> Iterator[Gateway]:
+    # A lenient deadline: these tests are about what a used slice gives, on a shared machine;
+    # the 50 ms deadline is tested with the partner stopped, below.
     settings = gateway_settings(
-        tmp_path_factory.mktemp("gateway"), sites, throwaway_pki, version_id, node.port
+        tmp_path_factory.mktemp("gateway"),
+        sites,
+        throwaway_pki,
+        version_id,
+        node.port,
+        deadline_ms=500,
     )
     started = start_gateway(settings)
     assert started.partner.verified
@@ -268,7 +275,7 @@ def test_many_applications_at_once_are_each_decided_and_recorded(
             )
         )
 
-    # Under a burst on a shared machine a lookup may miss its 50 ms deadline; each is decided.
+    # Under a burst on a shared machine a lookup may miss its deadline; each is decided.
     for reply in replies:
         recorded = gateway.audit.get(reply.request_id)
         assert recorded is not None
