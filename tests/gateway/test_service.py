@@ -14,8 +14,9 @@ from typing import Any
 import grpc
 import pytest
 
+from cobrand.alignment_store import AlignmentStore
 from cobrand.rpc import REASON_METADATA_KEY, create_channel
-from cobrand.v1 import scoring_pb2, scoring_pb2_grpc
+from cobrand.v1 import embedding_pb2, embedding_pb2_grpc, scoring_pb2, scoring_pb2_grpc
 from gateway.audit_record import PartnerSliceStatus
 from gateway.server import Gateway, start_gateway
 from partner_node.server import PartnerNode, start_partner_node
@@ -148,7 +149,13 @@ def refusal(stub: Any, message: scoring_pb2.ScoreApplicationRequest) -> Any:
 
 
 def test_an_applicant_the_partner_knows_is_scored_with_the_partners_embedding(
-    bank_app: Any, gateway: Gateway, people: Applicants, version_id: str
+    bank_app: Any,
+    gateway: Gateway,
+    node: PartnerNode,
+    throwaway_pki: ThrowAwayPki,
+    sites: TrainingSites,
+    people: Applicants,
+    version_id: str,
 ) -> None:
     reply = bank_app.ScoreApplication(
         request("APP-known-1", spelt(people.aligned[0]), monthly_income=12000.0),
@@ -166,8 +173,18 @@ def test_an_applicant_the_partner_knows_is_scored_with_the_partners_embedding(
     assert not reply.replayed
     recorded = gateway.audit.get(reply.request_id)
     assert recorded is not None
-    assert recorded.partner_embedding is not None
-    assert len(recorded.partner_embedding) == PARTNER_WIDTH
+    # The very embedding the partner holds for this applicant's join key.
+    with AlignmentStore(sites.bank_data) as alignment:
+        join_key = alignment.join_key(people.aligned[0])
+    with create_channel(f"127.0.0.1:{node.port}", throwaway_pki.tls("gateway")) as channel:
+        direct = embedding_pb2_grpc.PartnerEmbeddingServiceStub(channel).GetEmbedding(  # type: ignore[no-untyped-call]
+            embedding_pb2.GetEmbeddingRequest(
+                request_id="direct", model_version=version_id, join_key=join_key
+            ),
+            timeout=TIMEOUT,
+        )
+    assert len(direct.embedding) == PARTNER_WIDTH
+    assert recorded.partner_embedding == tuple(direct.embedding)
     # The stored row completed the one field the application gave.
     assert recorded.bank_features["monthly_income"] == 12000.0
     assert recorded.bank_features["age"] is not None
