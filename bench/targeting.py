@@ -4,15 +4,16 @@
                               [--batch-keys 32768] [--in-flight 4] [--repeats 3]
 
 A synthetic co-brand set is aligned at both parties (keys assigned directly, as the tests do),
-one model version is saved at the bank and published at the partner under the same id (seeded,
-untrained networks: the cost does not depend on the weights), and the real partner node runs
+one model version is saved at the bank and published at the partner under the same id (the
+gateway tests' seeded, untrained networks, `tests.gateway.gateway_sites.publish_both_sides`:
+the cost does not depend on the weights; their sizes are printed), and the real partner node runs
 as a process of its own (``python -m partner_node serve``), with mutual TLS, as deployed. The
 partner node's first request of the version loads it (encodes its aligned rows and runs its
 bottom over them); that is timed apart, as a warm-up. Then, alternating, ``--repeats`` times:
 
-- ``cobrand target``: the command itself, end to end: the bank's settings, table, alignment and
-  model version loaded, its aligned rows encoded, the join keys streamed to the partner and
-  scored as the answers come, ranked and written (Parquet);
+- ``cobrand target``: the command itself, end to end: the gateway's and the bank's settings, the
+  bank's table, alignment and model version loaded, its aligned rows encoded, the join keys
+  streamed to the partner and scored as the answers come, ranked and written (Parquet);
 - ``targeting pipeline``: the same without loading (the tables and version already in memory):
   `gateway.targeting.target` and `write_ranked`;
 - ``in one process``: the same model on the same rows with no RPC: the partner's aligned rows
@@ -32,6 +33,7 @@ The bench builds its sites with the tests' helpers (``tests.training_sites``,
 from __future__ import annotations
 
 import argparse
+import secrets
 import statistics
 import tempfile
 import time
@@ -40,16 +42,17 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-import torch
 
 from cobrand.aligned_rows import aligned_table
 from cobrand.alignment_protocol import PsiSettings
 from cobrand.alignment_store import AlignmentStore
-from cobrand.commands.align import local_sites, tls_files
+from cobrand.commands.align import local_sites, tls_files, write_settings
 from cobrand.pki import Role, issue
 from cobrand.rpc import TlsFiles, create_channel
+from gateway.audit_log import AuditSettings
 from gateway.bulk_scoring import TASKS, BulkScorer
 from gateway.config import load_decision_config
+from gateway.settings import GatewaySettings, PartnerSettings
 from gateway.target_cli import run as cobrand_target
 from gateway.targeting import (
     DEFAULT_BATCH_KEYS,
@@ -62,8 +65,7 @@ from gateway.targeting import (
     write_ranked,
 )
 from tests.gateway.synth_version import EXAMPLES
-from tests.gateway.test_targeting_sites import PublishedPair, bank_aligned, publish_pair
-from tests.partner_node.embedding_sites import partner_table
+from tests.gateway.test_targeting_sites import BothSides, bank_aligned, both_sides
 from tests.training_sites import TrainingSites, write_training_sites
 
 DECISIONS = EXAMPLES / "cobrand_synth.yaml"
@@ -76,20 +78,15 @@ def _timed(work: Callable[[], object]) -> float:
 
 
 def _in_one_process(
-    sites: TrainingSites, pair: PublishedPair, scorer: BulkScorer, args: argparse.Namespace
+    sites: TrainingSites, pair: BothSides, scorer: BulkScorer, args: argparse.Namespace
 ) -> Callable[[Path], None]:
     """The same model on the same rows with no RPC: both sides' tables already loaded."""
     table, _ = bank_aligned(sites)
-    partners, _ = partner_table(sites)
     with AlignmentStore(sites.partner_data) as store:
-        partner_rows = aligned_table(partners, store)
+        partner_rows = aligned_table(pair.partner_table, store)
 
     def score(output: Path) -> None:
-        encoded = pair.partner_preprocessor.transform(partner_rows)
-        with torch.inference_mode():
-            embeddings = pair.partner_bottom(
-                torch.from_numpy(encoded.numeric), torch.from_numpy(encoded.categorical)
-            ).numpy()
+        embeddings = pair.embed(partner_rows)
         found = np.ones(len(embeddings), dtype=np.bool_)
         batches = (
             EmbeddingBatch(
@@ -105,16 +102,36 @@ def _in_one_process(
     return score
 
 
+def _gateway_settings(work: Path, gateway: TlsFiles, port: int, version_id: str) -> Path:
+    """The gateway's settings file, over the bank's settings `local_sites` wrote."""
+    key = work / "pseudonym.key"
+    key.write_bytes(secrets.token_bytes(32))
+    settings = GatewaySettings(
+        listen="127.0.0.1:0",
+        tls=gateway,
+        bank=work / "bank.yaml",
+        model_version=version_id,
+        decision_config=DECISIONS,
+        pseudonym_key=key,
+        partner=PartnerSettings(address=f"127.0.0.1:{port}"),
+        audit=AuditSettings(backend="sqlite", path=work / "audit.db"),
+    )
+    return write_settings(work / "gateway.yaml", settings)
+
+
 def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-targeting-") as temporary:
         work = Path(temporary)
         started = time.perf_counter()
         sites = write_training_sites(work, customers=args.customers, seed=7)
-        pair = publish_pair(sites, seed=1)
+        pair = both_sides(sites, seed=1)
+        bank, partner = pair.version.bottom.spec, pair.partner.bottom.spec
         print(
             f"{sites.intersection:,} aligned customers of {args.customers:,}, model version "
             f"{pair.version.manifest.version_id} at both sides "
-            f"(built in {time.perf_counter() - started:.1f} s)"
+            f"(built in {time.perf_counter() - started:.1f} s); bottoms hidden/embedding: "
+            f"bank {bank.hidden}/{bank.embedding_width}, partner "
+            f"{partner.hidden}/{partner.embedding_width}"
         )
         # local_sites puts each party's data directory under `work`: the sites' own.
         with local_sites(sites.files, work, PsiSettings()) as local:
@@ -126,7 +143,7 @@ def run(args: argparse.Namespace) -> None:
 
 def _measure(
     sites: TrainingSites,
-    pair: PublishedPair,
+    pair: BothSides,
     port: int,
     gateway: TlsFiles,
     work: Path,
@@ -145,17 +162,14 @@ def _measure(
         )
         print(f"partner node: first request loads the version in {load_s:.2f} s (warm-up)")
 
+        config = _gateway_settings(work, gateway, port, version_id)
+
         def command() -> None:
             cobrand_target(
+                config=config,
                 task=args.task,
                 top=args.top,
                 output=work / "command.parquet",
-                bank_config=work / "bank.yaml",
-                model_version=version_id,
-                decision_config=DECISIONS,
-                tls_ca=gateway.ca_bundle,
-                tls_cert=gateway.cert,
-                tls_key=gateway.key,
                 batch_keys=args.batch_keys,
                 in_flight=args.in_flight,
             )

@@ -1,14 +1,12 @@
 """`cobrand target`: a campaign's ranked list of the aligned base (mounted by ``cobrand/cli.py``).
 
-    cobrand target --task instalment --top 50000 --output top.parquet \\
-        --bank-config bank.yaml --model-version V --decision-config decision.yaml \\
-        --tls-ca ca.pem --tls-cert gateway.pem --tls-key gateway.key [--partner host:port]
+    cobrand target --config gateway.yaml --task instalment --top 50000 --output top.parquet
 
-The bank's node settings file (``--bank-config``) names the bank's federation, schema, table and
-data directory, where its alignment and model registry (``models/``) live; the partner node is
-its ``partner.address`` unless ``--partner`` is given. The embedding service admits the
-gateway's certificate alone (role ``gateway``), so the TLS files are the gateway's, not the
-node's. The list holds the bank's own customer identifiers: it stays inside the bank.
+The gateway's settings file (``gateway.settings``) gives everything: the bank node's settings
+(its federation, schema, table and data directory, where the alignment and the model registry
+live), the model version (``--model-version`` scores another one), the decision configuration,
+the partner node's address and the gateway's TLS files (the embedding service admits role
+``gateway`` alone). The list holds the bank's own customer identifiers: it stays in the bank.
 """
 
 from __future__ import annotations
@@ -29,11 +27,12 @@ from cobrand.errors import ConfigError
 from cobrand.model_store import ModelStore
 from cobrand.party_files import load_own_table
 from cobrand.pki import Party
-from cobrand.rpc import TlsFiles, create_channel
+from cobrand.rpc import create_channel
 from cobrand.schema import load_party_schema
 from cobrand.settings import load_settings
 from gateway.bulk_scoring import TASKS, BulkScorer
 from gateway.config import load_decision_config
+from gateway.settings import GatewaySettings
 from gateway.targeting import (
     DEFAULT_BATCH_KEYS,
     DEFAULT_IN_FLIGHT,
@@ -46,17 +45,12 @@ __all__ = ["run"]
 
 
 def run(
+    config: Annotated[Path, typer.Option(help="The gateway's settings file (gateway.yaml).")],
     task: Annotated[str, typer.Option(help=f"The campaign: {' or '.join(TASKS)}.")],
     top: Annotated[int, typer.Option(help="Customers to keep, best first.")],
     output: Annotated[Path, typer.Option(help="The ranked list, .csv or .parquet.")],
-    bank_config: Annotated[Path, typer.Option(help="The bank node's settings file.")],
-    model_version: Annotated[str, typer.Option(help="The model version to score with.")],
-    decision_config: Annotated[Path, typer.Option(help="The gateway's decision configuration.")],
-    tls_ca: Annotated[Path, typer.Option(help="Trust bundle for the partner's certificate.")],
-    tls_cert: Annotated[Path, typer.Option(help="The gateway's certificate (role gateway).")],
-    tls_key: Annotated[Path, typer.Option(help="The gateway certificate's key.")],
-    partner: Annotated[
-        str | None, typer.Option(help="host:port of the partner node (default: the bank's).")
+    model_version: Annotated[
+        str | None, typer.Option(help="Score with this version (default: the gateway's).")
     ] = None,
     batch_keys: Annotated[int, typer.Option(help="Join keys per request.")] = DEFAULT_BATCH_KEYS,
     in_flight: Annotated[int, typer.Option(help="Requests sent ahead.")] = DEFAULT_IN_FLIGHT,
@@ -76,24 +70,29 @@ def run(
         if timeout <= 0:
             raise ConfigError(f"--timeout: must be positive, got {timeout:g}")
         check_output(output, "--output")
-        settings = load_settings(BankNodeConfig, bank_config)
-        decisions = load_decision_config(decision_config)
+        settings = load_settings(GatewaySettings, config)
+        version_id = model_version or settings.model_version
+        bank = load_settings(BankNodeConfig, settings.bank)
+        decisions = load_decision_config(settings.decision_config)
         federation, table = load_own_table(
-            Party.BANK, settings.federation, settings.schema_file, settings.table
+            Party.BANK, bank.federation, bank.schema_file, bank.table
         )
-        packages = load_party_schema(settings.schema_file, federation).labels.rights_package
+        packages = load_party_schema(bank.schema_file, federation).labels.rights_package
         classes = packages.classes if packages is not None else ()
-        version = load_bank_version(ModelStore(settings.data_dir / "models"), model_version)
+        version = load_bank_version(ModelStore(bank.data_dir / "models"), version_id)
         scorer = BulkScorer(version, decisions, task, classes)
-        with AlignmentStore(settings.data_dir) as store:
+        with AlignmentStore(bank.data_dir) as store:
             aligned = aligned_table(table, store)
             batches = [keys for keys, _ in store.members()]
         join_keys = np.concatenate(batches) if batches else np.empty(0, JOIN_KEY_DTYPE)
-        address = partner or settings.partner.address
-        tls = TlsFiles(ca_bundle=tls_ca, cert=tls_cert, key=tls_key)
-        server_name = None if partner else settings.partner.server_name
+        partner = settings.partner
         with (
-            create_channel(address, tls, server_name=server_name) as channel,
+            create_channel(
+                partner.address,
+                settings.tls,
+                insecure=settings.insecure,
+                server_name=partner.server_name,
+            ) as channel,
             ProgressBars() as bars,
         ):
             ranked = target(
@@ -111,5 +110,5 @@ def run(
         bank_only = int(ranked.scores.partner_missing.sum())
         typer.echo(
             f"{len(ranked.customer_id)} of {len(aligned)} aligned customers ranked for {task} "
-            f"with model version {model_version} ({bank_only} scored bank-only): {output}"
+            f"with model version {version_id} ({bank_only} scored bank-only): {output}"
         )

@@ -17,9 +17,9 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 import typer
-import yaml
 from typer.testing import CliRunner
 
+from cobrand.commands.align import write_settings
 from cobrand.errors import ConfigError, FailedPrecondition, UnknownModelVersion
 from cobrand.rpc import create_channel, create_server
 from cobrand.v1 import embedding_pb2, embedding_pb2_grpc
@@ -32,12 +32,14 @@ from gateway.targeting import Ranked, target
 from partner_node.embedding_service import EMBEDDING_ROLES
 from partner_node.server import PartnerNode, start_partner_node
 from tests.conftest import ThrowAwayPki
+from tests.gateway.gateway_sites import gateway_settings
 from tests.gateway.synth_version import EXAMPLES
 from tests.gateway.test_targeting_sites import (
-    PublishedPair,
+    BothSides,
     add_bank_only_customers,
     bank_aligned,
-    publish_pair,
+    bank_only_version,
+    both_sides,
 )
 from tests.training_sites import TrainingSites, write_training_sites
 
@@ -61,8 +63,8 @@ def bank_only(sites: TrainingSites) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def pair(sites: TrainingSites, bank_only: set[str]) -> PublishedPair:
-    return publish_pair(sites, seed=2)
+def pair(sites: TrainingSites, bank_only: set[str]) -> BothSides:
+    return both_sides(sites, seed=2)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +74,7 @@ def decisions() -> DecisionConfig:
 
 @pytest.fixture(scope="module")
 def node(
-    throwaway_pki: ThrowAwayPki, sites: TrainingSites, pair: PublishedPair
+    throwaway_pki: ThrowAwayPki, sites: TrainingSites, pair: BothSides
 ) -> Iterator[PartnerNode]:
     started = start_partner_node(sites.partner_node_config(throwaway_pki.tls("partner")))
     yield started
@@ -102,7 +104,7 @@ def _rows(ranked: Ranked) -> list[Row]:
 
 def _in_one_process(
     sites: TrainingSites,
-    pair: PublishedPair,
+    pair: BothSides,
     decisions: DecisionConfig,
     bank_only: set[str],
     task: str,
@@ -138,7 +140,7 @@ def _assert_same(actual: list[Row], expected: list[Row]) -> None:
 @pytest.mark.parametrize("task", [INSTALMENT, RIGHTS_PACKAGE])
 def test_the_ranked_list_is_the_same_model_scored_in_one_process(
     sites: TrainingSites,
-    pair: PublishedPair,
+    pair: BothSides,
     decisions: DecisionConfig,
     bank_only: set[str],
     channel: grpc.Channel,
@@ -155,7 +157,7 @@ def test_the_ranked_list_is_the_same_model_scored_in_one_process(
 
 
 def test_top_n_keeps_the_n_best_and_one_batch_gives_the_same_list_as_many(
-    sites: TrainingSites, pair: PublishedPair, decisions: DecisionConfig, channel: grpc.Channel
+    sites: TrainingSites, pair: BothSides, decisions: DecisionConfig, channel: grpc.Channel
 ) -> None:
     table, keys = bank_aligned(sites)
     scorer = BulkScorer(pair.version, decisions, INSTALMENT, pair.classes)
@@ -169,7 +171,7 @@ def test_top_n_keeps_the_n_best_and_one_batch_gives_the_same_list_as_many(
 
 def test_customers_unknown_to_the_partner_are_scored_bank_only_and_flagged(
     sites: TrainingSites,
-    pair: PublishedPair,
+    pair: BothSides,
     decisions: DecisionConfig,
     bank_only: set[str],
     channel: grpc.Channel,
@@ -186,21 +188,21 @@ def test_customers_unknown_to_the_partner_are_scored_bank_only_and_flagged(
 
 
 def test_a_partner_without_the_version_is_refused_naming_both_versions(
-    sites: TrainingSites, pair: PublishedPair, decisions: DecisionConfig, channel: grpc.Channel
+    sites: TrainingSites, pair: BothSides, decisions: DecisionConfig, channel: grpc.Channel
 ) -> None:
-    other = publish_pair(sites, seed=3, at_partner=False)
+    other = bank_only_version(sites)
     table, keys = bank_aligned(sites)
-    scorer = BulkScorer(other.version, decisions, INSTALMENT, other.classes)
+    scorer = BulkScorer(other, decisions, INSTALMENT, pair.classes)
 
     with pytest.raises(UnknownModelVersion) as refused:
         target(scorer, table, keys, channel, top=10)
 
-    assert other.version.manifest.version_id in str(refused.value)
+    assert other.manifest.version_id in str(refused.value)
     assert pair.version.manifest.version_id in str(refused.value)
 
 
 def test_a_configuration_without_an_instalment_rule_table_is_refused_naming_the_key(
-    pair: PublishedPair, decisions: DecisionConfig
+    pair: BothSides, decisions: DecisionConfig
 ) -> None:
     without = decisions.model_copy(update={"instalment": None})
 
@@ -222,33 +224,19 @@ def _cli() -> typer.Typer:
 def _arguments(
     throwaway_pki: ThrowAwayPki,
     sites: TrainingSites,
-    pair: PublishedPair,
+    pair: BothSides,
     node: PartnerNode,
     directory: Path,
     **options: str,
 ) -> list[str]:
-    bank = throwaway_pki.tls("bank")
-    settings = {
-        "federation": str(sites.files.federation),
-        "schema": str(sites.files.bank_schema),
-        "table": str(sites.files.bank_table),
-        "data_dir": str(sites.bank_data),
-        "partner": {"address": f"127.0.0.1:{node.port}"},
-        "tls": {key: str(value) for key, value in bank.model_dump().items()},
-    }
-    config = directory / "bank.yaml"
-    config.write_text(yaml.safe_dump(settings))
-    gateway = throwaway_pki.tls("gateway")
+    settings = gateway_settings(
+        directory, sites, throwaway_pki, pair.version.manifest.version_id, node.port
+    )
     given = {
+        "config": str(write_settings(directory / "gateway.yaml", settings)),
         "task": INSTALMENT,
         "top": "40",
         "output": str(directory / "top.csv"),
-        "bank-config": str(config),
-        "model-version": pair.version.manifest.version_id,
-        "decision-config": str(DECISIONS),
-        "tls-ca": str(gateway.ca_bundle),
-        "tls-cert": str(gateway.cert),
-        "tls-key": str(gateway.key),
         **options,
     }
     return [part for key, value in given.items() for part in (f"--{key}", value)]
@@ -258,7 +246,7 @@ def _arguments(
 def test_cobrand_target_writes_the_ranked_list_in_the_format_of_the_suffix(
     throwaway_pki: ThrowAwayPki,
     sites: TrainingSites,
-    pair: PublishedPair,
+    pair: BothSides,
     decisions: DecisionConfig,
     node: PartnerNode,
     channel: grpc.Channel,
@@ -315,7 +303,7 @@ def test_cobrand_target_writes_the_ranked_list_in_the_format_of_the_suffix(
 def test_a_bad_option_exits_2_with_one_line_naming_it(
     throwaway_pki: ThrowAwayPki,
     sites: TrainingSites,
-    pair: PublishedPair,
+    pair: BothSides,
     node: PartnerNode,
     tmp_path: Path,
     option: str,
@@ -357,7 +345,7 @@ class _OtherVersionPartner(embedding_pb2_grpc.PartnerEmbeddingServiceServicer):
 def test_an_answer_of_another_version_is_refused_naming_both_versions(
     throwaway_pki: ThrowAwayPki,
     sites: TrainingSites,
-    pair: PublishedPair,
+    pair: BothSides,
     decisions: DecisionConfig,
 ) -> None:
     scorer = BulkScorer(pair.version, decisions, INSTALMENT, pair.classes)
