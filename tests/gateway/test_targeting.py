@@ -64,6 +64,7 @@ def bank_only(sites: TrainingSites) -> set[str]:
 
 @pytest.fixture(scope="module")
 def pair(sites: TrainingSites, bank_only: set[str]) -> BothSides:
+    # Taking `bank_only` first: every test that scores sees the bank's alignment with them.
     return both_sides(sites, seed=2)
 
 
