@@ -27,7 +27,7 @@ process runs the partner's encoding and bottom each time. The command's extra ti
 loading the bank's whole table (all its customers, not only the aligned ones).
 
 The bench builds its sites with the tests' helpers (``tests.training_sites``,
-``tests.gateway.test_targeting_sites``): run it from the repository root.
+``tests.gateway.targeting_sites``): run it from the repository root.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ from gateway.targeting import (
     write_ranked,
 )
 from tests.gateway.synth_version import EXAMPLES
-from tests.gateway.test_targeting_sites import BothSides, bank_aligned, both_sides
+from tests.gateway.targeting_sites import BothSides, bank_aligned, both_sides
 from tests.training_sites import TrainingSites, write_training_sites
 
 DECISIONS = EXAMPLES / "cobrand_synth.yaml"

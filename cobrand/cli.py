@@ -16,7 +16,8 @@ import typer  # noqa: E402
 
 from bank_node import cli as bank_cli  # noqa: E402
 from cobrand.commands import align, data, demo, pki, train  # noqa: E402
-from gateway import audit_cli  # noqa: E402
+from gateway import audit_cli, target_cli  # noqa: E402
+from gateway import cli as gateway_cli  # noqa: E402
 from partner_node import cli as partner_cli  # noqa: E402
 
 app = typer.Typer(
@@ -33,6 +34,8 @@ app.command(name="train")(train.run)
 app.add_typer(bank_cli.app, name="bank")
 app.add_typer(partner_cli.app, name="partner")
 app.add_typer(audit_cli.app, name="audit")
+app.add_typer(gateway_cli.app, name="gateway")
+app.command(name="target")(target_cli.run)
 
 
 @app.callback()

@@ -34,7 +34,7 @@ from partner_node.server import PartnerNode, start_partner_node
 from tests.conftest import ThrowAwayPki
 from tests.gateway.gateway_sites import gateway_settings
 from tests.gateway.synth_version import EXAMPLES
-from tests.gateway.test_targeting_sites import (
+from tests.gateway.targeting_sites import (
     BothSides,
     add_bank_only_customers,
     bank_aligned,
