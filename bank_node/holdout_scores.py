@@ -8,7 +8,7 @@ the full model's probabilities and its bank-only path's; `scores_from_logits`), 
 
 from __future__ import annotations
 
-import os
+import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +17,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from cobrand.durable import write_atomically
 from cobrand.errors import ConfigError, InvalidRequest
 
 __all__ = ["FloatArray", "TaskScores", "load_test_scores", "save_test_scores", "scores_from_logits"]
@@ -166,12 +167,12 @@ def save_test_scores(path: Path, scores: Mapping[str, TaskScores]) -> None:
             f"{i}.bank_only": entry.bank_only,
             f"{i}.classes": np.array(entry.classes, dtype=str),
         }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    with partial.open("wb") as file:
-        # numpy's stub lets a ** mapping fill its `allow_pickle: bool` keyword, hence the ignore.
-        np.savez_compressed(file, **arrays)  # type: ignore[arg-type]
-    os.replace(partial, path)
+    buffer = io.BytesIO()
+    # numpy's stub lets a ** mapping fill its `allow_pickle: bool` keyword, hence the ignore.
+    np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
+    # Durable before the run journals `finished`: the scores cannot be made again without the
+    # partner's embeddings.
+    write_atomically(path, buffer.getvalue())
 
 
 def load_test_scores(path: Path) -> dict[str, TaskScores]:

@@ -17,12 +17,12 @@ one class) on the labels of ``privacy.task``.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
 from cobrand.alignment_store import AlignmentSummary
+from cobrand.durable import write_atomically
 
 __all__ = ["summary_lines", "training_report", "write_report"]
 
@@ -76,11 +76,9 @@ def _task(figures: Mapping[str, float | None]) -> dict[str, Any]:
 
 
 def write_report(path: Path, report: Mapping[str, Any]) -> None:
-    """Write `report` as indented JSON, replacing `path` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(partial, path)
+    """Write `report` as indented JSON, replacing `path` atomically and durably."""
+    text = json.dumps(report, indent=2, allow_nan=False) + "\n"
+    write_atomically(path, text.encode("utf-8"))
 
 
 def summary_lines(report: Mapping[str, Any]) -> list[str]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -37,6 +36,7 @@ from bank_node.report_curves import (
     rank_curves,
     score_histogram,
 )
+from cobrand.durable import write_atomically
 from cobrand.errors import InvalidRequest
 
 __all__ = ["render_report_html", "write_report_html"]
@@ -59,12 +59,8 @@ section { border-top: 2px solid #1f4e79; margin-top: 2em; }
 def write_report_html(
     path: Path, report: Mapping[str, Any], scores: Mapping[str, TaskScores]
 ) -> None:
-    """Render the report (`render_report_html`) to `path`, replacing it atomically."""
-    text = render_report_html(report, scores)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
+    """Render the report (`render_report_html`) to `path`, replacing it atomically and durably."""
+    write_atomically(path, render_report_html(report, scores).encode("utf-8"))
 
 
 def render_report_html(report: Mapping[str, Any], scores: Mapping[str, TaskScores]) -> str:

@@ -21,6 +21,7 @@ import typer
 
 from cobrand.commands.exits import cli_errors
 from cobrand.commands.progress import ProgressBars
+from cobrand.durable import write_atomically
 from cobrand.errors import ConfigError
 from cobrand.flower_sites import flower_environment, supernode_command
 from cobrand.settings import load_settings
@@ -65,7 +66,8 @@ def serve(
         def started(node: PartnerNode) -> None:
             typer.echo(f"partner node serving {node.rows:,} identifiers on port {node.port}")
             if port_file is not None:
-                _write_atomically(port_file, f"{node.port}\n")
+                # Whoever waits for the file must never read half a port number.
+                write_atomically(port_file, f"{node.port}\n".encode("ascii"))
 
         with ProgressBars() as progress:
             serve_node(settings, progress, on_started=started)
@@ -123,10 +125,3 @@ def _dialable(listen: str) -> str:
     """The node's listen address as the SuperNode on the same host dials it."""
     host, _, port = listen.rpartition(":")
     return f"{_LOOPBACK if host in _ANY_HOST else host}:{port}"
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    # Whoever waits for the file must never read half a port number.
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
