@@ -111,7 +111,8 @@ def scores_from_logits(
     labels: Mapping[str, npt.NDArray[Any]],
     classes: Mapping[str, tuple[str, ...]],
 ) -> dict[str, TaskScores]:
-    """Both paths' logits per task as `TaskScores`, keeping the labelled rows only.
+    """Both paths' logits per task as `TaskScores`, keeping the labelled rows only; a task
+    without labelled rows is left out.
 
     Labels follow `bank_node.evaluation.task_metrics`: NaN marks an unlabelled row of a binary
     task, -1 of a K-class task. Probabilities are computed in float64, where logits up to about
@@ -130,6 +131,9 @@ def scores_from_logits(
         binary = full[task].ndim == 1
         truth = np.asarray(values, dtype=np.float64)
         labelled = ~np.isnan(truth) if binary else truth >= 0
+        if not labelled.any():
+            # Nothing to draw: the report says the task has no labelled test rows.
+            continue
         result[task] = TaskScores(
             labels=truth[labelled].astype(np.int64),
             full=_probabilities(full[task][labelled]),

@@ -71,7 +71,8 @@ def render_report_html(report: Mapping[str, Any], scores: Mapping[str, TaskScore
     report : mapping
         ``report.json`` as `bank_node.report.training_report` builds it.
     scores : mapping of task to TaskScores
-        The same run's test rows per task, the tasks and row counts of ``report["tasks"]``.
+        The same run's test rows per task: the tasks of ``report["tasks"]`` with labelled test
+        rows, in its order, and their row counts.
 
     Raises
     ------
@@ -80,10 +81,11 @@ def render_report_html(report: Mapping[str, Any], scores: Mapping[str, TaskScore
         their tasks or row counts differ from the report's.
     """
     tasks: Mapping[str, Mapping[str, Any]] = report["tasks"]
-    if list(tasks) != list(scores):
+    scored = [task for task, figures in tasks.items() if figures["test_rows"] > 0]
+    if scored != list(scores):
         raise InvalidRequest(
-            f"the report's tasks ({', '.join(tasks)}) differ from the test scores' "
-            f"({', '.join(scores)})"
+            f"the report's tasks with test rows ({', '.join(scored)}) differ from the test "
+            f"scores' ({', '.join(scores)})"
         )
     for task, entry in scores.items():
         entry.check(task)
@@ -101,6 +103,9 @@ def render_report_html(report: Mapping[str, Any], scores: Mapping[str, TaskScore
         *(f'<li><a href="#task-{i}">{_e(task)}</a></li>' for i, task in enumerate(scores, 1)),
         "</ul>",
     ]
+    unlabelled = [task for task in tasks if task not in scores]
+    if unlabelled:
+        parts.append(f"<p>No labelled test rows for {_e(', '.join(unlabelled))}: no figures.</p>")
     for i, (task, entry) in enumerate(scores.items(), 1):
         body = _binary_task(entry) if entry.binary else _class_task(entry)
         kind = "binary" if entry.binary else f"{len(entry.classes)} classes"

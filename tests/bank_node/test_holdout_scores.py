@@ -129,3 +129,12 @@ def test_scores_from_logits_keep_labelled_rows_as_probabilities() -> None:
     assert rights.classes == ("a", "b")
     risk.check("risk")
     rights.check("rights_package")
+
+
+def test_a_task_without_labelled_rows_is_left_out() -> None:
+    logits = {"risk": np.zeros(3), "rights_package": np.zeros((3, 2))}
+    labels = {"risk": np.array([0.0, 1.0, 0.0]), "rights_package": np.array([-1, -1, -1])}
+
+    scores = scores_from_logits(logits, logits, labels, {"rights_package": ("a", "b")})
+
+    assert list(scores) == ["risk"]

@@ -227,12 +227,30 @@ def test_scores_for_other_tasks_or_rows_than_the_report_are_refused(
 ) -> None:
     report = _report(three_tasks)
     fewer = dict(list(three_tasks.items())[:2])
-    with pytest.raises(InvalidRequest, match=r"tasks \(risk, instalment, rights_package\) differ"):
+    with pytest.raises(
+        InvalidRequest, match=r"tasks with test rows \(risk, instalment, rights_package\) differ"
+    ):
         render_report_html(report, fewer)
     other_rows = copy.deepcopy(report)
     other_rows["tasks"]["risk"]["test_rows"] = 601
     with pytest.raises(InvalidRequest, match="task 'risk': the report counts 601 test rows"):
         render_report_html(other_rows, three_tasks)
+
+
+def test_a_task_without_labelled_test_rows_is_named_without_figures(
+    three_tasks: dict[str, TaskScores],
+) -> None:
+    report = _report(three_tasks)
+    report["tasks"]["instalment"]["test_rows"] = 0
+    scored = {task: entry for task, entry in three_tasks.items() if task != "instalment"}
+
+    text = render_report_html(report, scored)
+
+    assert "<p>No labelled test rows for instalment: no figures.</p>" in text
+    assert [section["heading"] for section in _parse(text).sections.values()] == [
+        "Task risk (binary)",
+        "Task rights_package (3 classes)",
+    ]
 
 
 def test_write_report_html_leaves_only_the_finished_file(tmp_path: Path) -> None:
