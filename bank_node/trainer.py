@@ -408,9 +408,11 @@ class BankTrainer:
         if not torch.isfinite(loss):
             # Stop before a NaN gradient reaches the partner's weights (and before the
             # partner refuses it).
+            # The step ran at the round's rate, which early stopping may have halved.
+            rate = self._optimizer.param_groups[0]["lr"]
             raise FailedPrecondition(
                 f"training diverged: the loss of a batch is {loss.item()}; lower the learning "
-                f"rate (now {self._config.learning_rate:g})"
+                f"rate (now {rate:g})"
             )
         # Drawn before the backward pass frees the head's graph; the bank's own step is exact.
         noise = self._defence.noise(outputs, labels, partner_embedding)

@@ -14,6 +14,7 @@ import torch
 from google.protobuf.message import Message
 
 from bank_node.evaluation import total_loss
+from bank_node.round_state import EarlyStopping
 from bank_node.trainer import BankTrainer
 from bank_node.training_config import TrainingConfig
 from bank_node.training_data import BankTrainingData
@@ -328,3 +329,23 @@ def test_a_diverging_run_stops_before_its_gradient_leaves_the_bank(
         trainer.fit(_planner(partner))
 
     assert partner.completed_rounds == 0
+
+
+def test_a_diverging_step_reports_the_learning_rate_it_ran_at(
+    aligned_set: AlignedSet,
+    partner_service: DataPlaneService,
+    bank_channel: grpc.Channel,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As if early stopping had halved the rate twice since the best round.
+    monkeypatch.setattr(EarlyStopping, "learning_rate", lambda self, base, round_number: base / 4)
+    partner = start_partner_run(
+        partner_service, "run-diverge-rate", aligned_set.partner_features, aligned_set.partner_spec
+    )
+    client = bank_client(bank_channel, "run-diverge-rate", aligned_set.partner_spec)
+    trainer = BankTrainer(
+        aligned_set.bank, aligned_set.bank_spec, client, TrainingConfig(learning_rate=1e30)
+    )
+
+    with pytest.raises(FailedPrecondition, match=r"lower the learning rate \(now 2\.5e\+29\)"):
+        trainer.fit(_planner(partner))
