@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import shutil
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,9 @@ class ModelStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        # record_peer reads, checks and rewrites a manifest: concurrent calls (a retried
+        # publish) must not both pass the check, nor replace each other's rewrite.
+        self._peer_lock = threading.Lock()
 
     def versions(self) -> list[str]:
         """Ids of the versions saved whole, sorted; half-written ones are never listed."""
@@ -261,7 +265,8 @@ class ModelStore:
     def record_peer(self, version_id: str, peer_manifest_sha256: bytes) -> Manifest:
         """Record the other party's manifest digest in a version's manifest (atomically).
 
-        Recording the digest already recorded is a no-op.
+        Recording the digest already recorded is a no-op. Concurrent calls on this store are
+        serialized: one records its digest, the others find it recorded.
 
         Raises
         ------
@@ -271,23 +276,31 @@ class ModelStore:
             Another peer digest is recorded already: the version was published twice with
             different content at the peer.
         """
-        manifest = self.manifest(version_id)
-        digest = peer_manifest_sha256.hex()
-        if manifest.peer_manifest_sha256 == digest:
-            return manifest
-        if manifest.peer_manifest_sha256 is not None:
-            raise FailedPrecondition(
-                f"model version {version_id}: peer manifest {manifest.peer_manifest_sha256[:12]} "
-                f"is recorded already; the peer now reports {digest[:12]}"
+        with self._peer_lock:
+            manifest = self.manifest(version_id)
+            digest = peer_manifest_sha256.hex()
+            if manifest.peer_manifest_sha256 == digest:
+                return manifest
+            if manifest.peer_manifest_sha256 is not None:
+                raise FailedPrecondition(
+                    f"model version {version_id}: peer manifest "
+                    f"{manifest.peer_manifest_sha256[:12]} is recorded already; the peer now "
+                    f"reports {digest[:12]}"
+                )
+            updated = manifest.model_copy(update={"peer_manifest_sha256": digest})
+            path = self._directory(version_id) / MANIFEST_FILE
+            # Beside the versions, not inside one: a crash must not leave a file the manifest
+            # lacks. A unique name: another process's writer never truncates this one's partial.
+            partial = (
+                self.root / f"{_PARTIAL_PREFIX}{version_id}.{secrets.token_hex(4)}.{MANIFEST_FILE}"
             )
-        updated = manifest.model_copy(update={"peer_manifest_sha256": digest})
-        path = self._directory(version_id) / MANIFEST_FILE
-        # Beside the versions, not inside one: a crash must not leave a file the manifest lacks.
-        partial = self.root / f"{_PARTIAL_PREFIX}{version_id}.{MANIFEST_FILE}"
-        _write_synced(partial, updated.to_json().encode("ascii"))
-        os.replace(partial, path)
-        fsync_path(path.parent)
-        return updated
+            try:
+                _write_synced(partial, updated.to_json().encode("ascii"))
+                os.replace(partial, path)
+            finally:
+                partial.unlink(missing_ok=True)
+            fsync_path(path.parent)
+            return updated
 
     def _existing(
         self, party: Literal["bank", "partner"], model: ModelDigests, version_id: str
@@ -310,7 +323,7 @@ class ModelStore:
 
 
 def _write_synced(path: Path, data: bytes) -> None:
-    with path.open("wb") as handle:
+    with path.open("xb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())

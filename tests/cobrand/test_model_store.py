@@ -7,12 +7,14 @@ import hashlib
 import json
 import os
 import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from cobrand.errors import FailedPrecondition, InvalidRequest, UnknownModelVersion
-from cobrand.model_manifest import MANIFEST_FILE, ModelDigests, manifest_digest
+from cobrand.model_manifest import MANIFEST_FILE, Manifest, ModelDigests, manifest_digest
 from cobrand.model_store import ModelStore
 
 MODEL = ModelDigests.of(
@@ -202,3 +204,71 @@ def test_a_crash_while_recording_the_peer_leaves_the_version_loadable(
     monkeypatch.undo()
 
     assert store.load(MODEL.version_id).manifest == saved
+
+
+def test_a_failed_peer_record_leaves_no_partial_manifest_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ModelStore(tmp_path)
+    store.save("bank", MODEL, FILES)
+
+    def crash(source: Path, target: Path) -> None:
+        raise OSError("power cut")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="power cut"):
+        store.record_peer(MODEL.version_id, hashlib.sha256(b"partner manifest").digest())
+
+    assert [entry.name for entry in tmp_path.iterdir()] == [MODEL.version_id]
+
+
+def test_concurrent_records_of_the_same_peer_digest_all_return_it(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    saved = store.save("bank", MODEL, FILES)
+    peer = hashlib.sha256(b"partner manifest").digest()
+    callers = 8
+    start = threading.Barrier(callers)
+
+    def record(_: int) -> Manifest:
+        start.wait()
+        return store.record_peer(MODEL.version_id, peer)
+
+    with ThreadPoolExecutor(callers) as pool:
+        recorded = list(pool.map(record, range(callers)))
+
+    assert {manifest.peer_manifest_sha256 for manifest in recorded} == {peer.hex()}
+    assert store.load(MODEL.version_id).manifest == saved.model_copy(
+        update={"peer_manifest_sha256": peer.hex()}
+    )
+    assert [entry.name for entry in tmp_path.iterdir()] == [MODEL.version_id]
+
+
+def test_of_concurrent_records_of_different_peer_digests_exactly_one_is_kept(
+    tmp_path: Path,
+) -> None:
+    store = ModelStore(tmp_path)
+    store.save("bank", MODEL, FILES)
+    callers = 8
+    start = threading.Barrier(callers)
+
+    def record(caller: int) -> str | FailedPrecondition:
+        start.wait()
+        try:
+            return (
+                store.record_peer(
+                    MODEL.version_id, hashlib.sha256(bytes([caller])).digest()
+                ).peer_manifest_sha256
+                or ""
+            )
+        except FailedPrecondition as err:
+            return err
+
+    with ThreadPoolExecutor(callers) as pool:
+        outcomes = list(pool.map(record, range(callers)))
+
+    kept = [outcome for outcome in outcomes if isinstance(outcome, str)]
+    refused = [str(outcome) for outcome in outcomes if isinstance(outcome, FailedPrecondition)]
+    assert len(kept) == 1
+    assert len(refused) == callers - 1
+    assert all("is recorded already" in message for message in refused), refused
+    assert store.manifest(MODEL.version_id).peer_manifest_sha256 == kept[0]
