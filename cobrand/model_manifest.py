@@ -24,7 +24,7 @@ from typing import Annotated, Any, Final, Literal
 import pydantic
 from pydantic import ConfigDict, Field
 
-from cobrand.errors import FailedPrecondition
+from cobrand.errors import FailedPrecondition, InvalidRequest
 
 __all__ = [
     "FORMAT",
@@ -32,6 +32,8 @@ __all__ = [
     "ArtefactEntry",
     "Manifest",
     "ModelDigests",
+    "check_version_id",
+    "is_version_id",
     "manifest_digest",
     "model_version",
     "verify_peer",
@@ -41,6 +43,7 @@ FORMAT: Final = "cobrand.model_version/1"
 """Format tag of every manifest; bumped on any change of meaning."""
 MANIFEST_FILE: Final = "manifest.json"
 
+_VERSION_ID = re.compile(r"[0-9a-f]{16}")
 # Artefact names are plain file names, so a manifest can never point outside its directory.
 _ARTEFACT_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,99}")
 
@@ -55,6 +58,30 @@ def model_version(bank_sha256: str, partner_sha256: str) -> str:
     """
     both = bytes.fromhex(bank_sha256) + bytes.fromhex(partner_sha256)
     return hashlib.sha256(both).hexdigest()[:16]
+
+
+def is_version_id(value: str) -> bool:
+    """Whether `value` has the form of a version id (`model_version`): 16 lower-case hex digits."""
+    return _VERSION_ID.fullmatch(value) is not None
+
+
+def check_version_id(value: str, what: str) -> str:
+    """`value`, checked to have the form of a version id.
+
+    Parameters
+    ----------
+    value : str
+    what : str
+        What `value` is, for the error, e.g. ``"model version"``.
+
+    Raises
+    ------
+    InvalidRequest
+        `value` is not 16 lower-case hexadecimal digits.
+    """
+    if not is_version_id(value):
+        raise InvalidRequest(f"{what} {value!r} is not 16 lower-case hexadecimal digits")
+    return value
 
 
 class _Frozen(pydantic.BaseModel):

@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import secrets
 import shutil
 import threading
@@ -35,13 +34,19 @@ import pydantic
 
 from cobrand.durable import fsync_path
 from cobrand.errors import FailedPrecondition, InvalidRequest, UnknownModelVersion
-from cobrand.model_manifest import MANIFEST_FILE, ArtefactEntry, Manifest, ModelDigests
+from cobrand.model_manifest import (
+    MANIFEST_FILE,
+    ArtefactEntry,
+    Manifest,
+    ModelDigests,
+    check_version_id,
+    is_version_id,
+)
 
 __all__ = ["ModelStore", "StoredVersion"]
 
 _LOG = logging.getLogger(__name__)
 
-_VERSION_ID = re.compile(r"[0-9a-f]{16}")
 _PARTIAL_PREFIX = ".partial-"
 
 
@@ -112,7 +117,7 @@ class ModelStore:
         return sorted(
             entry.name
             for entry in self.root.iterdir()
-            if _VERSION_ID.fullmatch(entry.name) and (entry / MANIFEST_FILE).is_file()
+            if is_version_id(entry.name) and (entry / MANIFEST_FILE).is_file()
         )
 
     def manifest(self, version_id: str) -> Manifest:
@@ -315,11 +320,7 @@ class ModelStore:
         return manifest
 
     def _directory(self, version_id: str) -> Path:
-        if not _VERSION_ID.fullmatch(version_id):
-            raise InvalidRequest(
-                f"model version {version_id!r} is not 16 lower-case hexadecimal digits"
-            )
-        return self.root / version_id
+        return self.root / check_version_id(version_id, "model version")
 
 
 def _write_synced(path: Path, data: bytes) -> None:

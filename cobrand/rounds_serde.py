@@ -7,10 +7,8 @@ what the other decodes. Decoding refuses what the plain types cannot hold with `
 
 from __future__ import annotations
 
-import re
-
 from cobrand.errors import InvalidRequest
-from cobrand.model_manifest import ModelDigests
+from cobrand.model_manifest import ModelDigests, check_version_id
 from cobrand.rounds_protocol import (
     DIGEST_BYTES,
     AlignmentVersion,
@@ -20,8 +18,6 @@ from cobrand.rounds_protocol import (
     RunProgress,
 )
 from cobrand.v1 import rounds_pb2
-
-_VERSION_ID = re.compile(r"[0-9a-f]{16}")
 
 __all__ = [
     "partner_manifest_from_proto",
@@ -148,7 +144,7 @@ def publication_from_proto(message: rounds_pb2.PublishModelRequest) -> ModelPubl
         "bank_manifest_sha256",
     ):
         _check_digest(getattr(message, field), f"{what}: {field}")
-    _check_version_id(message.version_id, what)
+    check_version_id(message.version_id, f"{what}: version_id")
     return ModelPublication(
         run_id=message.run_id,
         round=message.round,
@@ -191,13 +187,6 @@ def partner_manifest_from_proto(
         f"model version {publication.version_id}: partner_manifest_sha256",
     )
     return message.partner_manifest_sha256
-
-
-def _check_version_id(version_id: str, what: str) -> None:
-    if not _VERSION_ID.fullmatch(version_id):
-        raise InvalidRequest(
-            f"{what}: version_id {version_id!r} is not 16 lower-case hexadecimal digits"
-        )
 
 
 def _check_digest(value: bytes, what: str) -> None:

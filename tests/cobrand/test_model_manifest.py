@@ -8,8 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from cobrand.errors import FailedPrecondition
-from cobrand.model_manifest import ModelDigests, manifest_digest, model_version, verify_peer
+from cobrand.errors import FailedPrecondition, InvalidRequest
+from cobrand.model_manifest import (
+    ModelDigests,
+    check_version_id,
+    is_version_id,
+    manifest_digest,
+    model_version,
+    verify_peer,
+)
 from cobrand.model_store import ModelStore
 
 MODEL = ModelDigests.of(
@@ -71,3 +78,16 @@ def test_version_without_a_recorded_peer_is_not_used(tmp_path: Path) -> None:
 
     with pytest.raises(FailedPrecondition, match="no bank manifest recorded"):
         verify_peer(partner, MODEL.version_id, b"\x01" * 32)
+
+
+@pytest.mark.parametrize("value", ["", "0123456789ABCDEF", "0123456789abcde", "0123456789abcdef0"])
+def test_a_malformed_version_id_is_refused_naming_what_it_is(value: str) -> None:
+    with pytest.raises(InvalidRequest, match=f"model version {value!r} is not 16 lower-case hex"):
+        check_version_id(value, "model version")
+
+
+def test_a_version_id_of_model_digests_is_accepted() -> None:
+    version_id = model_version("00" * 32, "11" * 32)
+
+    assert is_version_id(version_id)
+    assert check_version_id(version_id, "model version") == version_id
