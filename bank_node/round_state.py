@@ -76,8 +76,13 @@ class RoundKeeper(Protocol):
     def keep(self, state: BankState, result: RoundResult | None) -> None:
         """Keep `state` (round 0's comes without a result)."""
 
+    def read(self, round_number: int) -> BankState:
+        """The state kept for `round_number`, leaving every kept round as it is (the best
+        round's weights for the final evaluation)."""
+
     def restore(self, round_number: int) -> BankState:
-        """The state kept for `round_number`."""
+        """Go back to `round_number` to train the rounds after it again: its state, with the
+        later rounds' states forgotten (they will be kept anew)."""
 
 
 class MemoryRounds:
@@ -89,5 +94,9 @@ class MemoryRounds:
     def keep(self, state: BankState, result: RoundResult | None) -> None:
         self._states[state.round] = copy.deepcopy(state)
 
-    def restore(self, round_number: int) -> BankState:
+    def read(self, round_number: int) -> BankState:
         return self._states[round_number]
+
+    def restore(self, round_number: int) -> BankState:
+        self._states = {r: s for r, s in self._states.items() if r <= round_number}
+        return self.read(round_number)

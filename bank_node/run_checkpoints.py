@@ -4,7 +4,8 @@
 goes to ``<runs_dir>/<run id>/round-<n>.pt`` (``cobrand.checkpoint_files``: weights, Adam's
 state, and as extras the generator's state and the early-stopping figures) the moment the round
 is trained, before the partner's confirmation commits it, so a committed round is always on
-disk. Restoring a round reads its file back and checks it holds the weights written then.
+disk. Reading a round (the best one, for the final evaluation) or restoring one (going back to
+it after the partner was lost) reads its file back and checks it holds the weights written then.
 
 Only what a resume can need is kept: the last committed round, the best round so far (its
 weights are the model if the run stops), and the rounds trained since the last commit.
@@ -76,8 +77,9 @@ class RunCheckpoints:
             {committed, self.best_round} | {r for r in self._digests if r > committed}
         )
 
-    def restore(self, round_number: int) -> BankState:
-        """Round `round_number`'s state, read back from its file.
+    def read(self, round_number: int) -> BankState:
+        """Round `round_number`'s state, read back from its file; every round's digest stays
+        kept, so a later restore still checks what it reads.
 
         Raises
         ------
@@ -88,14 +90,24 @@ class RunCheckpoints:
         extra = checkpoint.extra
         generator = extra["generator"]
         assert isinstance(generator, torch.Tensor)
-        stopping = EarlyStopping(int(extra["best_round"]), float(extra["best_loss"]))
-        self.best_round = stopping.best_round
-        # Rounds after it will be trained again and written anew.
-        self._digests = {r: d for r, d in self._digests.items() if r <= round_number}
         return BankState(
             round=checkpoint.round,
             weights=dict(checkpoint.weights),
             optimizer=dict(checkpoint.optimizer),
             generator=generator,
-            stopping=stopping,
+            stopping=EarlyStopping(int(extra["best_round"]), float(extra["best_loss"])),
         )
+
+    def restore(self, round_number: int) -> BankState:
+        """Go back to round `round_number`: its state (`read`), and the rounds after it
+        forgotten, since they will be trained again and written anew.
+
+        Raises
+        ------
+        FailedPrecondition
+            Naming the file: missing, damaged, or holding other weights than were written.
+        """
+        state = self.read(round_number)
+        self.best_round = state.stopping.best_round
+        self._digests = {r: d for r, d in self._digests.items() if r <= round_number}
+        return state

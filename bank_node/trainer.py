@@ -227,7 +227,7 @@ class BankTrainer:
                     keeper.keep(self.state(round_number, stopping), result)
                     round_number += 1
                 else:
-                    best = keeper.restore(stopping.best_round)
+                    best = keeper.read(stopping.best_round)
                     self._load_weights(best.weights)
                     test, _ = self.evaluate(TEST, best.round)
             except Unavailable as exc:

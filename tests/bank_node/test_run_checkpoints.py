@@ -98,3 +98,20 @@ def test_a_checkpoint_replaced_by_other_weights_is_refused_naming_the_file(tmp_p
 
     with pytest.raises(FailedPrecondition, match=r"run-7/round-1\.pt: holds checkpoint .* but"):
         run.checkpoints.restore(1)
+
+
+def test_reading_the_best_round_keeps_later_rounds_checked_for_a_restore(tmp_path: Path) -> None:
+    run = Run(tmp_path)
+    run.checkpoints.keep(_state(0, 0), None)
+    for round_number in (1, 2, 3):
+        run.checkpoints.keep(_state(round_number, 1), _result(round_number))
+    other = Run(tmp_path / "elsewhere")
+    other.checkpoints.keep(_state(3, 1, seed=2), _result(3))
+
+    best = run.checkpoints.read(1)
+    other.checkpoints.files.path(3).replace(run.checkpoints.files.path(3))
+
+    assert best.round == 1
+    assert run.checkpoints.best_round == 1
+    with pytest.raises(FailedPrecondition, match=r"run-7/round-3\.pt: holds checkpoint .* but"):
+        run.checkpoints.restore(3)

@@ -14,7 +14,7 @@ import torch
 from google.protobuf.message import Message
 
 from bank_node.evaluation import total_loss
-from bank_node.round_state import EarlyStopping
+from bank_node.round_state import BankState, EarlyStopping, MemoryRounds
 from bank_node.trainer import BankTrainer
 from bank_node.training_config import TrainingConfig
 from bank_node.training_data import BankTrainingData
@@ -34,6 +34,18 @@ def _planner(partner: PartnerTrainer) -> Callable[[int, float], None]:
     )
 
 
+class _RecordingRounds(MemoryRounds):
+    """Keeps rounds in memory and notes every round the trainer went back to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.restored: list[int] = []
+
+    def restore(self, round_number: int) -> BankState:
+        self.restored.append(round_number)
+        return super().restore(round_number)
+
+
 def test_a_short_federated_run_beats_the_bank_only_path_on_every_task(
     aligned_set: AlignedSet,
     partner_service: DataPlaneService,
@@ -50,8 +62,9 @@ def test_a_short_federated_run_beats_the_bank_only_path_on_every_task(
         client,
         TrainingConfig(max_rounds=3, batch_size=128),
     )
+    keeper = _RecordingRounds()
 
-    result = trainer.fit(_planner(partner))
+    result = trainer.fit(_planner(partner), keeper=keeper)
 
     risk, instalment = result.test["risk"], result.test["instalment"]
     package = result.test["rights_package"]
@@ -76,6 +89,8 @@ def test_a_short_federated_run_beats_the_bank_only_path_on_every_task(
         assert train_rows * 68 <= done.bytes_sent <= train_rows * 68 * 1.05
         assert train_rows * 64 <= done.bytes_received <= train_rows * 64 * 1.05
     assert result.bytes_sent > sum(done.bytes_sent for done in result.rounds)
+    # The final evaluation only reads the best round: nothing was lost, nothing is rewound.
+    assert keeper.restored == []
 
 
 @pytest.mark.parametrize(("noise", "leaks"), [(0.0, True), (1.5, False)])
