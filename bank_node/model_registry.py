@@ -56,7 +56,7 @@ from cobrand.model_artefacts import (
 )
 from cobrand.model_manifest import Manifest, ModelDigests
 from cobrand.model_store import ModelStore, StoredVersion
-from cobrand.preprocess import MISSING_INDEX, UNSEEN_INDEX, Preprocessor
+from cobrand.preprocess import FIRST_KNOWN_INDEX, MISSING_INDEX, UNSEEN_INDEX, Preprocessor
 from cobrand.split_model import BottomModel, HeadModel
 from cobrand.weights import weights_digest
 
@@ -397,8 +397,7 @@ def _category_name(vocabulary: tuple[str, ...], index: int) -> str:
         return "missing"
     if index == UNSEEN_INDEX:
         return "other"
-    # Known categories are indexed from just after the unseen index, in vocabulary order.
-    return vocabulary[index - (UNSEEN_INDEX + 1)]
+    return vocabulary[index - FIRST_KNOWN_INDEX]
 
 
 def _baseline(

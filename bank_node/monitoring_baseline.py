@@ -18,14 +18,12 @@ import pydantic
 from pydantic import ConfigDict, Field
 
 from cobrand.errors import InvalidRequest
+from cobrand.preprocess import FIRST_KNOWN_INDEX
 
 __all__ = ["OTHER_OR_MISSING", "CategoryBins", "NumericBins"]
 
 OTHER_OR_MISSING: Final = "other/missing"
 """The name of a categorical baseline's bin for missing, rare and unseen values."""
-
-# Encoded categorical indices (cobrand.preprocess): 0 missing, 1 unseen or rare, 2.. known.
-_FIRST_KNOWN_INDEX: Final = 2
 
 
 class _Frozen(pydantic.BaseModel):
@@ -146,7 +144,7 @@ def _category_counts(categories: int, indices: npt.ArrayLike) -> npt.NDArray[np.
             f"category indices must be a non-empty 1-D integer array, got {array.dtype} "
             f"of shape {array.shape}"
         )
-    top = categories + _FIRST_KNOWN_INDEX
+    top = categories + FIRST_KNOWN_INDEX
     outside = (array < 0) | (array >= top)
     if outside.any():
         first = int(np.flatnonzero(outside)[0])
@@ -154,7 +152,7 @@ def _category_counts(categories: int, indices: npt.ArrayLike) -> npt.NDArray[np.
             f"category index {array[first]} at row {first} is outside 0..{top - 1}"
         )
     # Missing (0) and unseen or rare (1) share bin 0; known index i goes to bin i - 1.
-    bins = np.maximum(array - (_FIRST_KNOWN_INDEX - 1), 0)
+    bins = np.maximum(array - (FIRST_KNOWN_INDEX - 1), 0)
     return np.bincount(bins, minlength=categories + 1).astype(np.int64)
 
 

@@ -47,7 +47,8 @@ FORMAT: Final = "cobrand.preprocessor/1"
 
 MISSING_INDEX = 0
 UNSEEN_INDEX = 1
-_FIRST_KNOWN_INDEX = 2
+FIRST_KNOWN_INDEX = 2
+"""The encoded index of a categorical column's first known category (in vocabulary order)."""
 
 # Bound on |scaled value|: a column whose IQR is tiny next to its clipped range (a spike of one
 # value plus a long tail) would otherwise produce values too large for a float32 model input.
@@ -273,7 +274,7 @@ class Preprocessor(_Frozen):
     @property
     def cardinalities(self) -> tuple[int, ...]:
         """Number of distinct indices per categorical column (vocabulary + missing + unseen)."""
-        return tuple(len(s.vocabulary) + _FIRST_KNOWN_INDEX for s in self.categorical)
+        return tuple(len(s.vocabulary) + FIRST_KNOWN_INDEX for s in self.categorical)
 
     def check_schema(self, schema: PartySchema) -> None:
         """Refuse a schema whose party or feature columns differ from the fitted ones.
@@ -332,7 +333,7 @@ class Preprocessor(_Frozen):
         for j, state in enumerate(self.categorical):
             text = _normalized(table.categorical[:, j])
             known = pc.index_in(text, value_set=pa.array(state.vocabulary, type=pa.string()))
-            index = pc.fill_null(pc.add(known, _FIRST_KNOWN_INDEX), UNSEEN_INDEX)
+            index = pc.fill_null(pc.add(known, FIRST_KNOWN_INDEX), UNSEEN_INDEX)
             categorical[:, j] = pc.if_else(pc.is_null(text), MISSING_INDEX, index).to_numpy()
         return Encoded(numeric=numeric, categorical=categorical)
 
