@@ -17,6 +17,7 @@ from bank_node.report_html import write_report_html
 from bank_node.rounds import holdout_scores_path
 from bank_node.run_journal import journal_path, read_journal
 from cobrand.alignment_store import AlignmentSummary
+from cobrand.checkpoint_files import check_run_id
 from cobrand.errors import FailedPrecondition
 
 __all__ = ["finished_event", "write_run_reports"]
@@ -37,11 +38,14 @@ def write_run_reports(
     ------
     FailedPrecondition
         The run has no journal in `runs_dir` or has not finished.
+    InvalidRequest
+        The run id is not one (it names a path outside `runs_dir`).
     ConfigError
         Its test scores file is missing or damaged (named).
     InvalidRequest
         The scores do not match the report's tasks and rows.
     """
+    check_run_id(run_id)
     finished = finished_event(runs_dir, run_id)
     if finished is None:
         raise FailedPrecondition(
@@ -49,7 +53,9 @@ def write_run_reports(
             "'finished' event"
         )
     report = training_report(run_id, alignment, finished)
-    write_report(out / "report.json", report)
     scores = load_test_scores(holdout_scores_path(runs_dir, run_id))
+    # The HTML first: it is the one that can be refused (scores of other rows), and then
+    # neither file is replaced, rather than a new report.json beside an old report.html.
     write_report_html(out / "report.html", report, scores)
+    write_report(out / "report.json", report)
     return report

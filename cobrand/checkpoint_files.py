@@ -31,12 +31,27 @@ from cobrand.durable import fsync_path
 from cobrand.errors import FailedPrecondition, InvalidRequest
 from cobrand.weights import weights_digest
 
-__all__ = ["CheckpointDir", "RoundCheckpoint", "run_directory"]
+__all__ = ["CheckpointDir", "RoundCheckpoint", "check_run_id", "run_directory"]
 
 _FORMAT: Final = 1
 _NAME: Final = re.compile(r"round-(\d+)\.pt")
 # A run id names a directory: no separators, no leading dot, nothing a shell would mangle.
 _RUN_ID: Final = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+
+
+def check_run_id(run_id: str) -> None:
+    """Refuse a run id that could not be a file or directory name of its own.
+
+    Raises
+    ------
+    InvalidRequest
+        `run_id` holds a separator, starts with a dot, or is empty or too long.
+    """
+    if not _RUN_ID.fullmatch(run_id):
+        raise InvalidRequest(
+            f"run id {run_id!r} cannot name a checkpoint directory: use letters, digits, '.', "
+            "'_' and '-' (not first), at most 128"
+        )
 
 
 def run_directory(runs_dir: Path, run_id: str) -> Path:
@@ -45,13 +60,9 @@ def run_directory(runs_dir: Path, run_id: str) -> Path:
     Raises
     ------
     InvalidRequest
-        `run_id` could not be a directory name of its own (a separator, a leading dot...).
+        `run_id` could not be a directory name of its own (`check_run_id`).
     """
-    if not _RUN_ID.fullmatch(run_id):
-        raise InvalidRequest(
-            f"run id {run_id!r} cannot name a checkpoint directory: use letters, digits, '.', "
-            "'_' and '-' (not first), at most 128"
-        )
+    check_run_id(run_id)
     return runs_dir / run_id
 
 

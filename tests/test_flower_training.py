@@ -201,6 +201,7 @@ def test_the_risk_team_writes_a_finished_runs_reports_at_the_bank(
 
     written = CliRunner().invoke(app, [*command, "--run", str(run_id)])
     unknown = CliRunner().invoke(app, [*command, "--run", "404"])
+    outside = CliRunner().invoke(app, [*command, "--run", f"../runs/{run_id}"])
 
     assert written.exit_code == 0, written.output
     report = json.loads((tmp_path / "report.json").read_text())
@@ -209,6 +210,8 @@ def test_the_risk_team_writes_a_finished_runs_reports_at_the_bank(
     assert f"model {report['model_version']}" in written.output
     assert unknown.exit_code == 2
     assert unknown.output.startswith("error: run 404 has not finished")
+    assert outside.exit_code == 2
+    assert "cannot name a checkpoint directory" in outside.output
 
 
 def test_a_run_stopped_mid_round_with_flwr_stop_ends_and_the_partner_rolls_the_round_back(
