@@ -42,6 +42,7 @@ from bank_node.serving_reference import (
     ScoreScaling,
     calibration_check,
     category_reference,
+    checked_probabilities,
     numeric_reference,
 )
 from bank_node.training_data import TEST, TRAIN, BankTrainingData
@@ -328,13 +329,7 @@ def _probabilities(
             f"task {task}: needs a probability per {split} row ({rows}), got "
             f"{'none' if given is None else np.shape(given)}"
         )
-    values = np.asarray(given, dtype=np.float64)
-    outside = np.flatnonzero(~((values >= 0.0) & (values <= 1.0)))
-    if outside.size:
-        raise InvalidRequest(
-            f"task {task}: probability of {split} row {outside[0]} is {values[outside[0]]}"
-        )
-    return values
+    return checked_probabilities(given, f"task {task}: probability of {split} row")
 
 
 def _model_shape(bottom: BottomModel, head: HeadModel) -> dict[str, Any]:

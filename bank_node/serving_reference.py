@@ -11,6 +11,8 @@
 - **Calibration check** (`calibration_check`): predicted against observed event rate per decile
   of predictions, Hosmer-Lemeshow statistic with its p-value, expected calibration error and
   Brier score.
+- **Probabilities** (`checked_probabilities`): the one check that values are probabilities, for
+  the scaling, the calibration check and the probabilities a saved version is built from.
 
 The monitoring baseline's bins are in ``bank_node.monitoring_baseline``.
 """
@@ -37,6 +39,7 @@ __all__ = [
     "attribution_batch",
     "calibration_check",
     "category_reference",
+    "checked_probabilities",
     "numeric_reference",
 ]
 
@@ -83,7 +86,7 @@ class ScoreScaling(_Frozen):
         InvalidRequest
             A probability outside [0, 1] or not finite (its index is named).
         """
-        p = _probabilities(probability_bad, "probability_bad")
+        p = checked_probabilities(probability_bad, "probability_bad index")
         p = np.clip(p, _PROBABILITY_EPSILON, 1.0 - _PROBABILITY_EPSILON)
         result: npt.NDArray[np.float64] = self.offset + self.factor * np.log((1.0 - p) / p)
         return result
@@ -260,7 +263,7 @@ def calibration_check(
         labelled rows than bins.
     """
     truth = np.asarray(y_true, dtype=np.float64)
-    score = _probabilities(y_score, "y_score")
+    score = checked_probabilities(y_score, "y_score index")
     if truth.shape != score.shape:
         raise InvalidRequest(f"y_true has shape {truth.shape}, y_score {score.shape}")
     labelled = ~np.isnan(truth)
@@ -310,12 +313,24 @@ def _chi2_tail(statistic: float, degrees: int) -> float:
     return min(q, 1.0)
 
 
-def _probabilities(values: npt.ArrayLike, name: str) -> npt.NDArray[np.float64]:
+def checked_probabilities(values: npt.ArrayLike, what: str) -> npt.NDArray[np.float64]:
+    """`values` as float64, each checked to be a probability: in [0, 1] (so not NaN).
+
+    Parameters
+    ----------
+    values : array_like
+    what : str
+        What a value is, before its index, for the error: ``"<what> <index> is <value>"``,
+        e.g. ``"y_score index"``.
+
+    Raises
+    ------
+    InvalidRequest
+        Naming the first value outside [0, 1] by its (flat) index.
+    """
     array = np.asarray(values, dtype=np.float64)
     outside = ~((array >= 0.0) & (array <= 1.0))
     if outside.any():
         first = int(np.flatnonzero(outside)[0])
-        raise InvalidRequest(
-            f"{name} must be probabilities in [0, 1]; index {first} is {array.ravel()[first]}"
-        )
+        raise InvalidRequest(f"{what} {first} is {array.ravel()[first]}, not in [0, 1]")
     return array

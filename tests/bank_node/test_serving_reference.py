@@ -15,6 +15,7 @@ from bank_node.serving_reference import (
     attribution_batch,
     calibration_check,
     category_reference,
+    checked_probabilities,
     numeric_reference,
 )
 from bank_node.serving_reference import _chi2_tail as _chi2_tail
@@ -48,6 +49,11 @@ def test_certain_predictions_score_finitely() -> None:
 def test_a_probability_outside_zero_one_is_refused_naming_its_index() -> None:
     with pytest.raises(InvalidRequest, match=r"index 1 is 1\.5"):
         ScoreScaling().points([0.2, 1.5])
+
+
+def test_a_value_that_is_not_a_probability_is_refused_naming_what_and_where_it_is() -> None:
+    with pytest.raises(InvalidRequest, match=r"^y_score index 2 is nan, not in \[0, 1\]$"):
+        checked_probabilities([0.0, 1.0, math.nan, 2.0], "y_score index")
 
 
 def test_references_are_the_median_and_the_most_common_index() -> None:
