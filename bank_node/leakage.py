@@ -32,8 +32,8 @@ signed component along it (size and sign together) still ranks defaulters at abo
 who averages a row's gradients over many passes sees the noise shrink as the square root of the
 passes. Hiding the label from those too costs about ten times the noise power.
 
-`GradientRecorder` keeps what was sent in the first and in the latest training pass (bounded
-rows), so a run reports the attacks on its own gradients.
+`GradientRecorder` keeps what was sent in the run's first and latest training pass (an epoch of
+a round; bounded rows), so a run reports the attacks on its own gradients.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ import torch
 from cobrand.errors import ConfigError, FailedPrecondition
 from cobrand.metrics import auc
 
-__all__ = ["GradientRecorder", "LabelNoise", "RecordedPass", "attack_aucs"]
+__all__ = ["GradientRecorder", "LabelNoise", "PassKey", "RecordedPass", "attack_aucs"]
 
 
 class LabelNoise:
@@ -174,8 +174,13 @@ class RecordedPass:
         return sum(len(p) for p in self.positions)
 
 
+PassKey = tuple[int, int]
+"""A training pass: ``(round, epoch)``, epochs counted from 0 within the round."""
+
+
 class GradientRecorder:
-    """Keeps the gradients sent in the first and the latest training pass, whole batches.
+    """Keeps the gradients sent in the first and the latest training pass of the run (a round
+    of ``epochs_per_round`` epochs is that many passes), whole batches.
 
     Parameters
     ----------
@@ -188,15 +193,17 @@ class GradientRecorder:
         if max_rows < 1:
             raise ConfigError(f"max_rows must be >= 1, not {max_rows}")
         self._max_rows = max_rows
-        self._passes: dict[int, RecordedPass] = {}
-        self._current = 0
+        self._passes: dict[PassKey, RecordedPass] = {}
+        self._current: PassKey = (0, 0)
 
-    def start_pass(self, round_number: int) -> None:
-        """Record round `round_number`'s pass from now on (a retried round starts over)."""
-        first = min(self._passes, default=round_number)
-        self._passes = {r: p for r, p in self._passes.items() if r == first != round_number}
-        self._passes[round_number] = RecordedPass()
-        self._current = round_number
+    def start_pass(self, round_number: int, epoch: int) -> None:
+        """Record the pass of `epoch` in round `round_number` from now on, keeping the run's
+        first pass beside it (a pass trained again, after a resume, starts over)."""
+        key = (round_number, epoch)
+        first = min(self._passes, default=key)
+        self._passes = {k: p for k, p in self._passes.items() if k == first != key}
+        self._passes[key] = RecordedPass()
+        self._current = key
 
     def record(self, positions: npt.NDArray[np.int64], gradient: npt.NDArray[np.float32]) -> None:
         """Keep a copy of one batch's gradient, if the pass still has room for it.
@@ -214,8 +221,9 @@ class GradientRecorder:
             current.gradients.append(np.array(gradient, dtype=np.float32))
 
     @property
-    def passes(self) -> dict[int, RecordedPass]:
-        """The recorded passes by round: the first and the latest (one if they are the same)."""
+    def passes(self) -> dict[PassKey, RecordedPass]:
+        """The recorded passes by ``(round, epoch)``: the run's first and latest (one if they
+        are the same)."""
         return dict(self._passes)
 
     def leak_aucs(self, labels: npt.NDArray[np.floating]) -> tuple[float, float]:

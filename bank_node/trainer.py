@@ -169,8 +169,8 @@ class BankTrainer:
         self._generator = torch.Generator().manual_seed(config.seed)
         self._defence = LabelNoise(config.leakage_noise, seed=config.seed)
         self.sent = GradientRecorder()
-        """The gradients sent in the first and the latest training pass, for the leakage
-        figures of the run's report."""
+        """The gradients sent in the run's first and latest training pass (by round and
+        epoch), for the leakage figures of the run's report."""
 
     def fit(
         self,
@@ -338,7 +338,7 @@ class BankTrainer:
             torch.manual_seed(
                 int(np.random.SeedSequence([config.seed, round_number, epoch]).generate_state(1)[0])
             )
-            self.sent.start_pass(round_number)
+            self.sent.start_pass(round_number, epoch)
             _stream_batches(stream, batches, config.pipeline_depth, step)
             return stream.close()
 

@@ -218,25 +218,40 @@ def test_recorder_keeps_the_first_and_the_latest_pass_within_its_row_budget() ->
     recorder = GradientRecorder(max_rows=5)
     gradient = np.ones((2, _WIDTH), dtype=np.float32)
     for round_number in (1, 2, 3):
-        recorder.start_pass(round_number)
+        recorder.start_pass(round_number, 0)
         for batch in range(4):
             recorder.record(np.array([2 * batch, 2 * batch + 1]), gradient * round_number)
 
     passes = recorder.passes
 
-    assert sorted(passes) == [1, 3]
+    assert sorted(passes) == [(1, 0), (3, 0)]
     assert [p.rows for p in passes.values()] == [4, 4]
-    assert passes[3].gradients[0].dtype == np.float32
-    assert float(passes[3].gradients[1][0, 0]) == 3.0
+    assert passes[3, 0].gradients[0].dtype == np.float32
+    assert float(passes[3, 0].gradients[1][0, 0]) == 3.0
 
 
-def test_recorder_starts_a_retried_round_over() -> None:
+def test_with_several_epochs_a_round_the_first_pass_kept_is_round_ones_first_epoch() -> None:
     recorder = GradientRecorder()
-    recorder.start_pass(1)
-    recorder.record(np.array([0]), np.ones((1, _WIDTH), dtype=np.float32))
-    recorder.start_pass(1)
+    for round_number in (1, 2):
+        for epoch in (0, 1, 2):
+            recorder.start_pass(round_number, epoch)
+            gradient = np.full((1, _WIDTH), 10 * round_number + epoch, dtype=np.float32)
+            recorder.record(np.array([0]), gradient)
 
-    assert recorder.passes[1].rows == 0
+    passes = recorder.passes
+
+    assert sorted(passes) == [(1, 0), (2, 2)]
+    assert float(passes[1, 0].gradients[0][0, 0]) == 10.0
+    assert float(passes[2, 2].gradients[0][0, 0]) == 22.0
+
+
+def test_recorder_starts_a_retried_pass_over() -> None:
+    recorder = GradientRecorder()
+    recorder.start_pass(1, 0)
+    recorder.record(np.array([0]), np.ones((1, _WIDTH), dtype=np.float32))
+    recorder.start_pass(1, 0)
+
+    assert recorder.passes[1, 0].rows == 0
 
 
 def test_recording_before_a_pass_is_started_is_refused() -> None:
@@ -265,7 +280,7 @@ def test_leak_aucs_report_each_attacks_auc_farthest_from_chance_over_the_passes(
     inverted = [g / np.sum(g**2, axis=1, keepdims=True) for g in undefended[1]]
     passes = {1: _pass(LabelNoise(seed=0)), 2: (undefended[0], inverted, undefended[2])}
     for round_number, (positions, gradients, _) in passes.items():
-        recorder.start_pass(round_number)
+        recorder.start_pass(round_number, 0)
         for batch, gradient in zip(positions, gradients, strict=True):
             recorder.record(batch, gradient)
     labels = passes[1][2]

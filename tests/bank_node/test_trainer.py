@@ -115,7 +115,7 @@ def test_the_label_noise_defence_makes_both_attacks_on_the_sent_gradients_fail(
     result = trainer.fit(_planner(partner))
 
     norm, direction = trainer.sent.leak_aucs(aligned_set.bank.labels["risk"])
-    assert sorted(trainer.sent.passes) == [1, 2]
+    assert sorted(trainer.sent.passes) == [(1, 0), (2, 0)]
     if leaks:
         assert min(norm, direction) > 0.7
     else:
@@ -170,6 +170,25 @@ def _centralized_round(
         total_loss(logits, labels).backward()
         optimizer.step()
     return bottom, head, partner_bottom
+
+
+def test_each_epoch_of_a_round_is_recorded_as_a_pass_of_its_own(
+    aligned_set: AlignedSet, partner_service: DataPlaneService, bank_channel: grpc.Channel
+) -> None:
+    partner = start_partner_run(
+        partner_service, "run-epochs", aligned_set.partner_features, aligned_set.partner_spec
+    )
+    trainer = BankTrainer(
+        aligned_set.bank,
+        aligned_set.bank_spec,
+        bank_client(bank_channel, "run-epochs", aligned_set.partner_spec),
+        TrainingConfig(max_rounds=2, patience=2, batch_size=128, epochs_per_round=3),
+    )
+
+    trainer.fit(lambda r, rate: partner.plan_round(r, learning_rate=rate, epochs=3))
+
+    # The run's first pass is round 1's first epoch; the latest is round 2's last.
+    assert sorted(trainer.sent.passes) == [(1, 0), (2, 2)]
 
 
 @pytest.mark.parametrize(("depth", "exact"), [(1, True), (2, False)])
