@@ -104,11 +104,14 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
         f"{training['bytes_exchanged'] / 1e6:.1f} MB exchanged on the data plane"
     )
     privacy = report["privacy"]
-    lines.append(
-        f"  privacy         {privacy['defence']}; label-leakage attacks on the {privacy['task']} "
-        f"labels: norm AUC {_figure(privacy['leak_auc_norm'])}, direction AUC "
+    attacks = (
+        f"label-leakage attacks on the {privacy['task']} labels: norm AUC "
+        f"{_figure(privacy['leak_auc_norm'])}, direction AUC "
         f"{_figure(privacy['leak_auc_direction'])} (0.5 is chance)"
+        if privacy["task"] is not None
+        else "label-leakage attacks not measured (no binary task)"
     )
+    lines.append(f"  privacy         {privacy['defence']}; {attacks}")
     return lines
 
 

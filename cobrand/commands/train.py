@@ -50,6 +50,7 @@ from cobrand.commands.progress import ProgressBars
 from cobrand.errors import FailedPrecondition
 from cobrand.flower_local import LocalFederation
 from cobrand.flower_sites import SuperLinkTls
+from cobrand.rpc import TlsFiles
 
 __all__ = ["run", "train_aligned", "train_locally"]
 
@@ -147,17 +148,22 @@ def train_aligned(
         superlink_env={TRAINER_CONFIG_ENV: str(trainer_settings)},
     ) as federation:
         federation.start_superlink()
-        federation.start_supernode(
-            {
-                "partner-node": f"{_LOOPBACK}:{sites.partner_port}",
-                "ca-bundle": str(partner_tls.ca_bundle),
-                "cert": str(partner_tls.cert),
-                "key": str(partner_tls.key),
-            }
-        )
+        federation.start_supernode(_node_config(sites.partner_port, partner_tls))
         run_id = federation.run(_APP, training.run_config)
         _follow(federation, run_id, work / "runs", training.rounds, progress)
     return write_run_reports(work / "runs", str(run_id), alignment, out)
+
+
+def _node_config(port: int, tls: TlsFiles) -> dict[str, str]:
+    """What the partner's ClientApp is told, as ``cobrand partner supernode`` tells it."""
+    # Imported here: it imports flwr, which the other commands mounted beside this one do not.
+    from partner_node.flower_client.client_app import HandOffSettings
+
+    settings = HandOffSettings.model_validate(
+        {"partner-node": f"{_LOOPBACK}:{port}", "ca-bundle": tls.ca_bundle}
+        | {"cert": tls.cert, "key": tls.key}
+    )
+    return settings.node_config()
 
 
 def _follow(

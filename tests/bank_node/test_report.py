@@ -156,3 +156,12 @@ def test_the_written_report_is_strict_json_and_the_summary_compares_both_paths(
         "  privacy         label noise, scale 1.5; label-leakage attacks on the risk labels: "
         "norm AUC 0.512, direction AUC n/a (0.5 is chance)"
     )
+
+
+def test_the_summary_says_when_no_binary_task_could_be_attacked(report: dict[str, Any]) -> None:
+    report["privacy"] = PRIVACY | {"task": None, "leak_auc_norm": None}
+
+    assert summary_lines(report)[-1] == (
+        "  privacy         label noise, scale 1.5; label-leakage attacks not measured "
+        "(no binary task)"
+    )
