@@ -3,7 +3,8 @@
 A file written to a temporary name, flushed and renamed over its final name survives a crash
 only once its bytes and the directory entry of the rename are on disk: `fsync_path` flushes
 either (a directory is opened read-only, as POSIX allows for fsync), and `write_atomically` does
-the whole sequence for a small file.
+the whole sequence for a small file. A secret is written by `write_new` instead: created with its
+permissions, never over an existing file.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import os
 import secrets
 from pathlib import Path
 
-__all__ = ["fsync_path", "write_atomically"]
+from cobrand.errors import AlreadyExists
+
+__all__ = ["fsync_path", "write_atomically", "write_new"]
 
 
 def fsync_path(path: Path) -> None:
@@ -41,3 +44,23 @@ def write_atomically(path: Path, data: bytes) -> None:
     finally:
         partial.unlink(missing_ok=True)
     fsync_path(path.parent)
+
+
+def write_new(path: Path, data: bytes, *, mode: int) -> None:
+    """Create `path` holding `data`, with permissions `mode` from its creation.
+
+    For keys: created with the mode rather than chmod-ed afterwards, a key is never readable by
+    others, not even briefly (the umask can only remove bits); and an existing file (perhaps a
+    key in use) is never overwritten.
+
+    Raises
+    ------
+    AlreadyExists
+        `path` exists.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError as exc:
+        raise AlreadyExists(f"{path} already exists; refusing to overwrite it") from exc
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)

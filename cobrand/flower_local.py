@@ -28,6 +28,7 @@ from typing import Any, Final
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from cobrand.durable import write_new
 from cobrand.errors import FailedPrecondition, Unavailable
 from cobrand.flower_sites import (
     SuperLinkTls,
@@ -262,16 +263,21 @@ class LocalFederation:
 
 
 def _write_ssh_key(path: Path) -> None:
-    """A new OpenSSH EC key pair for SuperNode authentication: `path` and `path`.pub."""
+    """A new OpenSSH EC key pair for SuperNode authentication: `path` and `path`.pub.
+
+    The key of an earlier start in the same directory is replaced: each start registers its own.
+    """
     key = ec.generate_private_key(ec.SECP384R1())
-    path.write_bytes(
+    path.unlink(missing_ok=True)
+    write_new(
+        path,
         key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.OpenSSH,
             serialization.NoEncryption(),
-        )
+        ),
+        mode=0o600,
     )
-    path.chmod(0o600)
     path.with_suffix(".pub").write_bytes(
         key.public_key().public_bytes(
             serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH

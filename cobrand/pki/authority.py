@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from cobrand.durable import write_new
 from cobrand.errors import AlreadyExists, CertificateError, ConfigError
 from cobrand.pki.identity import PARTY_ROLES, URN_PREFIX, Party, Role, ca_party
 from cobrand.pki.material import (
@@ -102,8 +102,8 @@ def init_ca(directory: Path, party: Party, *, days: int = CA_DAYS) -> Path:
     )
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
     _write_private_key(directory / CA_KEY, key)
-    _write_new(directory / CA_CERT, cert_pem, mode=0o644)
-    _write_new(directory / TRUST_BUNDLE, cert_pem, mode=0o644)
+    write_new(directory / CA_CERT, cert_pem, mode=0o644)
+    write_new(directory / TRUST_BUNDLE, cert_pem, mode=0o644)
     return directory / CA_CERT
 
 
@@ -213,7 +213,7 @@ def issue(
         if path.exists():
             raise AlreadyExists(f"{path} already exists; remove it to issue a new one")
     _write_private_key(files.key, key)
-    _write_new(files.cert, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    write_new(files.cert, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
     return files
 
 
@@ -314,15 +314,4 @@ def _write_private_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write_new(path, pem, mode=0o600)
-
-
-def _write_new(path: Path, data: bytes, *, mode: int) -> None:
-    # O_EXCL with the mode at creation: the key is never readable by others, not even briefly,
-    # and an existing file (perhaps a key in use) is never overwritten.
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    except FileExistsError as exc:
-        raise AlreadyExists(f"{path} already exists; refusing to overwrite it") from exc
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
+    write_new(path, pem, mode=0o600)

@@ -1,12 +1,17 @@
-"""Atomic, durable file replacement: old or new, whole, and no partial left behind."""
+"""Atomic, durable file replacement: old or new, whole, and no partial left behind; and new files
+created with their permissions (keys)."""
 
 from __future__ import annotations
 
+import os
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from cobrand.durable import write_atomically
+from cobrand.durable import write_atomically, write_new
+from cobrand.errors import AlreadyExists
 
 
 def test_a_file_is_replaced_whole_and_its_directory_made(tmp_path: Path) -> None:
@@ -29,3 +34,37 @@ def test_a_failed_replacement_keeps_the_old_file_and_leaves_no_partial(tmp_path:
 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
     assert [p.name for p in blocked.iterdir()] == ["occupied"]
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """The usual umask, under which a file created by default is readable by everyone."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_a_new_file_has_its_mode_from_creation_without_a_chmod(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_chmod(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a chmod after creation leaves the file readable meanwhile")
+
+    monkeypatch.setattr(os, "chmod", no_chmod)
+    monkeypatch.setattr(Path, "chmod", no_chmod)
+
+    write_new(tmp_path / "key.pem", b"secret", mode=0o600)
+
+    assert (tmp_path / "key.pem").read_bytes() == b"secret"
+    assert stat.S_IMODE((tmp_path / "key.pem").stat().st_mode) == 0o600
+
+
+def test_a_new_file_never_overwrites_an_existing_one(tmp_path: Path) -> None:
+    path = tmp_path / "key.pem"
+    path.write_bytes(b"key in use")
+
+    with pytest.raises(AlreadyExists, match=r"key\.pem already exists"):
+        write_new(path, b"other", mode=0o600)
+
+    assert path.read_bytes() == b"key in use"
