@@ -2,9 +2,10 @@
 
 `release_model` runs once the run's best round is restored at both sides:
 
-1. it scores the training and test rows with the best round (the partner's embeddings of that
-   round through the data plane) and keeps the test rows' scores of both paths beside the run's
-   journal (``bank_node.holdout_scores``), for the human report;
+1. it scores the training rows with the best round (the partner's embeddings of that round
+   through the data plane), takes the test rows' logits of the run's final evaluation (the same
+   round: the test rows are not streamed twice) and keeps the test rows' scores of both paths
+   beside the run's journal (``bank_node.holdout_scores``), for the human report;
 2. it saves the bank's half of the version in the bank's registry (``save_bank_version``: the
    networks, preprocessing, score scaling, reason-code references, monitoring baseline and
    calibration check), under the id both weights digests make;
@@ -29,7 +30,7 @@ import torch
 from bank_node.holdout_scores import save_test_scores, scores_from_logits
 from bank_node.leakage import GradientRecorder
 from bank_node.model_registry import save_bank_version
-from bank_node.trainer import BankTrainer
+from bank_node.trainer import BankTrainer, PathLogits
 from bank_node.training_data import TEST, TRAIN, BankTrainingData
 from bank_node.training_set import BankTrainingSet
 from cobrand.model_manifest import manifest_digest
@@ -73,6 +74,7 @@ def release_model(
     trainer: BankTrainer,
     training_set: BankTrainingSet,
     best_round: int,
+    test_logits: PathLogits,
     partner_weights_sha256: bytes,
     partner_preprocessor_sha256: bytes,
     partner: PartnerControl,
@@ -91,6 +93,8 @@ def release_model(
         The rows the run trained on.
     best_round : int
         The committed round whose weights both sides keep.
+    test_logits : PathLogits
+        The test rows' logits with that round (``TrainingResult.test_logits``).
     partner_weights_sha256 : bytes
         The partner's weights digest of that round, as the run committed it.
     partner_preprocessor_sha256 : bytes
@@ -113,7 +117,7 @@ def release_model(
     data = training_set.data
     split_rows = {split: np.flatnonzero(data.split == split) for split in (TRAIN, TEST)}
     full_train, _ = trainer.logits(split_rows[TRAIN], best_round)
-    full_test, bank_only_test = trainer.logits(split_rows[TEST], best_round)
+    full_test, bank_only_test = test_logits
     save_test_scores(
         scores_path,
         scores_from_logits(

@@ -330,6 +330,7 @@ def train_run(
         trainer,
         training_set,
         training.best_round,
+        training.test_logits,
         model.partner_sha256,
         status.preprocessor_sha256,
         partner,

@@ -53,6 +53,7 @@ from cobrand.split_model import BottomModel, BottomSpec, HeadModel
 
 __all__ = [
     "BankTrainer",
+    "PathLogits",
     "PlanPartnerRound",
     "Recover",
     "RoundResult",
@@ -63,6 +64,9 @@ _LOG = logging.getLogger(__name__)
 
 # Embedding passes have no gradients to wait for; a few batches in flight keep the partner busy.
 _EMBED_DEPTH = 4
+
+PathLogits = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
+"""Per task, rows' logits through the full model and through its bank-only path."""
 
 PlanPartnerRound = Callable[[int, float], None]
 """Plans round ``r`` with learning rate ``lr`` at the partner, before the bank streams it."""
@@ -114,6 +118,9 @@ class TrainingResult:
     rounds : list of RoundResult
     test : TaskMetrics
         The best round's figures on the test rows.
+    test_logits : PathLogits
+        The logits those figures come from, test rows in aligned order (after a resume, the
+        final evaluation's): the run's test scores without streaming the rows again.
     seconds : float
         Training and evaluation, all rounds.
     bytes_sent, bytes_received : int
@@ -123,6 +130,7 @@ class TrainingResult:
     best_round: int
     rounds: list[RoundResult]
     test: TaskMetrics
+    test_logits: PathLogits
     seconds: float
     bytes_sent: int
     bytes_received: int
@@ -210,7 +218,7 @@ class BankTrainer:
         stopping = EarlyStopping()
         keeper.keep(self.state(0, stopping), None)
         round_number = 1
-        test: TaskMetrics | None = None
+        test: tuple[TaskMetrics, PathLogits] | None = None
         while test is None:
             training = round_number <= self._config.max_rounds and not stopping.stops(
                 round_number - 1, self._config.patience
@@ -229,7 +237,8 @@ class BankTrainer:
                 else:
                     best = keeper.read(stopping.best_round)
                     self._load_weights(best.weights)
-                    test, _ = self.evaluate(TEST, best.round)
+                    metrics, _, logits = self.evaluate(TEST, best.round)
+                    test = metrics, logits
             except Unavailable as exc:
                 if recover is None:
                     raise
@@ -243,7 +252,8 @@ class BankTrainer:
         return TrainingResult(
             best_round=stopping.best_round,
             rounds=rounds,
-            test=test,
+            test=test[0],
+            test_logits=test[1],
             seconds=time.perf_counter() - started,
             bytes_sent=traffic.bytes_sent - sent,
             bytes_received=traffic.bytes_received - received,
@@ -293,7 +303,7 @@ class BankTrainer:
         assert summary is not None  # epochs_per_round >= 1
         seconds = time.perf_counter() - started
         pass_sent, pass_received = traffic.bytes_sent - sent, traffic.bytes_received - received
-        valid, valid_loss = self.evaluate(VALID, round_number)
+        valid, valid_loss, _ = self.evaluate(VALID, round_number)
         _LOG.info(
             "[BankTrainer] round %d: train loss %.4f, valid loss %.4f, %.2f s",
             round_number,
@@ -342,8 +352,9 @@ class BankTrainer:
             _stream_batches(stream, batches, config.pipeline_depth, step)
             return stream.close()
 
-    def evaluate(self, split: int, partner_round: int) -> tuple[TaskMetrics, float]:
-        """Figures and objective on one split's rows, with a completed round's partner weights."""
+    def evaluate(self, split: int, partner_round: int) -> tuple[TaskMetrics, float, PathLogits]:
+        """Figures, objective and logits of one split's rows (in aligned order), with a
+        completed round's partner weights."""
         rows = np.flatnonzero(self._data.split == split)
         full, bank_only = self.logits(rows, partner_round)
         labels = {task: values[rows] for task, values in self._labels.items()}
@@ -351,11 +362,9 @@ class BankTrainer:
         # `partner_dropout` share of rows, so early stopping weighs the bank-only path alike.
         hidden = self._config.partner_dropout
         objective = (1 - hidden) * total_loss(full, labels) + hidden * total_loss(bank_only, labels)
-        return task_metrics(full, bank_only, labels), float(objective)
+        return task_metrics(full, bank_only, labels), float(objective), (full, bank_only)
 
-    def logits(
-        self, rows: npt.NDArray[np.int64], partner_round: int
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def logits(self, rows: npt.NDArray[np.int64], partner_round: int) -> PathLogits:
         """Per task, the logits of aligned `rows` through the full model (with a completed
         round's partner embeddings) and through its bank-only path."""
         partner = torch.from_numpy(self.partner_embeddings(rows, partner_round))

@@ -10,13 +10,16 @@ from typing import Any
 
 import grpc
 import pytest
+import torch
 
 from bank_node.config import BankNodeConfig, PartnerEndpoint
+from bank_node.evaluation import task_metrics
 from bank_node.holdout_scores import load_test_scores
 from bank_node.resume import ResumePolicy
 from bank_node.rounds import holdout_scores_path, train_run
 from bank_node.run_journal import RunJournal, read_journal
 from bank_node.training_config import TrainingConfig
+from bank_node.training_data import TEST
 from bank_node.training_set import BankTrainingSet, load_training_set
 from cobrand.errors import FailedPrecondition, Unavailable
 from cobrand.model_manifest import manifest_digest, model_version, verify_peer
@@ -141,12 +144,13 @@ def test_the_kept_model_is_published_at_both_sides_under_one_version(
     tmp_path: Path,
 ) -> None:
     journal = RunJournal(tmp_path / "run-pub.jsonl")
+    passes = _CountPasses()
 
     outcome = train_run(
         "run-pub",
         lambda: training_set,
         partner,
-        trainer_channel,
+        grpc.intercept_channel(trainer_channel, passes),
         CONFIG,
         journal,
         runs_dir=tmp_path,
@@ -170,6 +174,9 @@ def test_the_kept_model_is_published_at_both_sides_under_one_version(
     scores = load_test_scores(holdout_scores_path(tmp_path, "run-pub"))
     assert set(scores) == set(training_set.data.tasks)
     assert len(scores["risk"].labels) == finished["test"]["risk"]["rows"]
+    # A training and a validation pass per round, then the test rows once (their scores are
+    # the final evaluation's) and the training rows once for the score scaling.
+    assert passes.opened == 2 * CONFIG.max_rounds + 2
 
 
 def test_a_partner_on_another_alignment_is_refused_before_any_round_is_planned(
@@ -399,6 +406,19 @@ def test_a_round_of_two_epochs_streams_twice_then_commits_once(
     assert double.model != single.model
 
 
+class _CountPasses(grpc.StreamStreamClientInterceptor):  # type: ignore[type-arg]
+    """Counts the data-plane streams opened."""
+
+    def __init__(self) -> None:
+        self.opened = 0
+
+    def intercept_stream_stream(
+        self, continuation: Any, client_call_details: Any, request_iterator: Iterator[Any]
+    ) -> Any:
+        self.opened += 1
+        return continuation(client_call_details, request_iterator)
+
+
 class _BreakNthPass(grpc.StreamStreamClientInterceptor):  # type: ignore[type-arg]
     """Cancels the `n`-th data-plane stream as it opens, as a connection dropped there would."""
 
@@ -433,3 +453,12 @@ def test_a_partner_lost_in_the_test_evaluation_trains_the_uncommitted_last_round
     assert (resumed["from_round"], resumed["round"]) == (2, 3)
     assert [c.round for c in outcome.checkpoints] == [0, 1, 2, 3]
     assert 0.5 < outcome.training.test["risk"]["auc"] <= 1.0
+    # The test logits kept are those of the evaluation that finished, after the resume.
+    test_rows = training_set.data.split == TEST
+    labels = {
+        task: torch.from_numpy(values[test_rows])
+        for task, values in training_set.data.labels.items()
+    }
+    full, bank_only = outcome.training.test_logits
+    figures = task_metrics(full, bank_only, labels)
+    assert figures["risk"]["auc"] == outcome.training.test["risk"]["auc"]

@@ -17,7 +17,7 @@ from bank_node.evaluation import total_loss
 from bank_node.round_state import BankState, EarlyStopping, MemoryRounds
 from bank_node.trainer import BankTrainer
 from bank_node.training_config import TrainingConfig
-from bank_node.training_data import BankTrainingData
+from bank_node.training_data import TEST, BankTrainingData
 from cobrand.errors import FailedPrecondition
 from cobrand.preprocess import Encoded
 from cobrand.split_model import BottomModel, HeadModel
@@ -91,6 +91,12 @@ def test_a_short_federated_run_beats_the_bank_only_path_on_every_task(
     assert result.bytes_sent > sum(done.bytes_sent for done in result.rounds)
     # The final evaluation only reads the best round: nothing was lost, nothing is rewound.
     assert keeper.restored == []
+    # The run keeps the test logits its figures come from, the best round's.
+    test_rows = np.flatnonzero(aligned_set.bank.split == TEST)
+    for kept, again in zip(
+        result.test_logits, trainer.logits(test_rows, result.best_round), strict=True
+    ):
+        assert all(torch.equal(kept[task], again[task]) for task in again)
 
 
 @pytest.mark.parametrize(("noise", "leaks"), [(0.0, True), (1.5, False)])
