@@ -127,14 +127,14 @@ def publish(
     held = weights_digest(weights).hex()
     if held != model.partner_weights_sha256:
         raise FailedPrecondition(
-            f"model version {version_id}: the bank names partner weights "
+            f"model version {version_id}: partner_weights_sha256 names "
             f"{model.partner_weights_sha256[:12]}, the partner's checkpoint is {held[:12]}"
         )
     fitted = preprocessor.digest().hex()
     if fitted != model.partner_preprocessor_sha256:
         raise FailedPrecondition(
-            f"model version {version_id}: the bank names partner preprocessing "
-            f"{model.partner_preprocessor_sha256[:12]}, the partner holds {fitted[:12]}"
+            f"model version {version_id}: partner_preprocessor_sha256 names "
+            f"{model.partner_preprocessor_sha256[:12]}, the run trained with {fitted[:12]}"
         )
     sizes = bottom_sizes(spec)
     if BottomSpec.from_preprocessor(preprocessor, **sizes) != spec:

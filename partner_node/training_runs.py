@@ -189,57 +189,45 @@ class TrainingRuns:
         Raises
         ------
         FailedPrecondition
-            The round has not completed or is no longer kept (in memory or on disk), its weights
-            are not ``partner_weights_sha256``, the run trained on other preprocessing than
-            ``partner_preprocessor_sha256``, or the version was published before with another
-            bank manifest.
+            The round has not completed or is no longer kept (in memory or on disk), or its
+            checkpoint file is not ``partner_weights_sha256``; or, as `model_registry.publish`
+            checks, its weights are not ``partner_weights_sha256``, the run trained on other
+            preprocessing than ``partner_preprocessor_sha256``, or the version was published
+            before with another bank manifest.
         InvalidRequest
             A run id that cannot name a directory.
         """
-        digests = publication.digests
         what = (
             f"model version {publication.version_id} (run {publication.run_id!r}, "
             f"round {publication.round})"
         )
         with self._lock:
             training_set, weights = self._round_weights(publication, what)
-        trained_with = training_set.preprocessor_sha256.hex()
-        if trained_with != digests.partner_preprocessor_sha256:
-            raise FailedPrecondition(
-                f"{what}: partner_preprocessor_sha256 names "
-                f"{digests.partner_preprocessor_sha256[:12]}, the run trained with "
-                f"{trained_with[:12]}"
-            )
-        digest = model_registry.publish(
+        return model_registry.publish(
             self._models,
             publication.version_id,
-            digests,
+            publication.digests,
             publication.bank_manifest_sha256,
             weights=weights,
             spec=training_set.spec,
             preprocessor=training_set.preprocessor,
         )
-        _LOG.info("[PartnerRounds.PublishModel] %s published", what)
-        return digest
 
     def _round_weights(
         self, publication: ModelPublication, what: str
     ) -> tuple[PartnerTrainingSet, Mapping[str, torch.Tensor]]:
-        """What the publication's run trained on, and the weights its round ended with."""
-        expected = bytes.fromhex(publication.digests.partner_weights_sha256)
+        """What the publication's run trained on, and the weights its round ended with.
+
+        Whether they are the ones the publication names is `model_registry.publish`'s check.
+        """
         held = self._run
         if held is not None and held.trainer.run_id == publication.run_id:
             try:
-                digest = held.trainer.round_digest(publication.round)
-                if digest != expected:
-                    raise FailedPrecondition(
-                        f"the partner's checkpoint of round {publication.round} is "
-                        f"{digest.hex()[:12]}; partner_weights_sha256 names {expected.hex()[:12]}"
-                    )
                 return held.training_set, held.trainer.round_weights(publication.round)
             except FailedPrecondition as err:
                 raise FailedPrecondition(f"{what}: {err}") from err
         # Not held (a restart, or another run since): the checks of a resume, on the same file.
+        expected = bytes.fromhex(publication.digests.partner_weights_sha256)
         training_set = self._source()
         try:
             saved = self._checkpoints(publication.run_id, training_set).read(

@@ -109,7 +109,7 @@ def test_weights_other_than_the_checkpoint_the_bank_names_are_refused(
     with pytest.raises(FailedPrecondition) as raised:
         checkpoint.publish(store, weights=other)
 
-    assert f"the bank names partner weights {checkpoint.model.partner_weights_sha256[:12]}" in str(
+    assert f"partner_weights_sha256 names {checkpoint.model.partner_weights_sha256[:12]}" in str(
         raised.value
     )
     assert weights_digest(other).hex()[:12] in str(raised.value)
@@ -121,7 +121,12 @@ def test_preprocessing_other_than_the_bank_names_is_refused(
 ) -> None:
     _, refitted = fitted_table("partner", seed=9)
 
-    with pytest.raises(FailedPrecondition, match="the bank names partner preprocessing"):
+    named, fitted = checkpoint.model.partner_preprocessor_sha256, refitted.digest().hex()
+
+    with pytest.raises(
+        FailedPrecondition,
+        match=f"partner_preprocessor_sha256 names {named[:12]}, the run trained with {fitted[:12]}",
+    ):
         checkpoint.publish(ModelStore(tmp_path), preprocessor=refitted)
 
 
