@@ -44,6 +44,7 @@ from typing import Protocol
 import grpc
 
 from bank_node.dataplane_client import DataPlaneClient
+from bank_node.model_registry import bank_weights_digest
 from bank_node.model_release import Release, release_model
 from bank_node.resume import ResumePolicy, wait_for_partner
 from bank_node.run_checkpoints import RunCheckpoints
@@ -54,7 +55,6 @@ from bank_node.training_set import BankTrainingSet
 from cobrand.errors import FailedPrecondition, Unavailable
 from cobrand.model_store import ModelStore
 from cobrand.rounds_protocol import ModelPublication, PartnerStatus, RoundPlan, RunProgress
-from cobrand.weights import weights_digest
 
 __all__ = ["Checkpoint", "PartnerControl", "RunOutcome", "holdout_scores_path", "train_run"]
 
@@ -119,8 +119,10 @@ def holdout_scores_path(runs_dir: Path, run_id: str) -> Path:
 
 
 def bank_digest(trainer: BankTrainer) -> bytes:
-    """`weights_digest` of the bank's modules, bottom and head, as one checkpoint."""
-    return weights_digest(trainer.weights())
+    """The digest of the bank's modules, bottom and head, as its model version records it
+    (`bank_weights_digest`): round 0's commit and the check of the restored best round use it,
+    so a checkpoint naming that drifted from the version's fails the run before it publishes."""
+    return bank_weights_digest(trainer.bottom.state_dict(), trainer.head.state_dict())
 
 
 class _Commits:

@@ -261,7 +261,11 @@ class BankTrainer:
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The bottom's (``bottom.*``) and the head's (``head.*``) weights, as one checkpoint
-        names them (views of the live tensors)."""
+        names them (views of the live tensors).
+
+        The names are those `bank_node.model_registry.bank_weights_digest` gives, so a
+        committed checkpoint's digest is the model version's; ``bank_node.rounds`` checks it.
+        """
         return {
             **{f"bottom.{k}": v for k, v in self.bottom.state_dict().items()},
             **{f"head.{k}": v for k, v in self.head.state_dict().items()},

@@ -167,6 +167,8 @@ def test_the_kept_model_is_published_at_both_sides_under_one_version(
     verify_peer(bank.manifest, release.version_id, release.partner_manifest_sha256)
     verify_peer(held.manifest, release.version_id, release.bank_manifest_sha256)
     assert bank.manifest.model.partner_weights_sha256 == model.partner_sha256.hex()
+    # The bank's committed checkpoint of the best round and its version name the same weights.
+    assert bank.manifest.model.bank_weights_sha256 == model.bank_sha256.hex()
     finished = read_journal(journal.path)[-1]
     assert finished["model_version"] == release.version_id
     assert finished["privacy"]["task"] == "risk"
