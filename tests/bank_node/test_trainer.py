@@ -173,7 +173,7 @@ def _centralized_round(
         )
         labels = {task: torch.from_numpy(data.labels[task])[batch] for task in data.tasks}
         optimizer.zero_grad()
-        total_loss(logits, labels).backward()
+        torch.autograd.backward(total_loss(logits, labels))
         optimizer.step()
     return bottom, head, partner_bottom
 
@@ -250,7 +250,7 @@ def test_synchronous_training_equals_centralized_backprop_and_pipelining_is_one_
     assert gap < 1e-5 if exact else gap > 1e-3
 
 
-class _Recorder(grpc.StreamStreamClientInterceptor):  # type: ignore[misc]
+class _Recorder(grpc.StreamStreamClientInterceptor):  # type: ignore[type-arg]
     """Keeps every data-plane message the bank sends and receives."""
 
     def __init__(self) -> None:
