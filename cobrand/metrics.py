@@ -18,12 +18,14 @@ from cobrand.errors import InvalidRequest
 
 __all__ = [
     "PSI_MONITOR_AT",
+    "PSI_SHARE_FLOOR",
     "PSI_SHIFT_AT",
     "PsiVerdict",
     "auc",
     "gini",
     "ks",
     "psi",
+    "psi_from_shares",
     "psi_verdict",
 ]
 
@@ -32,9 +34,10 @@ PSI_MONITOR_AT: Final = 0.10
 PSI_SHIFT_AT: Final = 0.25
 """PSI at or above this: a significant shift; the model needs review (the usual 0.25)."""
 
-# An empty bucket would make ln(actual / expected) infinite; flooring each share at this value
-# keeps PSI finite and, at 1e-4, still punishes a bucket that empties completely.
-_PSI_FLOOR: Final = 1e-4
+PSI_SHARE_FLOOR: Final = 1e-4
+"""Shares below this count as this in PSI: an empty bucket would make ln(actual / expected)
+infinite, and at 1e-4 a bucket that empties completely is still punished (0.31 of PSI for a
+bucket holding 5% in the baseline)."""
 
 
 class PsiVerdict(enum.StrEnum):
@@ -177,7 +180,8 @@ def psi(*, expected: npt.ArrayLike, actual: npt.ArrayLike, bins: int = 10) -> fl
 
     Buckets are the quantiles of ``expected`` (equal-frequency; duplicate edges from heavy ties are
     merged, so there may be fewer than ``bins``), open at both ends so every value of ``actual``
-    lands somewhere. Shares are floored at 1e-4 so an empty bucket stays finite.
+    lands somewhere. Shares are compared by `psi_from_shares` (floored, so an empty bucket stays
+    finite).
 
     Parameters
     ----------
@@ -206,9 +210,58 @@ def psi(*, expected: npt.ArrayLike, actual: npt.ArrayLike, bins: int = 10) -> fl
     actual_counts = np.bincount(
         np.searchsorted(inner_edges, current, side="right"), minlength=inner_edges.size + 1
     )
-    expected_share = np.maximum(expected_counts / baseline.size, _PSI_FLOOR)
-    actual_share = np.maximum(actual_counts / current.size, _PSI_FLOOR)
-    return float(np.sum((actual_share - expected_share) * np.log(actual_share / expected_share)))
+    return psi_from_shares(
+        expected=expected_counts / baseline.size, actual=actual_counts / current.size
+    )
+
+
+def psi_from_shares(*, expected: npt.ArrayLike, actual: npt.ArrayLike) -> float:
+    """Population stability index of bucket shares, ``actual`` against ``expected`` (baseline).
+
+    For a baseline kept as bins and shares (a model version's monitoring baseline), where the
+    raw development sample is no longer at hand. Each share is floored at `PSI_SHARE_FLOOR`
+    first, so an empty bucket on either side gives a large but finite contribution.
+
+    Parameters
+    ----------
+    expected : array_like of float, shape (k,)
+        Baseline share of each bucket, in [0, 1], summing to 1.
+    actual : array_like of float, shape (k,)
+        Share of each bucket in the period being monitored, same buckets, summing to 1.
+
+    Returns
+    -------
+    float
+        ``sum((a - e) * ln(a / e))`` over buckets; 0 for identical shares.
+
+    Raises
+    ------
+    InvalidRequest
+        Shapes differ or are not 1-D, a share is not finite or outside [0, 1], or either side
+        does not sum to 1 (within 1e-6).
+    """
+    baseline = _shares(expected, "expected")
+    current = _shares(actual, "actual")
+    if baseline.shape != current.shape:
+        raise InvalidRequest(
+            f"expected and actual must have one share per bucket, got {baseline.size} and "
+            f"{current.size} buckets"
+        )
+    baseline = np.maximum(baseline, PSI_SHARE_FLOOR)
+    current = np.maximum(current, PSI_SHARE_FLOOR)
+    return float(np.sum((current - baseline) * np.log(current / baseline)))
+
+
+def _shares(values: npt.ArrayLike, name: str) -> npt.NDArray[np.float64]:
+    shares = _finite_1d(values, name)
+    outside = (shares < 0.0) | (shares > 1.0)
+    if np.any(outside):
+        first = int(np.flatnonzero(outside)[0])
+        raise InvalidRequest(f"{name} shares must be in [0, 1]; index {first} is {shares[first]}")
+    total = float(shares.sum())
+    if abs(total - 1.0) > 1e-6:
+        raise InvalidRequest(f"{name} shares must sum to 1, got {total:.9g}")
+    return shares
 
 
 def psi_verdict(value: float) -> PsiVerdict:

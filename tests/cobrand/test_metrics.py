@@ -13,12 +13,14 @@ from hypothesis import strategies as st
 from cobrand.errors import InvalidRequest
 from cobrand.metrics import (
     PSI_MONITOR_AT,
+    PSI_SHARE_FLOOR,
     PSI_SHIFT_AT,
     PsiVerdict,
     auc,
     gini,
     ks,
     psi,
+    psi_from_shares,
     psi_verdict,
 )
 
@@ -144,3 +146,51 @@ def test_psi_refuses_non_finite_values_and_too_few_bins() -> None:
         psi(expected=[1.0, 2.0], actual=[1.0, 2.0], bins=1)
     with pytest.raises(InvalidRequest, match="expected must be a non-empty"):
         psi(expected=[], actual=[1.0])
+
+
+def test_psi_from_shares_of_identical_shares_is_zero() -> None:
+    shares = [0.1, 0.2, 0.3, 0.4, 0.0]
+    assert psi_from_shares(expected=shares, actual=shares) == 0.0
+
+
+def test_psi_from_shares_matches_the_textbook_sum() -> None:
+    expected, actual = [0.25, 0.25, 0.25, 0.25], [0.1, 0.2, 0.3, 0.4]
+    by_hand = sum((a - e) * math.log(a / e) for e, a in zip(expected, actual, strict=True))
+    assert by_hand == pytest.approx(0.2282, abs=1e-4)  # .137 + .011 + .009 + .071
+    assert psi_from_shares(expected=expected, actual=actual) == pytest.approx(by_hand)
+
+
+def test_psi_from_shares_floors_an_empty_bucket_on_either_side() -> None:
+    assert PSI_SHARE_FLOOR == 1e-4
+    emptied = (PSI_SHARE_FLOOR - 0.5) * math.log(PSI_SHARE_FLOOR / 0.5)
+    appeared = (0.5 - PSI_SHARE_FLOOR) * math.log(0.5 / PSI_SHARE_FLOOR)
+    assert psi_from_shares(expected=[0.5, 0.5, 0.0], actual=[1.0, 0.0, 0.0]) == pytest.approx(
+        0.5 * math.log(1.0 / 0.5) + emptied
+    )
+    assert psi_from_shares(expected=[1.0, 0.0], actual=[0.5, 0.5]) == pytest.approx(
+        -0.5 * math.log(0.5) + appeared
+    )
+
+
+def test_psi_from_raw_samples_is_psi_from_their_bucket_shares() -> None:
+    expected = np.arange(100.0)
+    actual = np.r_[np.zeros(75), np.full(25, 99.0)]
+    assert psi(expected=expected, actual=actual, bins=2) == psi_from_shares(
+        expected=[0.5, 0.5], actual=[0.75, 0.25]
+    )
+
+
+@pytest.mark.parametrize(
+    ("expected", "actual", "message"),
+    [
+        ([0.5, 0.5], [1.0], "one share per bucket, got 2 and 1"),
+        ([0.5, 0.5], [1.2, -0.2], "actual shares must be in \\[0, 1\\]; index 0 is 1.2"),
+        ([0.5, 0.4], [0.5, 0.5], "expected shares must sum to 1, got 0.9"),
+        ([0.5, float("nan")], [0.5, 0.5], "expected must be finite; index 1"),
+    ],
+)
+def test_psi_from_shares_refuses_shares_that_are_not_a_distribution(
+    expected: list[float], actual: list[float], message: str
+) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        psi_from_shares(expected=expected, actual=actual)
