@@ -2,7 +2,11 @@
 
 - ``cobrand audit list --db audit.db [--since ...] [--until ...] [--model-version v] [--json]``:
   the decisions of a window, oldest first, one line each (or JSON lines of whole records);
-- ``cobrand audit show REQUEST_ID --db audit.db``: one whole record as indented JSON.
+- ``cobrand audit show REQUEST_ID --db audit.db``: one whole record as indented JSON;
+- ``cobrand audit replay REQUEST_ID --db audit.db --config gateway.yaml``: recompute the decision
+  from what was recorded with the recorded model version from the bank's registry and the
+  decision configuration the gateway's settings name (`gateway.replay`); exit 0 when every
+  output matches, 1 with a field-by-field difference when not.
 
 The store is a SQLite file (``--db``) or, with ``--postgres``, the PostgreSQL database named by
 the ``COBRAND_AUDIT_DSN`` environment variable (never on the command line, where a password
@@ -22,9 +26,12 @@ from pydantic import SecretStr
 
 from cobrand.commands.exits import cli_errors
 from cobrand.errors import ConfigError, NotFound
+from cobrand.settings import load_settings
 from gateway.audit_json import record_to_json
 from gateway.audit_log import AuditLog, AuditSettings, open_audit_log
 from gateway.audit_record import AuditRecord
+from gateway.replay import Replay, replay, scorer_for
+from gateway.settings import GatewaySettings
 
 __all__ = ["app"]
 
@@ -110,3 +117,54 @@ def show(
         if record is None:
             raise NotFound(f"no decision with request id {request_id!r} in the audit log")
         typer.echo(json.dumps(json.loads(record_to_json(record)), indent=2, sort_keys=True))
+
+
+@app.command("replay")
+def replay_decision(
+    request_id: Annotated[str, typer.Argument(help="The decision's request id.")],
+    config: Annotated[
+        Path,
+        typer.Option(
+            "--config",
+            help="The gateway's settings (gateway.yaml): the bank registry and decision file.",
+            dir_okay=False,
+        ),
+    ],
+    db: DbOption = None,
+    postgres: PostgresOption = False,
+) -> None:
+    """Recompute a recorded decision and show it matches; exit 1 with the differences if not."""
+    with cli_errors():
+        settings = load_settings(GatewaySettings, config)
+        with _open(db, postgres) as log:
+            record = log.get(request_id)
+        if record is None:
+            raise NotFound(f"no decision with request id {request_id!r} in the audit log")
+        outcome = replay(record, scorer_for(settings, record.model_version))
+    typer.echo(
+        f"decision {record.request_id}, model version {record.model_version}, partner slice "
+        f"{record.partner_status.value}; the record holds no digest of the decision "
+        f"configuration the gateway used: replayed with {settings.decision_config}"
+    )
+    typer.echo(_replay_summary(outcome))
+    if not outcome.matches:
+        raise typer.Exit(1)
+
+
+def _replay_summary(outcome: Replay) -> str:
+    if outcome.matches:
+        result = outcome.replayed
+        return (
+            f"match: every output recomputed exactly ({result.decision.value}, score "
+            f"{result.score}, pd {result.probability_of_default!r}, limit "
+            f"{result.credit_limit_minor} {result.currency}, {len(result.reasons)} reasons, "
+            f"{len(result.packages)} packages)"
+        )
+    lines = [f"MISMATCH in {len(outcome.differences)} field(s):"]
+    for difference in outcome.differences:
+        lines += [
+            f"  {difference.field}:",
+            f"    recorded: {difference.recorded}",
+            f"    replayed: {difference.replayed}",
+        ]
+    return "\n".join(lines)

@@ -28,6 +28,7 @@ import threading
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import torch
@@ -40,7 +41,7 @@ from cobrand.model_store import ModelStore
 from cobrand.party_files import load_own_table
 from cobrand.pki import Party
 from cobrand.rpc import create_channel, create_server
-from cobrand.schema import load_party_schema
+from cobrand.schema import PartySchema, load_party_schema
 from cobrand.settings import load_settings
 from gateway.applicants import ApplicantDirectory, JoinKeyIndex
 from gateway.application import stored_features_of
@@ -52,7 +53,7 @@ from gateway.scoring import Scorer
 from gateway.service import SCORING_ROLES, ScoringServicer, ServedVersions, scoring_service
 from gateway.settings import GatewaySettings
 
-__all__ = ["Gateway", "PartnerCheck", "serve", "start_gateway"]
+__all__ = ["Gateway", "PartnerCheck", "load_scorer", "serve", "start_gateway"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -158,6 +159,29 @@ class Gateway:
         self.resources.close()
 
 
+def load_scorer(
+    bank: BankNodeConfig, schema: PartySchema, decision_config: Path, version_id: str
+) -> Scorer:
+    """The scorer of version `version_id` from the bank's registry with `decision_config`.
+
+    Raises
+    ------
+    UnknownModelVersion
+        The version is not in the bank's registry.
+    FailedPrecondition
+        A file of the version differs from its manifest.
+    ConfigError
+        A bad decision file, or one that does not fit the version.
+    """
+    version = load_bank_version(ModelStore(bank.data_dir / "models"), version_id)
+    packages = schema.labels.rights_package
+    return Scorer(
+        version,
+        load_decision_config(decision_config),
+        packages.classes if packages is not None else (),
+    )
+
+
 def start_gateway(settings: GatewaySettings) -> Gateway:
     """Load the served version and its inputs, check the partner, start serving.
 
@@ -177,13 +201,8 @@ def start_gateway(settings: GatewaySettings) -> Gateway:
     bank = load_settings(BankNodeConfig, settings.bank)
     federation, table = load_own_table(Party.BANK, bank.federation, bank.schema_file, bank.table)
     schema = load_party_schema(bank.schema_file, federation)
-    version = load_bank_version(ModelStore(bank.data_dir / "models"), settings.model_version)
-    packages = schema.labels.rights_package
-    scorer = Scorer(
-        version,
-        load_decision_config(settings.decision_config),
-        packages.classes if packages is not None else (),
-    )
+    scorer = load_scorer(bank, schema, settings.decision_config, settings.model_version)
+    version = scorer.version
     applicants = ApplicantDirectory(
         frozenset(federation.identifier_kinds),
         schema.identifier.kind,
