@@ -33,7 +33,7 @@ from gateway.audit_record import AuditRecord
 from gateway.replay import Replay, replay, scorer_for
 from gateway.settings import GatewaySettings
 
-__all__ = ["app"]
+__all__ = ["DbOption", "PostgresOption", "app", "open_store", "utc_time"]
 
 DSN_VARIABLE = "COBRAND_AUDIT_DSN"
 
@@ -48,7 +48,14 @@ PostgresOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Whole records as JSON lines.")]
 
 
-def _open(db: Path | None, postgres: bool) -> AuditLog:
+def open_store(db: Path | None, postgres: bool) -> AuditLog:
+    """The audit log named by ``--db FILE`` or ``--postgres``, opened.
+
+    Raises
+    ------
+    ConfigError
+        Neither or both are given, the file does not exist, or the DSN variable is unset.
+    """
     if postgres == (db is not None):
         raise ConfigError("name one audit store: --db FILE or --postgres")
     if db is not None:
@@ -62,7 +69,14 @@ def _open(db: Path | None, postgres: bool) -> AuditLog:
     return open_audit_log(AuditSettings(backend="postgres", dsn=SecretStr(dsn)))
 
 
-def _utc(text: str, option: str) -> dt.datetime:
+def utc_time(text: str, option: str) -> dt.datetime:
+    """`text`, an ISO 8601 time given as `option`, as an aware time (UTC when it has no offset).
+
+    Raises
+    ------
+    ConfigError
+        `text` is not an ISO 8601 time (the option is named).
+    """
     try:
         when = dt.datetime.fromisoformat(text)
     except ValueError as exc:
@@ -96,9 +110,9 @@ def list_decisions(
 ) -> None:
     """List the decisions made in a window, oldest first."""
     with cli_errors():
-        end = dt.datetime.now(dt.UTC) if until is None else _utc(until, "--until")
-        start = end - dt.timedelta(hours=24) if since is None else _utc(since, "--since")
-        with _open(db, postgres) as log:
+        end = dt.datetime.now(dt.UTC) if until is None else utc_time(until, "--until")
+        start = end - dt.timedelta(hours=24) if since is None else utc_time(since, "--since")
+        with open_store(db, postgres) as log:
             records = log.query(start, end, model_version, limit)
         for record in records:
             typer.echo(record_to_json(record) if as_json else _line(record))
@@ -112,7 +126,7 @@ def show(
 ) -> None:
     """Print one decision's whole record as JSON."""
     with cli_errors():
-        with _open(db, postgres) as log:
+        with open_store(db, postgres) as log:
             record = log.get(request_id)
         if record is None:
             raise NotFound(f"no decision with request id {request_id!r} in the audit log")
@@ -136,7 +150,7 @@ def replay_decision(
     """Recompute a recorded decision and show it matches; exit 1 with the differences if not."""
     with cli_errors():
         settings = load_settings(GatewaySettings, config)
-        with _open(db, postgres) as log:
+        with open_store(db, postgres) as log:
             record = log.get(request_id)
         if record is None:
             raise NotFound(f"no decision with request id {request_id!r} in the audit log")
