@@ -133,7 +133,7 @@ class CachedEmbeddingTrainer(BankTrainer):
                 stream.send(positions=batch)
             for batch in exchanges:
                 cached[batch] = stream.receive()
-            self.sent.start_pass(round_number)
+            self.sent.start_pass(round_number, epoch)
             for local in range(self.variant.local_epochs):
                 # Seeded per round and local epoch, as BankTrainer seeds each of its passes.
                 seed = np.random.SeedSequence([config.seed, round_number, local])

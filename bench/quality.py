@@ -185,7 +185,7 @@ def main() -> None:
                     for attack, figure in zip(("norm", "direction"), aucs, strict=True):
                         attacks[name].setdefault(f"{attack} {epoch}", []).append(figure)
                 print(
-                    f"  seed {seed}, defence {name}: {max(passes)} epochs, {run['wall']:.1f} s, "
+                    f"  seed {seed}, defence {name}: {max(passes)[0]} rounds, {run['wall']:.1f} s, "
                     f"test AUC {run['test']['risk']['auc']:.4f}",
                     flush=True,
                 )
