@@ -14,9 +14,19 @@ At start, `start_gateway`
    the start, while an unreachable one is only logged: the gateway serves from the bank's
    slice alone (``UNAVAILABLE``) and keeps asking in the background, using the partner from
    the moment the check passes;
-4. opens the audit log and starts serving.
+4. opens the audit log and starts serving ScoringGateway, the standard gRPC health service
+   (``grpc.health.v1.Health``: SERVING from the moment it serves, for the whole server and for
+   ``cobrand.v1.ScoringGateway``) and server reflection.
 
-`Gateway.stop` lets the calls in progress finish (each one's decision recorded) before the
+Health and reflection sit behind the same mutual TLS and allow-list as scoring
+(`OPERATIONS_ROLES`): ``Check`` is open to the application flows (role ``app``, the bank's and
+the partner's) and to the bank's own services (``bank``, ``gateway``); a ``Watch`` stream holds
+a handler thread for its whole life, so only the bank's own services may open one; reflection
+describes every service served, so it too is for the bank's services only. ``bank`` and
+``gateway`` are roles only the bank's CA can issue (`cobrand.pki.identity.PARTY_ROLES`).
+
+`Gateway.stop` first turns health to NOT_SERVING, so load balancers and watchers stop sending,
+then lets the calls in progress finish (each one's decision recorded) before the
 audit log closes.
 """
 
@@ -25,13 +35,15 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import torch
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from bank_node.config import BankNodeConfig
 from bank_node.model_registry import load_bank_version
@@ -39,10 +51,16 @@ from cobrand.errors import FailedPrecondition, Unavailable
 from cobrand.model_manifest import Manifest, verify_peer
 from cobrand.model_store import ModelStore
 from cobrand.party_files import load_own_table
-from cobrand.pki import Party
-from cobrand.rpc import create_channel, create_server
+from cobrand.pki import Party, Role
+from cobrand.rpc import (
+    ServicerAdder,
+    create_channel,
+    create_server,
+    full_method_name,
+)
 from cobrand.schema import PartySchema, load_party_schema
 from cobrand.settings import load_settings
+from cobrand.v1 import scoring_pb2
 from gateway.applicants import ApplicantDirectory, JoinKeyIndex
 from gateway.application import stored_features_of
 from gateway.audit_log import AuditLog, open_audit_log
@@ -53,9 +71,35 @@ from gateway.scoring import Scorer
 from gateway.service import SCORING_ROLES, ScoringServicer, ServedVersions, scoring_service
 from gateway.settings import GatewaySettings
 
-__all__ = ["Gateway", "PartnerCheck", "load_scorer", "serve", "start_gateway"]
+__all__ = [
+    "OPERATIONS_ROLES",
+    "SERVED_SERVICES",
+    "Gateway",
+    "PartnerCheck",
+    "load_scorer",
+    "serve",
+    "start_gateway",
+]
 
 _LOG = logging.getLogger(__name__)
+
+_HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
+_REFLECTION = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
+_BANK_SERVICES = frozenset({Role.BANK, Role.GATEWAY})
+
+SERVED_SERVICES = (
+    scoring_pb2.DESCRIPTOR.services_by_name["ScoringGateway"].full_name,
+    _HEALTH.full_name,
+    _REFLECTION.full_name,
+)
+"""The services a gateway serves, as health checking and reflection name them."""
+
+OPERATIONS_ROLES: Mapping[str, frozenset[Role]] = {
+    full_method_name(_HEALTH, "Check"): frozenset({Role.APP, *_BANK_SERVICES}),
+    full_method_name(_HEALTH, "Watch"): _BANK_SERVICES,
+    full_method_name(_REFLECTION, "ServerReflectionInfo"): _BANK_SERVICES,
+}
+"""Who may call health checking and reflection (see the module docstring)."""
 
 
 class PartnerCheck:
@@ -147,6 +191,7 @@ class Gateway:
 
     server: grpc.Server
     port: int
+    health: health.HealthServicer
     partner: PartnerCheck
     audit: AuditLog
     resources: ExitStack
@@ -154,7 +199,9 @@ class Gateway:
 
     def stop(self, grace: float | None = None) -> None:
         """Stop serving; calls in progress get `grace` seconds (the settings' by default) to
-        finish and be recorded, then the audit log and the partner channel close."""
+        finish and be recorded, then the audit log and the partner channel close. Health turns
+        NOT_SERVING first and stays so."""
+        self.health.enter_graceful_shutdown()
         self.server.stop(self.grace_s if grace is None else grace).wait()
         self.resources.close()
 
@@ -241,16 +288,20 @@ def start_gateway(settings: GatewaySettings) -> Gateway:
             partner,
             audit,
         )
+        checks = health.HealthServicer()
         server, port = create_server(
-            scoring_service(servicer),
+            [scoring_service(servicer), _health_service(checks), _reflection_service],
             settings.listen,
             settings.tls,
             insecure=settings.insecure,
-            allowed_roles=SCORING_ROLES,
+            allowed_roles={**SCORING_ROLES, **OPERATIONS_ROLES},
             max_message_bytes=settings.max_message_bytes,
             max_workers=settings.max_workers,
         )
         server.start()
+        # The version is loaded and the audit log open: scoring is served from now on.
+        for service in ("", SERVED_SERVICES[0]):
+            checks.set(service, health_pb2.HealthCheckResponse.SERVING)
         _LOG.info(
             "[Gateway] serving model version %s on port %d (partner %s)",
             version.manifest.version_id,
@@ -260,7 +311,18 @@ def start_gateway(settings: GatewaySettings) -> Gateway:
     except BaseException:
         resources.close()
         raise
-    return Gateway(server, port, partner, audit, resources, settings.shutdown_grace_s)
+    return Gateway(server, port, checks, partner, audit, resources, settings.shutdown_grace_s)
+
+
+def _health_service(checks: health.HealthServicer) -> ServicerAdder:
+    def add(server: grpc.Server) -> None:
+        health_pb2_grpc.add_HealthServicer_to_server(checks, server)
+
+    return add
+
+
+def _reflection_service(server: grpc.Server) -> None:
+    reflection.enable_server_reflection(SERVED_SERVICES, server)
 
 
 def serve(settings: GatewaySettings, on_started: Callable[[Gateway], None] | None = None) -> None:
