@@ -14,7 +14,8 @@ At start, `start_gateway`
    the start, while an unreachable one is only logged: the gateway serves from the bank's
    slice alone (``UNAVAILABLE``) and keeps asking in the background, using the partner from
    the moment the check passes;
-4. opens the audit log and starts serving ScoringGateway, the standard gRPC health service
+4. opens the audit log and starts serving ScoringGateway (with Prometheus metrics,
+   `gateway.metrics`, when ``metrics_listen`` is set), the standard gRPC health service
    (``grpc.health.v1.Health``: SERVING from the moment it serves, for the whole server and for
    ``cobrand.v1.ScoringGateway``) and server reflection.
 
@@ -65,10 +66,11 @@ from gateway.applicants import ApplicantDirectory, JoinKeyIndex
 from gateway.application import stored_features_of
 from gateway.audit_log import AuditLog, open_audit_log
 from gateway.config import load_decision_config
+from gateway.metrics import GatewayMetrics, MeasuredScoringServicer, serve_metrics
 from gateway.partner_client import CircuitBreaker, PartnerClient
 from gateway.pseudonyms import PseudonymKey
 from gateway.scoring import Scorer
-from gateway.service import SCORING_ROLES, ScoringServicer, ServedVersions, scoring_service
+from gateway.service import SCORING_ROLES, ServedVersions, scoring_service
 from gateway.settings import GatewaySettings
 
 __all__ = [
@@ -196,6 +198,7 @@ class Gateway:
     audit: AuditLog
     resources: ExitStack
     grace_s: float
+    metrics_port: int | None
 
     def stop(self, grace: float | None = None) -> None:
         """Stop serving; calls in progress get `grace` seconds (the settings' by default) to
@@ -282,12 +285,19 @@ def start_gateway(settings: GatewaySettings) -> Gateway:
             partner.keep_checking()
         resources.callback(partner.stop)
         audit = resources.enter_context(open_audit_log(settings.audit))
-        servicer = ScoringServicer(
+        metrics = GatewayMetrics()
+        servicer = MeasuredScoringServicer(
             ServedVersions({version.manifest.version_id: scorer}, version.manifest.version_id),
             applicants,
             partner,
             audit,
+            metrics=metrics,
         )
+        metrics_port = None
+        if settings.metrics_listen is not None:
+            endpoint = serve_metrics(metrics, settings.metrics_listen)
+            resources.callback(endpoint.close)
+            metrics_port = endpoint.port
         checks = health.HealthServicer()
         server, port = create_server(
             [scoring_service(servicer), _health_service(checks), _reflection_service],
@@ -311,7 +321,9 @@ def start_gateway(settings: GatewaySettings) -> Gateway:
     except BaseException:
         resources.close()
         raise
-    return Gateway(server, port, checks, partner, audit, resources, settings.shutdown_grace_s)
+    return Gateway(
+        server, port, checks, partner, audit, resources, settings.shutdown_grace_s, metrics_port
+    )
 
 
 def _health_service(checks: health.HealthServicer) -> ServicerAdder:

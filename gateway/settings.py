@@ -16,6 +16,7 @@ Example::
       deadline_ms: 50
       breaker: {failures: 5, cool_down_s: 5}
     audit: {backend: sqlite, path: /srv/cobrand/audit.db}
+    metrics_listen: 127.0.0.1:9464           # Prometheus /metrics over HTTP; off when left out
 
 Relative paths are relative to the working directory. Every key can also come from the
 environment, ``COBRAND_GATEWAY_<KEY>`` (nested with ``__``, e.g.
@@ -27,7 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from cobrand.rpc import TlsFiles
@@ -107,6 +108,9 @@ class GatewaySettings(ProcessSettings):
         Largest request accepted; a larger one is refused before it is read.
     shutdown_grace_s : float
         On stop, how long calls in progress get to finish.
+    metrics_listen : str, optional
+        ``host:port`` of the Prometheus ``/metrics`` HTTP endpoint (`gateway.metrics`): plain
+        HTTP, so a loopback or internal address; none, the default, serves no metrics.
     torch_threads : int
         Torch's intra-op threads. One by default: calls run side by side on the handler
         threads, and splitting one application's pass of a dozen rows over several threads
@@ -129,3 +133,14 @@ class GatewaySettings(ProcessSettings):
     max_message_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 256 * 1024
     shutdown_grace_s: Annotated[float, Field(ge=0, le=600)] = 10.0
     torch_threads: Annotated[int, Field(ge=1, le=256)] = 1
+    metrics_listen: str | None = None
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _host_and_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError(f"{value!r} is not host:port (e.g. 127.0.0.1:9464)")
+        return value

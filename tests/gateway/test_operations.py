@@ -1,6 +1,6 @@
 """The gateway's operations surface over mutual TLS on loopback: standard gRPC health checking
 (SERVING once serving, NOT_SERVING as it stops) and server reflection, each open only to the
-roles its allow-list names.
+roles its allow-list names, and the Prometheus metrics scraped over HTTP after real calls.
 
 The partner node is not started: the gateway serves the bank's slice alone, which is all these
 behaviours need.
@@ -10,20 +10,31 @@ from __future__ import annotations
 
 import socket
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
+from cobrand.errors import ConfigError
 from cobrand.rpc import create_channel
+from cobrand.settings import load_settings
+from cobrand.v1 import scoring_pb2, scoring_pb2_grpc
 from gateway.server import Gateway, start_gateway
 from gateway.settings import GatewaySettings
 from tests.conftest import ThrowAwayPki
-from tests.gateway.gateway_sites import gateway_settings, publish_both_sides
+from tests.gateway.gateway_sites import (
+    Applicants,
+    applicants_of,
+    gateway_settings,
+    publish_both_sides,
+)
 from tests.training_sites import TrainingSites, write_training_sites
 
 TIMEOUT = 10.0
@@ -41,21 +52,23 @@ def _closed_port() -> int:
 
 
 @pytest.fixture(scope="module")
+def sites(tmp_path_factory: pytest.TempPathFactory) -> TrainingSites:
+    return write_training_sites(tmp_path_factory.mktemp("sites"), customers=200, seed=43)
+
+
+@pytest.fixture(scope="module")
 def settings(
-    tmp_path_factory: pytest.TempPathFactory, throwaway_pki: ThrowAwayPki
+    tmp_path_factory: pytest.TempPathFactory, throwaway_pki: ThrowAwayPki, sites: TrainingSites
 ) -> GatewaySettings:
-    sites: TrainingSites = write_training_sites(
-        tmp_path_factory.mktemp("sites"), customers=200, seed=43
-    )
-    version_id = publish_both_sides(sites)
-    return gateway_settings(
+    settings = gateway_settings(
         tmp_path_factory.mktemp("gateway"),
         sites,
         throwaway_pki,
-        version_id,
+        publish_both_sides(sites),
         _closed_port(),
         verify_retry_s=600,
     )
+    return settings.model_copy(update={"metrics_listen": "127.0.0.1:0"})
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +162,75 @@ def test_health_turns_not_serving_as_the_gateway_stops(
             gateway.stop(grace=None)
         else:
             stopping.join()
+
+
+def _scraped(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of ``/metrics`` by name and labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=TIMEOUT) as reply:
+        text = reply.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_count_latency_decisions_and_fallbacks_of_real_calls(
+    gateway: Gateway, throwaway_pki: ThrowAwayPki, sites: TrainingSites
+) -> None:
+    people: Applicants = applicants_of(sites)
+    assert gateway.metrics_port is not None
+    before = _scraped(gateway.metrics_port)
+
+    def application(application_id: str, identifier: str) -> scoring_pb2.ScoreApplicationRequest:
+        return scoring_pb2.ScoreApplicationRequest(
+            application_id=application_id,
+            channel=scoring_pb2.APPLICATION_CHANNEL_BANK,
+            identifier_kind="mobile_cn",
+            identifier=identifier,
+        )
+
+    with create_channel(f"127.0.0.1:{gateway.port}", throwaway_pki.tls("app")) as channel:
+        stub = scoring_pb2_grpc.ScoringGatewayStub(channel)  # type: ignore[no-untyped-call]
+        # The partner is absent: an aligned customer falls back as UNAVAILABLE, a customer
+        # outside the alignment without consent as NO_CONSENT.
+        known = stub.ScoreApplication(application("OPS-1", people.aligned[0]), timeout=TIMEOUT)
+        unknown = stub.ScoreApplication(application("OPS-2", people.bank_only[0]), timeout=TIMEOUT)
+        retried = stub.ScoreApplication(application("OPS-1", people.aligned[0]), timeout=TIMEOUT)
+        assert retried.replayed
+        bad = application("OPS-3", people.aligned[0])
+        bad.fields["monthly_income"].number = float("nan")
+        assert _refused(lambda: stub.ScoreApplication(bad, timeout=TIMEOUT)) is (
+            grpc.StatusCode.INVALID_ARGUMENT
+        )
+
+    after = _scraped(gateway.metrics_port)
+
+    def grew(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after[key] - before.get(key, 0.0)
+
+    outcomes = {"approve": 0, "refer": 0, "decline": 0}
+    for reply in (known, unknown):
+        outcomes[scoring_pb2.Decision.Name(reply.decision).removeprefix("DECISION_").lower()] += 1
+    for decision, count in outcomes.items():
+        assert grew("cobrand_gateway_decisions_total", decision=decision) == count
+    assert grew("cobrand_gateway_partner_fallbacks_total", status="unavailable") == 1
+    assert grew("cobrand_gateway_partner_fallbacks_total", status="no_consent") == 1
+    assert grew("cobrand_gateway_partner_fallbacks_total", status="timeout") == 0
+    # Three answered calls (the retry too) and one refused, each timed under its status.
+    assert grew("cobrand_gateway_score_application_seconds_count", code="OK") == 3
+    assert grew("cobrand_gateway_score_application_seconds_count", code="INVALID_ARGUMENT") == 1
+    assert grew("cobrand_gateway_score_application_seconds_sum", code="OK") > 0
+    assert grew("cobrand_gateway_score_application_seconds_bucket", code="OK", le="+Inf") == 3
+
+
+def test_a_metrics_address_without_a_port_is_refused_naming_the_setting(
+    settings: GatewaySettings, tmp_path: Path
+) -> None:
+    body = settings.model_dump(mode="json", exclude_none=True)
+    body["metrics_listen"] = "9464"
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(body))
+    with pytest.raises(ConfigError, match="metrics_listen"):
+        load_settings(GatewaySettings, path)
