@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from itertools import pairwise
@@ -237,7 +237,8 @@ def stability_report(
         values = [_number(record, name) for record in records]
         variables.append(_numeric(name, VariableKind.NUMERIC, bins, values))
     for name, categories in baseline.categorical.items():
-        indices = [_category_index(record, name, categories) for record in records]
+        encoding = {c: FIRST_KNOWN_INDEX + i for i, c in enumerate(categories.categories)}
+        indices = [_category_index(record, name, encoding) for record in records]
         variables.append(_categorical(name, categories, indices))
     return StabilityReport(
         model_version=model_version,
@@ -297,7 +298,7 @@ def _number(record: AuditRecord, name: str) -> float:
     return value
 
 
-def _category_index(record: AuditRecord, name: str, bins: CategoryBins) -> int:
+def _category_index(record: AuditRecord, name: str, encoding: Mapping[str, int]) -> int:
     value = _field(record, name)
     if value is None:
         return MISSING_INDEX
@@ -306,7 +307,4 @@ def _category_index(record: AuditRecord, name: str, bins: CategoryBins) -> int:
             f"decision {record.request_id}: bank feature {name!r} is the number {value}; "
             "the baseline bins it as a category"
         )
-    try:
-        return FIRST_KNOWN_INDEX + bins.categories.index(value)
-    except ValueError:
-        return UNSEEN_INDEX
+    return encoding.get(value, UNSEEN_INDEX)
