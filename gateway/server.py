@@ -313,10 +313,11 @@ def start_gateway(settings: GatewaySettings) -> Gateway:
         for service in ("", SERVED_SERVICES[0]):
             checks.set(service, health_pb2.HealthCheckResponse.SERVING)
         _LOG.info(
-            "[Gateway] serving model version %s on port %d (partner %s)",
+            "[Gateway] serving model version %s on port %d (partner %s; metrics %s)",
             version.manifest.version_id,
             port,
             "verified" if partner.verified else "not verified: bank slice only",
+            "off" if metrics_port is None else f"on port {metrics_port}",
         )
     except BaseException:
         resources.close()

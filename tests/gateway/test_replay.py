@@ -4,6 +4,7 @@ mismatch naming the field."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -152,7 +153,8 @@ def test_decisions_with_and_without_the_partners_slice_replay_to_an_exact_match(
         assert f"score {reply.risk.score}" in replayed.output
         assert f"pd {reply.risk.probability_of_default!r}" in replayed.output
         # The decision configuration is not in the record: the replay says which it used.
-        assert f"replayed with {settings.decision_config}" in replayed.output
+        digest = hashlib.sha256(settings.decision_config.read_bytes()).hexdigest()
+        assert f"replayed with {settings.decision_config} (sha256 {digest})" in replayed.output
 
 
 def test_an_altered_stored_probability_is_a_mismatch_naming_the_field(
