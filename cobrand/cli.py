@@ -16,7 +16,7 @@ import typer  # noqa: E402
 
 from bank_node import cli as bank_cli  # noqa: E402
 from cobrand.commands import align, data, demo, pki, train  # noqa: E402
-from gateway import audit_cli, target_cli  # noqa: E402
+from gateway import audit_cli, monitor_cli, target_cli  # noqa: E402
 from gateway import cli as gateway_cli  # noqa: E402
 from partner_node import cli as partner_cli  # noqa: E402
 
@@ -36,6 +36,7 @@ app.add_typer(partner_cli.app, name="partner")
 app.add_typer(audit_cli.app, name="audit")
 app.add_typer(gateway_cli.app, name="gateway")
 app.command(name="target")(target_cli.run)
+app.command(name="monitor")(monitor_cli.run)
 
 
 @app.callback()

@@ -17,9 +17,9 @@ import numpy.typing as npt
 from cobrand.errors import InvalidRequest
 
 __all__ = [
-    "PSI_MONITOR_AT",
     "PSI_SHARE_FLOOR",
     "PSI_SHIFT_AT",
+    "PSI_WATCH_AT",
     "PsiVerdict",
     "auc",
     "gini",
@@ -29,7 +29,7 @@ __all__ = [
     "psi_verdict",
 ]
 
-PSI_MONITOR_AT: Final = 0.10
+PSI_WATCH_AT: Final = 0.10
 """PSI at or above this: the population has moved enough to watch (the usual 0.10)."""
 PSI_SHIFT_AT: Final = 0.25
 """PSI at or above this: a significant shift; the model needs review (the usual 0.25)."""
@@ -44,7 +44,7 @@ class PsiVerdict(enum.StrEnum):
     """What a PSI value means for the risk team."""
 
     STABLE = "stable"
-    MONITOR = "monitor"
+    WATCH = "watch"
     SHIFT = "shift"
 
 
@@ -195,7 +195,7 @@ def psi(*, expected: npt.ArrayLike, actual: npt.ArrayLike, bins: int = 10) -> fl
     Returns
     -------
     float
-        ``sum((a - e) * ln(a / e))`` over buckets; compare with `PSI_MONITOR_AT` and
+        ``sum((a - e) * ln(a / e))`` over buckets; compare with `PSI_WATCH_AT` and
         `PSI_SHIFT_AT`, or call `psi_verdict`.
     """
     if bins < 2:
@@ -278,6 +278,6 @@ def psi_verdict(value: float) -> PsiVerdict:
     """
     if value >= PSI_SHIFT_AT:
         return PsiVerdict.SHIFT
-    if value >= PSI_MONITOR_AT:
-        return PsiVerdict.MONITOR
+    if value >= PSI_WATCH_AT:
+        return PsiVerdict.WATCH
     return PsiVerdict.STABLE

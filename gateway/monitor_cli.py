@@ -43,7 +43,7 @@ __all__ = ["run"]
 
 _BAND_STYLE: Final = {
     PsiVerdict.STABLE: "green",
-    PsiVerdict.MONITOR: "yellow",
+    PsiVerdict.WATCH: "yellow",
     PsiVerdict.SHIFT: "bold red",
 }
 _PLOT_COLUMNS: Final = 3

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from cobrand.errors import InvalidRequest
 from cobrand.metrics import (
-    PSI_MONITOR_AT,
     PSI_SHARE_FLOOR,
     PSI_SHIFT_AT,
+    PSI_WATCH_AT,
     PsiVerdict,
     auc,
     gini,
@@ -115,10 +115,10 @@ def test_psi_of_a_sample_against_itself_is_zero() -> None:
 
 
 def test_psi_verdict_uses_the_risk_team_thresholds() -> None:
-    assert (PSI_MONITOR_AT, PSI_SHIFT_AT) == (0.10, 0.25)
+    assert (PSI_WATCH_AT, PSI_SHIFT_AT) == (0.10, 0.25)
     assert psi_verdict(0.099) is PsiVerdict.STABLE
-    assert psi_verdict(0.10) is PsiVerdict.MONITOR
-    assert psi_verdict(0.2499) is PsiVerdict.MONITOR
+    assert psi_verdict(0.10) is PsiVerdict.WATCH
+    assert psi_verdict(0.2499) is PsiVerdict.WATCH
     assert psi_verdict(0.25) is PsiVerdict.SHIFT
 
 

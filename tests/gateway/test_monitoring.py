@@ -103,7 +103,7 @@ def test_a_moved_feature_gives_the_textbook_psi_with_empty_bins_floored() -> Non
 
 @pytest.mark.parametrize(
     ("low_risk", "band"),
-    [(3, PsiVerdict.STABLE), (5, PsiVerdict.MONITOR), (7, PsiVerdict.SHIFT)],
+    [(3, PsiVerdict.STABLE), (5, PsiVerdict.WATCH), (7, PsiVerdict.SHIFT)],
 )
 def test_the_score_band_follows_its_psi(low_risk: int, band: PsiVerdict) -> None:
     # Of ten decisions, `low_risk` below 0.1, the rest split between the other two bins.
