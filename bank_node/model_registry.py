@@ -13,8 +13,8 @@ bank's modules, and saves under the version id of the bank's and the partner's w
                                  with its reference value and text, and ``P01``, the partner's
                                  contribution as one reason that names no partner feature
     monitoring_baseline.json     on the training rows: bins and shares of each binary task's
-                                 predicted probability and of each bank feature (numeric ones in
-                                 raw units, clipped as the preprocessor clips them)
+                                 predicted probability and of each bank feature (numeric ones
+                                 from the table's raw float64 values, as production's are binned)
     calibration.json             per binary task, `calibration_check` on the labelled test rows
 
 `load_bank_version` reads it back whole (every file checked against the manifest), rebuilds the
@@ -192,6 +192,7 @@ def save_bank_version(
     head: HeadModel,
     preprocessor: Preprocessor,
     data: BankTrainingData,
+    raw_numeric: npt.NDArray[np.float64],
     train_probabilities: Mapping[str, npt.NDArray[np.floating[Any]]],
     test_probabilities: Mapping[str, npt.NDArray[np.floating[Any]]],
     partner_weights_sha256: bytes,
@@ -210,6 +211,12 @@ def save_bank_version(
         The bank's preprocessing that encoded `data`.
     data : BankTrainingData
         The run's aligned rows (features, labels, split).
+    raw_numeric : ndarray of float64, shape (n, len(preprocessor.numeric))
+        The bank table's numeric features of the same rows as `data`, in the preprocessor's
+        order, NaN where missing (``PartyTable.numeric`` of the aligned table). The baseline
+        bins these rather than values decoded from the float32 features, which would put
+        whole numbers (an age of 26 decoded as 25.99999988) a bin below where production
+        puts them.
     train_probabilities, test_probabilities : mapping of str to ndarray
         Per binary task, the full model's predicted probability of the event on the training
         rows (for the baseline) and on the test rows (for calibration), each in aligned order:
@@ -230,8 +237,14 @@ def save_bank_version(
     ------
     InvalidRequest
         A binary task without probabilities, or probabilities of another length or outside
-        [0, 1] (the task, split and row are named).
+        [0, 1] (the task, split and row are named), or `raw_numeric` of another shape.
     """
+    expected = (len(data.split), len(preprocessor.numeric))
+    if np.shape(raw_numeric) != expected:
+        raise InvalidRequest(
+            f"raw_numeric: needs the raw numeric features of every aligned row, shape "
+            f"{expected}, got {np.shape(raw_numeric)}"
+        )
     binary = [task for task, width in data.tasks.items() if width == 1]
     train, test = data.split == TRAIN, data.split == TEST
     scores = {
@@ -264,7 +277,7 @@ def save_bank_version(
         SCORE_SCALING: json_bytes((scaling or ScoreScaling()).model_dump(mode="json")),
         REASON_CODES: json_bytes(_reason_codes(preprocessor, data, train).model_dump(mode="json")),
         MONITORING_BASELINE: json_bytes(
-            _baseline(preprocessor, data, train, scores).model_dump(mode="json")
+            _baseline(preprocessor, data, raw_numeric, train, scores).model_dump(mode="json")
         ),
         CALIBRATION: json_bytes(_CALIBRATIONS.dump_python(calibration, mode="json")),
     }
@@ -398,23 +411,21 @@ def _category_name(vocabulary: tuple[str, ...], index: int) -> str:
 def _baseline(
     preprocessor: Preprocessor,
     data: BankTrainingData,
+    raw_numeric: npt.NDArray[np.float64],
     train: npt.NDArray[np.bool_],
     scores: Mapping[str, npt.NDArray[np.float64]],
 ) -> MonitoringBaseline:
-    numeric = data.features.numeric[train].astype(np.float64)
+    # Unclipped, as the gateway bins production values: the end bins are open, so values beyond
+    # the preprocessor's clipping bounds need no clipping to land in one.
+    numeric = raw_numeric[train]
     categorical = data.features.categorical[train]
-    indicator = len(preprocessor.numeric)
-    numeric_bins = {}
-    for j, state in enumerate(preprocessor.numeric):
-        raw = numeric[:, j] * state.scale + state.median
-        if state.missing_indicator:
-            raw[numeric[:, indicator] == 1.0] = np.nan
-            indicator += 1
-        numeric_bins[state.name] = NumericBins.fit(raw, _BASELINE_BINS)
     return MonitoringBaseline(
         rows=int(train.sum()),
         scores={task: NumericBins.fit(score, _BASELINE_BINS) for task, score in scores.items()},
-        numeric=numeric_bins,
+        numeric={
+            state.name: NumericBins.fit(numeric[:, j], _BASELINE_BINS)
+            for j, state in enumerate(preprocessor.numeric)
+        },
         categorical={
             state.name: CategoryBins.fit(categorical[:, j], state.vocabulary)
             for j, state in enumerate(preprocessor.categorical)

@@ -134,6 +134,7 @@ def release_model(
         head=trainer.head,
         preprocessor=training_set.preprocessor,
         data=data,
+        raw_numeric=training_set.raw_numeric,
         train_probabilities={task: _sigmoid(full_train[task]) for task in binary},
         test_probabilities={task: _sigmoid(full_test[task]) for task in binary},
         partner_weights_sha256=partner_weights_sha256,

@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 from bank_node.config import BankNodeConfig
 from bank_node.training_data import BankTrainingData, task_widths
 from cobrand.aligned_rows import aligned_table
@@ -32,6 +35,9 @@ class BankTrainingSet:
     ----------
     alignment : AlignmentVersion
     data : BankTrainingData
+    raw_numeric : numpy.ndarray of float64, shape (n, n_numeric)
+        The aligned rows' numeric features as the table holds them (NaN where missing), in the
+        preprocessor's order: what the monitoring baseline bins, as production values are.
     spec : BottomSpec
         The bank bottom's shape.
     preprocessor : Preprocessor
@@ -42,6 +48,7 @@ class BankTrainingSet:
 
     alignment: AlignmentVersion
     data: BankTrainingData
+    raw_numeric: npt.NDArray[np.float64]
     spec: BottomSpec
     preprocessor: Preprocessor
     classes: Mapping[str, tuple[str, ...]]
@@ -77,6 +84,7 @@ def load_training_set(config: BankNodeConfig) -> BankTrainingSet:
             split=aligned.split,
             tasks=task_widths(schema),
         ),
+        raw_numeric=aligned.numeric,
         spec=BottomSpec.from_preprocessor(preprocessor),
         preprocessor=preprocessor,
         classes={

@@ -23,6 +23,7 @@ from bank_node.model_registry import (
 from bank_node.serving_reference import ScoreScaling, adverse_reasons, attribution_batch
 from bank_node.training_data import TEST, TRAIN, BankTrainingData
 from cobrand.errors import FailedPrecondition, InvalidRequest, UnknownModelVersion
+from cobrand.metrics import psi_from_shares
 from cobrand.model_artefacts import state_dict_bytes
 from cobrand.model_manifest import MANIFEST_FILE, model_version
 from cobrand.model_store import ModelStore
@@ -38,8 +39,9 @@ TASKS = {"risk": 1, "rights_package": 3}
 class _Run:
     """A trained-looking bank model over a small table (weights random, seeded)."""
 
-    def __init__(self, rows: int = 600) -> None:
-        table, self.preprocessor = fitted_table("bank", rows)
+    def __init__(self, rows: int = 600, seed: int = 0) -> None:
+        self.table, self.preprocessor = fitted_table("bank", rows, seed)
+        table = self.table
         rng = np.random.default_rng(1)
         self.probability = rng.uniform(0.02, 0.5, rows)
         risk = (rng.random(rows) < self.probability).astype(np.float32)
@@ -71,6 +73,7 @@ class _Run:
             head=self.head,
             preprocessor=self.preprocessor,
             data=data,
+            raw_numeric=self.table.numeric,
             train_probabilities={"risk": probability[data.split == TRAIN]},
             test_probabilities={"risk": probability[data.split == TEST]},
             partner_weights_sha256=PARTNER_WEIGHTS,
@@ -187,6 +190,44 @@ def test_the_baseline_bins_training_scores_and_raw_bank_features(run: _Run, tmp_
     assert [sum(s) for s in shares] == pytest.approx([1.0] * 3)
 
 
+def test_the_training_rows_raw_values_fall_in_the_baseline_bins_exactly_as_saved(
+    tmp_path: Path,
+) -> None:
+    run = _Run(seed=1)
+    train = run.data.split == TRAIN
+    tenure = run.preprocessor.numeric[1]
+    scaled = run.data.features.numeric[train, 1].astype(np.float64)
+    # tenure is whole numbers that its float32 scaled feature does not hold exactly.
+    decoded = scaled * tenure.scale + tenure.median
+    assert np.any(decoded != run.table.numeric[train, 1])
+    store = ModelStore(tmp_path)
+    baseline = load_bank_version(store, run.save(store)).baseline
+
+    for j, state in enumerate(run.preprocessor.numeric):
+        bins = baseline.numeric[state.name]
+        counts = bins.counts(run.table.numeric[train, j])
+        assert tuple(counts / counts.sum()) == bins.shares, state.name
+        assert psi_from_shares(expected=bins.shares, actual=counts / counts.sum()) == 0.0
+
+
+def test_raw_numeric_features_of_other_rows_are_refused_naming_them(
+    run: _Run, tmp_path: Path
+) -> None:
+    with pytest.raises(InvalidRequest, match=r"raw_numeric: .* shape \(600, 2\), got \(599, 2\)"):
+        save_bank_version(
+            ModelStore(tmp_path),
+            bottom=run.bottom,
+            head=run.head,
+            preprocessor=run.preprocessor,
+            data=run.data,
+            raw_numeric=run.table.numeric[1:],
+            train_probabilities={"risk": run.probability[run.data.split == TRAIN]},
+            test_probabilities={"risk": run.probability[run.data.split == TEST]},
+            partner_weights_sha256=PARTNER_WEIGHTS,
+            partner_preprocessor_sha256=PARTNER_PREPROCESSOR,
+        )
+
+
 def test_calibration_is_checked_on_the_labelled_test_rows(run: _Run, tmp_path: Path) -> None:
     store = ModelStore(tmp_path)
     check = load_bank_version(store, run.save(store)).calibration["risk"]
@@ -218,6 +259,7 @@ def test_a_binary_task_without_probabilities_is_refused_naming_it(
             head=run.head,
             preprocessor=run.preprocessor,
             data=run.data,
+            raw_numeric=run.table.numeric,
             train_probabilities={},
             test_probabilities={"risk": run.probability[run.data.split == TEST]},
             partner_weights_sha256=PARTNER_WEIGHTS,

@@ -115,6 +115,7 @@ def save_synth_bank_version(
         head=head.eval(),
         preprocessor=preprocessor,
         data=data,
+        raw_numeric=table.numeric,
         train_probabilities={task: probability[table.split == TRAIN] for task in binary},
         test_probabilities={task: probability[table.split == TEST] for task in binary},
         partner_weights_sha256=partner_weights_sha256,

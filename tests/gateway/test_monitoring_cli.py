@@ -1,14 +1,10 @@
 """`cobrand monitor` over a real SQLite audit log and a real saved bank version.
 
-Two windows of decisions are logged: one of the version's training applicants, each once in a
-shuffled order, with probabilities drawn as its training ones were, and the same with every
-applicant's monthly income tripled. The first must read stable throughout, the second shift on
-that one feature.
-
-Every training applicant once rather than a sample: the baseline's numeric edges are rebuilt
-from float32-scaled features (e.g. age's 26 is kept as 25.99999988), so integer-valued features
-already differ slightly from their own training shares (age PSI 0.039 on the training rows
-themselves), and sampling noise on top of that would leave too little margin below 0.10.
+Three windows of decisions are logged: one of the version's training applicants, each once in
+a shuffled order, with probabilities drawn as its training ones were; the same with every
+applicant's monthly income tripled; and as many applicants drawn from the training ones with
+replacement. The first and the last must read stable throughout, the second shift on that one
+feature.
 """
 
 from __future__ import annotations
@@ -36,6 +32,7 @@ SHIFTED = "monthly_income"
 DAY = dt.timedelta(days=1)
 STABLE_WINDOW = ["--since", T0.isoformat(), "--until", (T0 + DAY).isoformat()]
 SHIFTED_WINDOW = ["--since", (T0 + DAY).isoformat(), "--until", (T0 + 2 * DAY).isoformat()]
+RESAMPLED_WINDOW = ["--since", (T0 + 2 * DAY).isoformat(), "--until", (T0 + 3 * DAY).isoformat()]
 OLD_VERSION = "0123456789abcdef"
 
 runner = CliRunner()
@@ -54,12 +51,16 @@ class Sources:
         return ["--bank-config", str(self.bank_yaml), "--db", str(self.db)]
 
 
-def _decisions(sv: SynthVersion, start: dt.datetime, scale: float) -> list[AuditRecord]:
-    """A decision per training applicant, shuffled, `SHIFTED` multiplied by `scale`;
-    probabilities drawn as the synthetic version's training ones were."""
-    rng = np.random.default_rng(int(scale * 10))
+def _decisions(
+    sv: SynthVersion, start: dt.datetime, seed: int, *, scale: float = 1.0, resampled: bool = False
+) -> list[AuditRecord]:
+    """A decision per training applicant, shuffled (or as many drawn with replacement),
+    `SHIFTED` multiplied by `scale`; probabilities drawn as the synthetic version's training
+    ones were."""
+    rng = np.random.default_rng(seed)
     table, preprocessor = sv.table, sv.version.preprocessor
-    rows = rng.permutation(np.flatnonzero(table.split == TRAIN))
+    train = np.flatnonzero(table.split == TRAIN)
+    rows = rng.choice(train, train.size) if resampled else rng.permutation(train)
     probabilities = rng.uniform(0.01, 0.4, rows.size)
     records = []
     for i, (row, probability) in enumerate(zip(rows, probabilities, strict=True)):
@@ -75,7 +76,7 @@ def _decisions(sv: SynthVersion, start: dt.datetime, scale: float) -> list[Audit
             text = table.categorical[row, j]
             features[category.name] = None if text is None else (text.strip().lower() or None)
         record = make_record(
-            f"APP-{scale:g}-{i}",
+            f"APP-{seed}-{i}",
             decided_at=start + i * dt.timedelta(seconds=10),
             model_version=sv.version.manifest.version_id,
             probability=float(probability),
@@ -99,8 +100,9 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> Sources:
     records = [
         # An older version's decision opens the first window: the default is the latest's.
         make_record("APP-old", decided_at=T0, model_version=OLD_VERSION),
-        *_decisions(sv, T0 + dt.timedelta(minutes=1), 1.0),
-        *_decisions(sv, T0 + DAY, 3.0),
+        *_decisions(sv, T0 + dt.timedelta(minutes=1), 10),
+        *_decisions(sv, T0 + DAY, 30, scale=3.0),
+        *_decisions(sv, T0 + 2 * DAY, 40, resampled=True),
     ]
     with open_audit_log(AuditSettings(path=db)) as log, ThreadPoolExecutor(16) as pool:
         # Concurrent writers share group commits: one flush per batch, not per record.
@@ -136,6 +138,14 @@ def test_decisions_drawn_like_the_training_rows_are_stable(sources: Sources) -> 
     }
     baseline = sources.version.version.baseline
     assert set(_bands(body)) == {"risk", *baseline.numeric, *baseline.categorical}
+    assert set(_bands(body).values()) == {"stable"}
+
+
+def test_decisions_resampled_from_the_training_rows_are_stable(sources: Sources) -> None:
+    body = _monitor(sources, *RESAMPLED_WINDOW)
+    rates = body["rates"]
+    assert isinstance(rates, dict)
+    assert rates["decisions"] == sources.version.version.baseline.rows
     assert set(_bands(body).values()) == {"stable"}
 
 

@@ -351,6 +351,7 @@ def test_a_risk_only_version_decides_without_packages_or_instalment_offers(
         head=HeadModel(4, 3, tasks, hidden=8).eval(),
         preprocessor=preprocessor,
         data=data,
+        raw_numeric=table.numeric,
         train_probabilities={"risk": probability[table.split == TRAIN]},
         test_probabilities={"risk": probability[table.split == TEST]},
         partner_weights_sha256=bytes(32),
