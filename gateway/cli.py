@@ -2,7 +2,9 @@
 
 ``cobrand gateway serve --config gateway.yaml`` loads the served model version, checks the
 partner holds the same version and answers ScoreApplication until stopped (SIGTERM or Ctrl-C),
-letting the calls in progress finish. Identifiers are never printed.
+letting the calls in progress finish. On SIGHUP it reads the file's ``model_version`` again
+and swaps that version in without stopping, once the partner holds it (`gateway.server`); a
+refused swap is logged and the version served stays. Identifiers are never printed.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def serve_command(
         typer.Option(help="Write the port served on to this file once serving (for port 0)."),
     ] = None,
 ) -> None:
-    """Serve ScoreApplication until stopped."""
+    """Serve ScoreApplication until stopped; SIGHUP swaps in the file's model_version."""
     # A long-lived service reports its start and the partner's state whatever the log level.
     logging.getLogger("gateway").setLevel(logging.INFO)
     with cli_errors():
@@ -57,5 +59,9 @@ def serve_command(
             if port_file is not None:
                 port_file.write_text(f"{gateway.port}\n")
 
-        serve(settings, on_started=started)
+        serve(
+            settings,
+            on_started=started,
+            reread_version=lambda: load_settings(GatewaySettings, config).model_version,
+        )
     typer.echo("gateway stopped")

@@ -10,10 +10,10 @@ At start, `start_gateway`
    against its manifest) and the decision configuration (`gateway.scoring.Scorer`);
 3. asks the partner for its manifest digest of the version (``DescribeVersion``), checks it
    is the one the bank recorded when both sides published it (`verify_peer`) and has the
-   partner load the version (`PartnerClient.warm_up`); a partner that holds other files stops
-   the start, while an unreachable one is only logged: the gateway serves from the bank's
-   slice alone (``UNAVAILABLE``) and keeps asking in the background, using the partner from
-   the moment the check passes;
+   partner load the version (`PartnerClient.warm_up`, `gateway.partner_check`); a partner that
+   holds other files stops the start, while an unreachable one is only logged: the gateway
+   serves from the bank's slice alone (``UNAVAILABLE``) and keeps asking in the background,
+   using the partner from the moment the check passes;
 4. opens the audit log and starts serving ScoringGateway (with Prometheus metrics,
    `gateway.metrics`, when ``metrics_listen`` is set), the standard gRPC health service
    (``grpc.health.v1.Health``: SERVING from the moment it serves, for the whole server and for
@@ -25,6 +25,14 @@ the partner's) and to the bank's own services (``bank``, ``gateway``); a ``Watch
 a handler thread for its whole life, so only the bank's own services may open one; reflection
 describes every service served, so it too is for the bank's services only. ``bank`` and
 ``gateway`` are roles only the bank's CA can issue (`cobrand.pki.identity.PARTY_ROLES`).
+
+`Gateway.swap` (``SIGHUP`` under `serve`, re-reading ``model_version``) swaps a newly published
+version in without stopping: it loads the version from the bank's registry, has the partner's
+copy verified and warmed the same way, and only then serves it; a partner that does not hold it
+yet refuses the swap (``FAILED_PRECONDITION``) and the gateway keeps serving the version it had.
+Each call takes the versions served once at its start (`ScoringServicer.serve`), so a call in
+progress finishes on its version and none combines two. The version swapped out stays served
+for callers that name it, and verified at the partner, which keeps two versions loaded.
 
 `Gateway.stop` first turns health to NOT_SERVING, so load balancers and watchers stop sending,
 then lets the calls in progress finish (each one's decision recorded) before the
@@ -48,8 +56,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from bank_node.config import BankNodeConfig
 from bank_node.model_registry import load_bank_version
-from cobrand.errors import FailedPrecondition, Unavailable
-from cobrand.model_manifest import Manifest, verify_peer
+from cobrand.errors import CobrandError, FailedPrecondition
 from cobrand.model_store import ModelStore
 from cobrand.party_files import load_own_table
 from cobrand.pki import Party, Role
@@ -67,17 +74,18 @@ from gateway.application import stored_features_of
 from gateway.audit_log import AuditLog, open_audit_log
 from gateway.config import load_decision_config
 from gateway.metrics import GatewayMetrics, MeasuredScoringServicer, serve_metrics
+from gateway.partner_check import PartnerCheck
 from gateway.partner_client import CircuitBreaker, PartnerClient
 from gateway.pseudonyms import PseudonymKey
 from gateway.scoring import Scorer
-from gateway.service import SCORING_ROLES, ServedVersions, scoring_service
+from gateway.service import SCORING_ROLES, ScoringServicer, ServedVersions, scoring_service
 from gateway.settings import GatewaySettings
 
 __all__ = [
     "OPERATIONS_ROLES",
     "SERVED_SERVICES",
     "Gateway",
-    "PartnerCheck",
+    "VersionSwitch",
     "load_scorer",
     "serve",
     "start_gateway",
@@ -104,87 +112,75 @@ OPERATIONS_ROLES: Mapping[str, frozenset[Role]] = {
 """Who may call health checking and reflection (see the module docstring)."""
 
 
-class PartnerCheck:
-    """The partner client, handed out only once the partner is known to hold the version.
+class VersionSwitch:
+    """Swaps the model version a running gateway serves; one swap at a time.
 
     Parameters
     ----------
-    client : PartnerClient
-    manifest : Manifest
-        The bank's manifest of the served version (holds the partner's digest).
-    timeout_s : float
-        Deadline of each check.
-    retry_s : float
-        Pause between checks while the partner cannot be reached.
+    servicer : ScoringServicer
+    partner : PartnerCheck
+    load : callable
+        The scorer of a version id from the bank's registry (`load_scorer`).
     """
 
     def __init__(
-        self, client: PartnerClient, manifest: Manifest, timeout_s: float, retry_s: float
+        self, servicer: ScoringServicer, partner: PartnerCheck, load: Callable[[str], Scorer]
     ) -> None:
-        self._client = client
-        self._manifest = manifest
-        self._timeout_s = timeout_s
-        self._retry_s = retry_s
-        self._verified = threading.Event()
-        self._stopping = threading.Event()
-        self._retrying: threading.Thread | None = None
+        self._servicer = servicer
+        self._partner = partner
+        self._load = load
+        self._lock = threading.Lock()
 
     @property
-    def verified(self) -> bool:
-        """Whether the partner's copy of the version was checked and found the same."""
-        return self._verified.is_set()
+    def current(self) -> str:
+        """The version an application naming none is scored with."""
+        return self._servicer.versions.current
 
-    def __call__(self, version_id: str) -> PartnerClient | None:
-        """The client for `version_id`, or None while it is not verified at the partner."""
-        if self._verified.is_set() and version_id == self._manifest.version_id:
-            return self._client
-        return None
-
-    def check(self) -> bool:
-        """Ask the partner now; True once verified, False if it could not be reached.
+    def swap(self, version_id: str) -> None:
+        """Serve `version_id` from the next call on, once the partner's copy is verified.
 
         Raises
         ------
+        UnknownModelVersion
+            The version is not in the bank's registry.
         FailedPrecondition
-            The partner answers for another version or holds other files than published.
+            A file of the version differs from its manifest, its bank features are not those
+            the gateway's stored rows hold, or the partner does not hold it as published
+            (or cannot be asked): the gateway keeps serving the version it had.
+        ConfigError
+            The decision file does not fit the version.
         """
-        version_id = self._manifest.version_id
-        try:
-            answered, digest = self._client.describe(version_id, self._timeout_s)
-        except Unavailable as err:
-            _LOG.warning(
-                "[Gateway] partner not verified for model version %s (%s): scoring from the "
-                "bank's slice alone, asking again every %.0f s",
-                version_id,
-                err,
-                self._retry_s,
-            )
-            return False
-        verify_peer(self._manifest, answered, digest)
-        self._client.warm_up(version_id, self._timeout_s)
-        self._verified.set()
-        _LOG.info("[Gateway] the partner holds model version %s as published", version_id)
-        return True
-
-    def keep_checking(self) -> None:
-        """Check again in the background until verified, refused or stopped."""
-        self._retrying = threading.Thread(target=self._retry, name="partner-check", daemon=True)
-        self._retrying.start()
-
-    def stop(self) -> None:
-        """Stop checking in the background."""
-        self._stopping.set()
-        if self._retrying is not None:
-            self._retrying.join()
-
-    def _retry(self) -> None:
-        while not self._stopping.wait(self._retry_s):
-            try:
-                if self.check():
-                    return
-            except FailedPrecondition as err:
-                _LOG.error("[Gateway] the partner's model version is refused: %s", err)
+        with self._lock:
+            served = self._servicer.versions
+            if version_id == served.current:
+                _LOG.info("[Gateway] model version %s is already served", version_id)
                 return
+            previous = served.scorers[served.current]
+            scorer = self._load(version_id)
+            _check_same_bank_features(previous, scorer)
+            self._partner.adopt(scorer.version.manifest)
+            # The version swapped out stays served for calls in progress and callers naming it.
+            self._servicer.serve(
+                ServedVersions({version_id: scorer, served.current: previous}, version_id)
+            )
+            _LOG.info(
+                "[Gateway] serving model version %s in place of %s", version_id, served.current
+            )
+
+
+def _check_same_bank_features(served: Scorer, new: Scorer) -> None:
+    """Refuse a version whose bank features differ: the stored rows were read for the served
+    one's (a new feature set needs a new schema, hence a restart)."""
+
+    def features(scorer: Scorer) -> tuple[list[str], list[str]]:
+        pre = scorer.version.preprocessor
+        return [s.name for s in pre.numeric], [s.name for s in pre.categorical]
+
+    if features(served) != features(new):
+        raise FailedPrecondition(
+            f"model version {new.version.manifest.version_id} has other bank features than "
+            f"version {served.version.manifest.version_id}: restart the gateway to serve it"
+        )
 
 
 @dataclass(frozen=True)
@@ -195,10 +191,15 @@ class Gateway:
     port: int
     health: health.HealthServicer
     partner: PartnerCheck
+    versions: VersionSwitch
     audit: AuditLog
     resources: ExitStack
     grace_s: float
     metrics_port: int | None
+
+    def swap(self, version_id: str) -> None:
+        """Serve `version_id` without stopping (`VersionSwitch.swap`)."""
+        self.versions.swap(version_id)
 
     def stop(self, grace: float | None = None) -> None:
         """Stop serving; calls in progress get `grace` seconds (the settings' by default) to
@@ -322,8 +323,21 @@ def start_gateway(settings: GatewaySettings) -> Gateway:
     except BaseException:
         resources.close()
         raise
+    versions = VersionSwitch(
+        servicer,
+        partner,
+        lambda version_id: load_scorer(bank, schema, settings.decision_config, version_id),
+    )
     return Gateway(
-        server, port, checks, partner, audit, resources, settings.shutdown_grace_s, metrics_port
+        server,
+        port,
+        checks,
+        partner,
+        versions,
+        audit,
+        resources,
+        settings.shutdown_grace_s,
+        metrics_port,
     )
 
 
@@ -338,15 +352,49 @@ def _reflection_service(server: grpc.Server) -> None:
     reflection.enable_server_reflection(SERVED_SERVICES, server)
 
 
-def serve(settings: GatewaySettings, on_started: Callable[[Gateway], None] | None = None) -> None:
-    """Run the gateway until SIGTERM or SIGINT, then stop it gracefully."""
+def serve(
+    settings: GatewaySettings,
+    on_started: Callable[[Gateway], None] | None = None,
+    reread_version: Callable[[], str] | None = None,
+) -> None:
+    """Run the gateway until SIGTERM or SIGINT, then stop it gracefully.
+
+    On SIGHUP, swap in the version `reread_version` names (the settings file's
+    ``model_version`` read again); a refused swap is logged and the gateway serves on.
+    """
     stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    hangup = threading.Event()
+    woken = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        (hangup if signum == signal.SIGHUP else stop).set()
+        woken.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
     gateway = start_gateway(settings)
     try:
         if on_started is not None:
             on_started(gateway)
-        stop.wait()
+        while not stop.is_set():
+            woken.wait()
+            woken.clear()
+            if hangup.is_set() and not stop.is_set():
+                hangup.clear()
+                _swap_on_hangup(gateway, reread_version)
     finally:
         gateway.stop()
+
+
+def _swap_on_hangup(gateway: Gateway, reread_version: Callable[[], str] | None) -> None:
+    if reread_version is None:
+        _LOG.warning("[Gateway] SIGHUP ignored: no settings file to read the version from")
+        return
+    try:
+        gateway.swap(reread_version())
+    except CobrandError as err:
+        _LOG.error(
+            "[Gateway] swap refused, still serving model version %s: %s",
+            gateway.versions.current,
+            err,
+        )

@@ -160,6 +160,16 @@ class ScoringServicer(scoring_pb2_grpc.ScoringGatewayServicer):
         self._partner = partner
         self._audit = audit
 
+    @property
+    def versions(self) -> ServedVersions:
+        """The versions served now."""
+        return self._versions
+
+    def serve(self, versions: ServedVersions) -> None:
+        """Serve `versions` from the next call on; calls in progress finish on the ones they
+        took (one reference replaced whole, so no call sees half a swap)."""
+        self._versions = versions
+
     def ScoreApplication(  # noqa: N802 -- the generated servicer's method name
         self, request: scoring_pb2.ScoreApplicationRequest, context: grpc.ServicerContext
     ) -> scoring_pb2.ScoreApplicationResponse:
@@ -170,6 +180,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringGatewayServicer):
             raise InvalidRequest(
                 "field 'application_id': must be 1 to 128 printable ASCII characters"
             )
+        # Taken once: encoding, the partner lookup, scoring and the record all use this version.
         scorer = self._versions.scorer(request.model_version)
         fields = _fields(request.fields)
         applicant = self._applicants.resolve(request.identifier_kind, request.identifier)

@@ -1,0 +1,307 @@
+"""Hot swap of the served model version: a version published at both sides is swapped in while
+applications keep coming, none fails and none combines two versions; a version the partner does
+not hold yet is refused and the gateway serves on; ``cobrand gateway serve`` swaps on SIGHUP."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import yaml
+
+from cobrand.errors import FailedPrecondition
+from cobrand.rpc import create_channel
+from cobrand.v1 import scoring_pb2, scoring_pb2_grpc
+from gateway.applicants import JoinKeyIndex
+from gateway.partner_client import CircuitBreaker, PartnerClient
+from gateway.server import Gateway, start_gateway
+from gateway.settings import GatewaySettings
+from partner_node.server import PartnerNode, start_partner_node
+from tests.conftest import ThrowAwayPki
+from tests.gateway.gateway_sites import (
+    Applicants,
+    applicants_of,
+    gateway_settings,
+    publish_both_sides,
+)
+from tests.gateway.synth_version import PARTNER_WIDTH
+from tests.training_sites import TrainingSites, write_training_sites
+
+TIMEOUT = 10.0
+USED = scoring_pb2.PARTNER_SLICE_STATUS_USED
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory: pytest.TempPathFactory) -> TrainingSites:
+    return write_training_sites(tmp_path_factory.mktemp("sites"), customers=400, seed=41)
+
+
+@pytest.fixture(scope="module")
+def versions(sites: TrainingSites) -> tuple[str, str]:
+    """Two versions published at both sides, their partner bottoms seeded differently."""
+    first, second = publish_both_sides(sites, seed=7), publish_both_sides(sites, seed=11)
+    assert first != second
+    return first, second
+
+
+@pytest.fixture(scope="module")
+def people(sites: TrainingSites) -> Applicants:
+    return applicants_of(sites)
+
+
+@pytest.fixture(scope="module")
+def partner(throwaway_pki: ThrowAwayPki, sites: TrainingSites) -> Iterator[PartnerNode]:
+    started = start_partner_node(sites.partner_node_config(throwaway_pki.tls("partner")))
+    yield started
+    started.stop(grace=None)
+
+
+def _settings(
+    tmp_path: Path, pki: ThrowAwayPki, sites: TrainingSites, version_id: str, port: int
+) -> GatewaySettings:
+    # A lenient deadline: the partner slice is used on a shared machine, so each reply's
+    # embedding can be checked against its version's.
+    return gateway_settings(tmp_path, sites, pki, version_id, port, deadline_ms=2000)
+
+
+@pytest.fixture
+def gateway(
+    tmp_path: Path,
+    throwaway_pki: ThrowAwayPki,
+    sites: TrainingSites,
+    versions: tuple[str, str],
+    partner: PartnerNode,
+) -> Iterator[Gateway]:
+    started = start_gateway(_settings(tmp_path, throwaway_pki, sites, versions[0], partner.port))
+    assert started.partner.verified
+    yield started
+    started.stop(grace=None)
+
+
+def _application(
+    application_id: str, identifier: str, model_version: str = ""
+) -> scoring_pb2.ScoreApplicationRequest:
+    return scoring_pb2.ScoreApplicationRequest(
+        application_id=application_id,
+        channel=scoring_pb2.APPLICATION_CHANNEL_BANK,
+        identifier_kind="mobile_cn",
+        identifier=identifier,
+        partner_lookup_consent=True,
+        model_version=model_version,
+    )
+
+
+def _app(pki: ThrowAwayPki, port: int) -> tuple[Any, Any]:
+    channel = create_channel(f"127.0.0.1:{port}", pki.tls("app"))
+    return channel, scoring_pb2_grpc.ScoringGatewayStub(channel)  # type: ignore[no-untyped-call]
+
+
+def _partner_embeddings(
+    pki: ThrowAwayPki,
+    sites: TrainingSites,
+    port: int,
+    versions: tuple[str, ...],
+    identifiers: list[str],
+) -> dict[tuple[str, str], tuple[float, ...]]:
+    """What the partner answers for each (version, applicant), asked directly as the gateway."""
+    index = JoinKeyIndex.read(sites.bank_data)
+    expected: dict[tuple[str, str], tuple[float, ...]] = {}
+    with create_channel(f"127.0.0.1:{port}", pki.tls("gateway")) as channel:
+        client = PartnerClient(channel, TIMEOUT, CircuitBreaker(1, 0))
+        for version_id in versions:
+            for identifier in identifiers:
+                key = index.join_key(identifier)
+                assert key is not None
+                found = client.embedding("expected", version_id, key, PARTNER_WIDTH)
+                assert found.embedding is not None
+                expected[version_id, identifier] = tuple(found.embedding.tolist())
+    return expected
+
+
+def test_a_swap_under_load_drops_no_call_and_never_combines_two_versions(
+    throwaway_pki: ThrowAwayPki,
+    sites: TrainingSites,
+    versions: tuple[str, str],
+    partner: PartnerNode,
+    gateway: Gateway,
+    people: Applicants,
+) -> None:
+    first, second = versions
+    identifiers = people.aligned[:6]
+    sent: dict[str, str] = {}
+    replies: list[scoring_pb2.ScoreApplicationResponse] = []
+    errors: list[grpc.RpcError] = []
+    enough_before = threading.Event()
+    swapped = threading.Event()
+    lock = threading.Lock()
+
+    def client(worker: int) -> None:
+        channel, app = _app(throwaway_pki, gateway.port)
+        with channel:
+            # Each worker keeps sending until it has seen the swap, then sends a few more.
+            after_swap = 0
+            for call in range(400):
+                application_id = f"APP-swap-{worker}-{call}"
+                identifier = identifiers[call % len(identifiers)]
+                try:
+                    reply = app.ScoreApplication(
+                        _application(application_id, identifier), timeout=TIMEOUT
+                    )
+                except grpc.RpcError as err:
+                    with lock:
+                        errors.append(err)
+                    return
+                with lock:
+                    sent[reply.request_id] = identifier
+                    replies.append(reply)
+                    if len(replies) >= 12:
+                        enough_before.set()
+                after_swap += swapped.is_set()
+                if after_swap >= 3:
+                    return
+
+    with ThreadPoolExecutor(4) as pool:
+        workers = [pool.submit(client, worker) for worker in range(4)]
+        assert enough_before.wait(60)
+        gateway.swap(second)
+        swapped.set()
+        for worker in workers:
+            worker.result()
+
+    assert errors == []
+    assert gateway.versions.current == second
+    assert {reply.model_version for reply in replies} == {first, second}
+    assert {reply.slices.partner_status for reply in replies} == {USED}
+    expected = _partner_embeddings(
+        throwaway_pki, sites, partner.port, versions, sorted(set(sent.values()))
+    )
+    for reply in replies:
+        record = gateway.audit.get(reply.request_id)
+        assert record is not None
+        assert record.result.model_version == reply.model_version
+        if reply.slices.partner_status == USED:
+            assert record.partner_embedding == expected[reply.model_version, sent[reply.request_id]]
+    # The two versions' partner bottoms differ, so the check above tells them apart.
+    assert not np.allclose(
+        expected[first, identifiers[0]], expected[second, identifiers[0]], atol=1e-6
+    )
+    channel, app = _app(throwaway_pki, gateway.port)
+    with channel:
+        after = app.ScoreApplication(
+            _application("APP-after-swap", identifiers[0]), timeout=TIMEOUT
+        )
+        named_previous = app.ScoreApplication(
+            _application("APP-names-previous", identifiers[0], model_version=first),
+            timeout=TIMEOUT,
+        )
+    assert after.model_version == second
+    assert after.slices.partner_status == USED
+    assert named_previous.model_version == first
+    assert named_previous.slices.partner_status == USED
+
+
+def test_a_version_the_partner_does_not_hold_is_refused_and_the_served_one_stays(
+    tmp_path: Path,
+    throwaway_pki: ThrowAwayPki,
+    sites: TrainingSites,
+    versions: tuple[str, str],
+    gateway: Gateway,
+    people: Applicants,
+) -> None:
+    # The bank's half published and the partner's digest recorded, but the partner half went
+    # to another registry than the one the partner node serves from.
+    elsewhere = dataclasses.replace(sites, partner_data=tmp_path / "unpublished")
+    unpublished = publish_both_sides(elsewhere, seed=13)
+
+    with pytest.raises(FailedPrecondition, match=f"model version {unpublished} is not verified"):
+        gateway.swap(unpublished)
+
+    assert gateway.versions.current == versions[0]
+    assert gateway.partner.verified
+    channel, app = _app(throwaway_pki, gateway.port)
+    with channel:
+        reply = app.ScoreApplication(
+            _application("APP-after-refusal", people.aligned[0]), timeout=TIMEOUT
+        )
+    assert reply.model_version == versions[0]
+    assert reply.slices.partner_status == USED
+
+
+def test_cobrand_gateway_serve_swaps_to_the_files_version_on_sighup(
+    tmp_path: Path,
+    throwaway_pki: ThrowAwayPki,
+    sites: TrainingSites,
+    versions: tuple[str, str],
+    partner: PartnerNode,
+    people: Applicants,
+) -> None:
+    first, second = versions
+    settings = _settings(tmp_path, throwaway_pki, sites, first, partner.port)
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump(settings.model_dump(mode="json", exclude_none=True)))
+    port_file = tmp_path / "port"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from gateway.cli import app; app()",
+            "serve",
+            "--config",
+            str(config),
+            "--port-file",
+            str(port_file),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not port_file.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert port_file.exists(), process.communicate(timeout=5)
+        channel, app = _app(throwaway_pki, int(port_file.read_text()))
+        with channel:
+            before = app.ScoreApplication(
+                _application("APP-hup-before", people.aligned[0]), timeout=TIMEOUT
+            )
+            config.write_text(
+                yaml.safe_dump(
+                    settings.model_copy(update={"model_version": second}).model_dump(
+                        mode="json", exclude_none=True
+                    )
+                )
+            )
+            process.send_signal(signal.SIGHUP)
+            after = before
+            deadline = time.monotonic() + 30
+            call = 0
+            while after.model_version != second and time.monotonic() < deadline:
+                time.sleep(0.1)
+                call += 1
+                after = app.ScoreApplication(
+                    _application(f"APP-hup-{call}", people.aligned[0]), timeout=TIMEOUT
+                )
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+    assert before.model_version == first
+    assert after.model_version == second
+    assert after.slices.partner_status == USED
+    assert process.returncode == 0, err
