@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from cobrand.errors import FailedPrecondition
-from cobrand.rpc import create_channel
-from cobrand.v1 import scoring_pb2, scoring_pb2_grpc
+from cobrand.rpc import create_channel, create_server
+from cobrand.v1 import embedding_pb2, embedding_pb2_grpc, scoring_pb2, scoring_pb2_grpc
 from gateway.applicants import JoinKeyIndex
 from gateway.partner_client import CircuitBreaker, PartnerClient
 from gateway.server import Gateway, start_gateway
@@ -210,6 +210,81 @@ def test_a_swap_under_load_drops_no_call_and_never_combines_two_versions(
     assert after.slices.partner_status == USED
     assert named_previous.model_version == first
     assert named_previous.slices.partner_status == USED
+
+
+class HoldingPartner(embedding_pb2_grpc.PartnerEmbeddingServiceServicer):
+    """Forwards to the real partner node, holding applications' lookups of `held` until
+    `release` is set."""
+
+    def __init__(self, stub: Any, held: str) -> None:
+        self._stub = stub
+        self._held = held
+        self.holding = threading.Event()
+        self.release = threading.Event()
+
+    def DescribeVersion(  # noqa: N802
+        self, request: embedding_pb2.DescribeVersionRequest, context: grpc.ServicerContext
+    ) -> embedding_pb2.DescribeVersionResponse:
+        reply: embedding_pb2.DescribeVersionResponse = self._stub.DescribeVersion(request)
+        return reply
+
+    def GetEmbedding(  # noqa: N802
+        self, request: embedding_pb2.GetEmbeddingRequest, context: grpc.ServicerContext
+    ) -> embedding_pb2.GetEmbeddingResponse:
+        if request.request_id != "warm-up" and request.model_version == self._held:
+            self.holding.set()
+            self.release.wait(TIMEOUT)
+        reply: embedding_pb2.GetEmbeddingResponse = self._stub.GetEmbedding(request)
+        return reply
+
+
+def test_a_call_in_progress_during_the_swap_finishes_on_its_version(
+    tmp_path: Path,
+    throwaway_pki: ThrowAwayPki,
+    sites: TrainingSites,
+    versions: tuple[str, str],
+    partner: PartnerNode,
+    people: Applicants,
+) -> None:
+    first, second = versions
+    identifier = people.aligned[0]
+    upstream = create_channel(f"127.0.0.1:{partner.port}", throwaway_pki.tls("gateway"))
+    holding = HoldingPartner(
+        embedding_pb2_grpc.PartnerEmbeddingServiceStub(upstream),  # type: ignore[no-untyped-call]
+        held=first,
+    )
+    server, port = create_server(
+        lambda s: embedding_pb2_grpc.add_PartnerEmbeddingServiceServicer_to_server(holding, s),  # type: ignore[no-untyped-call]
+        "127.0.0.1:0",
+        throwaway_pki.tls("partner"),
+    )
+    server.start()
+    gateway = start_gateway(_settings(tmp_path, throwaway_pki, sites, first, port))
+    channel, app = _app(throwaway_pki, gateway.port)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(
+                app.ScoreApplication, _application("APP-in-flight", identifier), timeout=TIMEOUT
+            )
+            assert holding.holding.wait(TIMEOUT)
+            gateway.swap(second)
+            after = app.ScoreApplication(_application("APP-after", identifier), timeout=TIMEOUT)
+            holding.release.set()
+            during = in_flight.result()
+        recorded = gateway.audit.get(during.request_id)
+    finally:
+        holding.release.set()
+        channel.close()
+        gateway.stop(grace=None)
+        server.stop(None).wait()
+        upstream.close()
+
+    expected = _partner_embeddings(throwaway_pki, sites, partner.port, versions, [identifier])
+    assert (during.model_version, during.slices.partner_status) == (first, USED)
+    assert recorded is not None
+    assert recorded.result.model_version == first
+    assert recorded.partner_embedding == expected[first, identifier]
+    assert (after.model_version, after.slices.partner_status) == (second, USED)
 
 
 def test_a_version_the_partner_does_not_hold_is_refused_and_the_served_one_stays(
