@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -314,7 +315,7 @@ def test_a_version_the_partner_does_not_hold_is_refused_and_the_served_one_stays
     assert reply.slices.partner_status == USED
 
 
-def test_cobrand_gateway_serve_swaps_to_the_files_version_on_sighup(
+def test_cobrand_gateway_serve_swaps_to_the_files_version_on_sighup_and_serves_on_a_refusal(
     tmp_path: Path,
     throwaway_pki: ThrowAwayPki,
     sites: TrainingSites,
@@ -325,7 +326,14 @@ def test_cobrand_gateway_serve_swaps_to_the_files_version_on_sighup(
     first, second = versions
     settings = _settings(tmp_path, throwaway_pki, sites, first, partner.port)
     config = tmp_path / "gateway.yaml"
-    config.write_text(yaml.safe_dump(settings.model_dump(mode="json", exclude_none=True)))
+
+    def name_in_file(version_id: str) -> None:
+        update = {"model_version": version_id}
+        config.write_text(
+            yaml.safe_dump(settings.model_copy(update=update).model_dump(mode="json"))
+        )
+
+    name_in_file(first)
     port_file = tmp_path / "port"
     process = subprocess.Popen(
         [
@@ -338,30 +346,47 @@ def test_cobrand_gateway_serve_swaps_to_the_files_version_on_sighup(
             "--port-file",
             str(port_file),
         ],
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )
+    assert process.stderr is not None
+    errors = process.stderr
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read_errors() -> None:
+        for line in errors:
+            lines.put(line)
+
+    threading.Thread(target=read_errors, daemon=True).start()
+
+    def logged(text: str) -> str:
+        """The first line of the gateway's stderr from now on holding `text`."""
+        while text not in (line := lines.get(timeout=TIMEOUT)):
+            pass
+        return line
+
     try:
         deadline = time.monotonic() + 60
         while not port_file.exists() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert port_file.exists(), process.communicate(timeout=5)
+        assert port_file.exists(), list(lines.queue)
         channel, app = _app(throwaway_pki, int(port_file.read_text()))
         with channel:
             before = app.ScoreApplication(
                 _application("APP-hup-before", people.aligned[0]), timeout=TIMEOUT
             )
-            config.write_text(
-                yaml.safe_dump(
-                    settings.model_copy(update={"model_version": second}).model_dump(
-                        mode="json", exclude_none=True
-                    )
-                )
-            )
+            name_in_file("0123456789abcdef")
             process.send_signal(signal.SIGHUP)
-            after = before
+            # The refusal is logged as an error (stderr without a configured handler).
+            refusal = logged("swap refused")
+            refused = app.ScoreApplication(
+                _application("APP-hup-refused", people.aligned[0]), timeout=TIMEOUT
+            )
+            name_in_file(second)
+            process.send_signal(signal.SIGHUP)
+            after = refused
             deadline = time.monotonic() + 30
             call = 0
             while after.model_version != second and time.monotonic() < deadline:
@@ -371,12 +396,15 @@ def test_cobrand_gateway_serve_swaps_to_the_files_version_on_sighup(
                     _application(f"APP-hup-{call}", people.aligned[0]), timeout=TIMEOUT
                 )
         process.send_signal(signal.SIGTERM)
-        _, err = process.communicate(timeout=30)
+        process.wait(timeout=30)
     finally:
         if process.poll() is None:
             process.kill()
 
     assert before.model_version == first
+    assert "swap refused, still serving model version " + first in refusal
+    assert "0123456789abcdef" in refusal
+    assert refused.model_version == first
     assert after.model_version == second
     assert after.slices.partner_status == USED
-    assert process.returncode == 0, err
+    assert process.returncode == 0, list(lines.queue)
