@@ -95,7 +95,8 @@ class GatewaySettings(ProcessSettings):
         The bank node's settings file: its federation, schema and table (the stored features
         of existing customers) and ``data_dir`` (the model registry and the alignment result).
     model_version : str
-        The version served; published at both sides.
+        The version served; published at both sides. Read again on SIGHUP, when the gateway
+        swaps to it without stopping (`gateway.server.VersionSwitch`).
     decision_config : Path
         The decision configuration (`gateway.config`).
     pseudonym_key : Path
