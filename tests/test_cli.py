@@ -1,6 +1,7 @@
 """The `cobrand` command as a user runs it: every group mounted, the demo end to end."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ def test_help_lists_every_command_group() -> None:
 
 
 @pytest.mark.slow
-def test_demo_aligns_privately_trains_federated_and_refuses_the_unknown_ca(
+def test_demo_aligns_trains_scores_through_the_gateway_and_refuses_the_unknown_ca(
     tmp_path: Path, shared_data: Path
 ) -> None:
     result = runner.invoke(
@@ -54,3 +55,33 @@ def test_demo_aligns_privately_trains_federated_and_refuses_the_unknown_ca(
     assert "certificate from an unknown CA:  refused (UNAVAILABLE)" in result.output
     assert "bank 30,000 rows x 13 features" in result.output
     assert "partner 30,000 rows x 10 features" in result.output
+    served = _answer(result.output, "aligned customer, partner serving")
+    unknown = _answer(result.output, "bank customer the partner does not know")
+    stopped = _answer(result.output, "aligned customer, partner stopped")
+    assert "slices bank + partner, partner slice USED" in served
+    assert "slices bank only, partner slice UNKNOWN_APPLICANT" in unknown
+    assert re.search(r"slices bank only, partner slice (UNAVAILABLE|TIMEOUT);", stopped)
+    audit = runner.invoke(
+        app, ["audit", "list", "--db", str(tmp_path / "demo" / "align" / "audit.db"), "--json"]
+    )
+    assert audit.exit_code == 0, audit.output
+    records = [json.loads(line) for line in audit.output.splitlines()]
+    assert [r["request_id"] for r in records] == [
+        _request_id(answer) for answer in (served, unknown, stopped)
+    ]
+    assert [r["partner_status"] for r in records[:2]] == ["used", "unknown_applicant"]
+
+
+def _answer(output: str, label: str) -> str:
+    """The demo's two lines answering the application it labels `label`."""
+    lines = output.splitlines()
+    (first,) = (i for i, line in enumerate(lines) if line.startswith(f"  {label}: "))
+    answer = "\n".join(lines[first : first + 2])
+    assert re.search(r": (APPROVE|REFER|DECLINE), score -?\d+ \(band [A-E], PD ", answer), answer
+    return answer
+
+
+def _request_id(answer: str) -> str:
+    found = re.search(r"; request ([0-9a-f-]{36})$", answer)
+    assert found is not None, answer
+    return found.group(1)

@@ -5,19 +5,24 @@ partner each create a certificate authority and import only the other's CA certi
 loads and checks its own table and fits its own preprocessing on its own training rows; the two
 find their common customers by private set intersection, the partner's node running as its own
 process; they train one model on those customers with Flower as the control plane and a gRPC
-data plane, and the report compares it with its bank-only path; and a certificate from an
-unknown CA is refused where the bank's gets through. A later issue adds scoring.
+data plane, and the report compares it with its bank-only path; the bank's scoring gateway
+serves the trained version and decides three applications (a customer the partner knows, one it
+does not, and the first again once the partner node has stopped: the gateway answers from the
+bank's slice and says why); and a certificate from an unknown CA is refused where the bank's gets
+through.
 """
 
 from __future__ import annotations
 
 import importlib.resources
+import os
+import secrets
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import grpc
 import typer
@@ -28,20 +33,31 @@ from bank_node.report import summary_lines
 from bank_node.training_job import TrainingSection
 from cobrand import pki
 from cobrand.alignment_protocol import PsiSettings
-from cobrand.commands.align import align_sites, local_sites
+from cobrand.alignment_store import AlignmentStore
+from cobrand.commands.align import LocalSites, align_sites, local_sites, tls_files, write_settings
 from cobrand.commands.exits import cli_errors
 from cobrand.commands.progress import ProgressBars
 from cobrand.commands.train import train_aligned
+from cobrand.errors import FailedPrecondition
 from cobrand.federation import Federation, load_federation
 from cobrand.preprocess import Preprocessor
 from cobrand.rpc import TlsFiles, create_channel, create_server
-from cobrand.schema import SPLIT_NAMES, load_party_schema
+from cobrand.schema import SPLIT_NAMES, PartySchema, load_party_schema
+from cobrand.settings import load_settings
 from cobrand.synth import DatasetFiles, SynthConfig, write_dataset
 from cobrand.tables import PartyTable, load_party_table
+from cobrand.v1 import scoring_pb2, scoring_pb2_grpc
+from gateway.audit_log import AuditSettings
+from gateway.pseudonyms import MIN_KEY_BYTES
+from gateway.server import start_gateway
+from gateway.settings import GatewaySettings, PartnerSettings
 
 __all__ = ["run"]
 
 _CALL_TIMEOUT_S = 5.0
+_LOOPBACK = "127.0.0.1"
+# Tens of milliseconds at a bank; the demo shares its machine with the Flower processes it ran.
+_PARTNER_DEADLINE_MS = 250.0
 
 
 def run(
@@ -62,36 +78,46 @@ def run(
         files = _synthesize(out / "data", customers, seed)
         federation = load_federation(files.federation)
         _section("2. each party loads its own table and fits its own preprocessing")
-        for party, schema_path, table_path in (
-            ("bank", files.bank_schema, files.bank_table),
-            ("partner", files.partner_schema, files.partner_table),
-        ):
-            _load_and_fit(party, federation, schema_path, table_path)
+        bank_schema, bank_table = _load_and_fit(
+            "bank", federation, files.bank_schema, files.bank_table
+        )
+        _load_and_fit("partner", federation, files.partner_schema, files.partner_table)
         _section("3. private alignment: ECDH-PSI, partner node as its own process, mutual TLS")
-        with local_sites(files, out / "align", PsiSettings()) as sites:
-            with ProgressBars() as progress:
-                outcome = align_sites(sites, progress)
-            for line in outcome_lines(outcome):
-                typer.echo(line)
-            _section("4. federated training: Flower control plane, gRPC data plane, mutual TLS")
-            with ProgressBars() as progress:
-                report = train_aligned(
-                    sites,
-                    outcome.summary,
-                    TrainingSection.model_validate({"rounds": rounds}),
-                    out,
-                    progress,
+        # The gateway outlives the partner node: the last application is scored without it.
+        with ExitStack() as serving:
+            with local_sites(files, out / "align", PsiSettings()) as sites:
+                with ProgressBars() as progress:
+                    outcome = align_sites(sites, progress)
+                for line in outcome_lines(outcome):
+                    typer.echo(line)
+                _section("4. federated training: Flower control plane, gRPC data plane, mutual TLS")
+                with ProgressBars() as progress:
+                    report = train_aligned(
+                        sites,
+                        outcome.summary,
+                        TrainingSection.model_validate({"rounds": rounds}),
+                        out,
+                        progress,
+                    )
+                for line in summary_lines(report):
+                    typer.echo(line)
+                _section("5. the bank's scoring gateway decides applications, mutual TLS")
+                aligned, bank_only = _pick_customers(bank_table, sites.bank.data_dir)
+                applications = serving.enter_context(
+                    _gateway(sites, report["model_version"], bank_schema.identifier.kind)
                 )
-        for line in summary_lines(report):
-            typer.echo(line)
-        _section("5. a stranger's certificate is refused")
+                applications.score("aligned customer, partner serving", aligned)
+                applications.score("bank customer the partner does not know", bank_only)
+            typer.echo("  partner node stopped; the gateway keeps serving")
+            applications.score("aligned customer, partner stopped", aligned)
+        typer.echo(
+            f"  audit log of the decisions: cobrand audit list --db {sites.work / 'audit.db'}"
+        )
+        _section("6. a stranger's certificate is refused")
         _mutual_tls(out / "pki")
-        _section("6. real data: UCI default of credit card clients, as FATE splits it")
+        _section("7. real data: UCI default of credit card clients, as FATE splits it")
         _real_data(real_data)
-    typer.echo(
-        f"\ndemo finished: reports in {out / 'report.json'} and {out / 'report.html'}; scoring "
-        "arrives with a later issue"
-    )
+    typer.echo(f"\ndemo finished: reports in {out / 'report.json'} and {out / 'report.html'}")
 
 
 def _section(title: str) -> None:
@@ -109,7 +135,9 @@ def _synthesize(directory: Path, customers: int, seed: int) -> DatasetFiles:
     return files
 
 
-def _load_and_fit(party: str, federation: Federation, schema_path: Path, table_path: Path) -> None:
+def _load_and_fit(
+    party: str, federation: Federation, schema_path: Path, table_path: Path
+) -> tuple[PartySchema, PartyTable]:
     started = time.perf_counter()
     schema = load_party_schema(schema_path, federation)
     table = load_party_table(schema, table_path)
@@ -124,12 +152,116 @@ def _load_and_fit(party: str, federation: Federation, schema_path: Path, table_p
         f"inputs, {encoded.categorical.shape[1]} categorical, digest "
         f"{preprocessor.digest().hex()[:16]} ({time.perf_counter() - started:.2f} s)"
     )
+    return schema, table
 
 
 def _split_counts(table: PartyTable) -> str:
     return " / ".join(
         f"{name} {int((table.split == code).sum()):,}" for code, name in enumerate(SPLIT_NAMES)
     )
+
+
+def _pick_customers(table: PartyTable, bank_data: Path) -> tuple[str, str]:
+    """The first bank customer, in table order, inside the alignment and the first outside it."""
+    found: dict[bool, str] = {}
+    with AlignmentStore(bank_data) as alignment:
+        for canonical in map(str, table.ids):
+            found.setdefault(alignment.join_key(canonical) is not None, canonical)
+            if len(found) == 2:
+                return found[True], found[False]
+    raise FailedPrecondition(
+        f"{table.source}: the demo needs a bank customer inside the alignment and one outside it"
+    )
+
+
+class _Applications:
+    """The bank's application flow calling the gateway (role ``app``), printing each answer."""
+
+    def __init__(self, channel: grpc.Channel, identifier_kind: str) -> None:
+        self._stub: Any = scoring_pb2_grpc.ScoringGatewayStub(channel)  # type: ignore[no-untyped-call]
+        self._identifier_kind = identifier_kind
+        self._sent = 0
+
+    def score(self, label: str, identifier: str) -> None:
+        """Submit one application of `identifier` (an existing customer: the gateway adds the
+        stored features) and print the answer; `label` stands in for the identifier."""
+        self._sent += 1
+        reply = self._stub.ScoreApplication(
+            scoring_pb2.ScoreApplicationRequest(
+                application_id=f"DEMO-{self._sent}",
+                channel=scoring_pb2.APPLICATION_CHANNEL_BANK,
+                identifier_kind=self._identifier_kind,
+                identifier=identifier,
+                partner_lookup_consent=True,
+            ),
+            timeout=_CALL_TIMEOUT_S,
+        )
+        risk = reply.risk
+        top = reply.packages[0].package if reply.packages else "none offered"
+        typer.echo(
+            f"  {label}: {scoring_pb2.Decision.Name(reply.decision).removeprefix('DECISION_')}, "
+            f"score {risk.score} (band {risk.score_band}, PD {risk.probability_of_default:.1%}), "
+            f"limit band {reply.limit_band or '-'}, top package {top}, instalment "
+            f"{_instalment(reply)}"
+        )
+        status = scoring_pb2.PartnerSliceStatus.Name(reply.slices.partner_status)
+        typer.echo(
+            f"      reasons {' '.join(r.code for r in risk.reasons) or 'none'}; slices bank"
+            f"{' + partner' if reply.slices.partner else ' only'}, partner slice "
+            f"{status.removeprefix('PARTNER_SLICE_STATUS_')}; request {reply.request_id}"
+        )
+
+
+def _instalment(reply: scoring_pb2.ScoreApplicationResponse) -> str:
+    if not reply.HasField("instalment"):
+        return "none offered"
+    offer = reply.instalment
+    channel = scoring_pb2.OfferChannel.Name(offer.channel).removeprefix("OFFER_CHANNEL_")
+    return f"{offer.offer} via {channel.lower()} ({offer.propensity:.0%})"
+
+
+@contextmanager
+def _gateway(sites: LocalSites, version_id: str, identifier_kind: str) -> Iterator[_Applications]:
+    """The bank's gateway serving `version_id` in this process, its certificate, settings,
+    pseudonym key and audit log under the sites' work directory, and an application flow
+    holding a certificate of the bank's CA; stopped when the block ends."""
+    work, bank_tls = sites.work, sites.bank.tls
+    if bank_tls is None:
+        raise FailedPrecondition(f"{work}: the bank's settings name no TLS files")
+    bank_ca = bank_tls.ca_bundle.parent
+    key_file = work / "pseudonym.key"
+    # Created private: the key is what keeps the audit log's pseudonyms from being reversed.
+    descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as key:
+        key.write(secrets.token_bytes(MIN_KEY_BYTES))
+    settings = write_settings(
+        work / "gateway.yaml",
+        GatewaySettings(
+            listen=f"{_LOOPBACK}:0",
+            tls=tls_files(bank_ca, pki.issue(bank_ca, pki.Role.GATEWAY, "gateway", (_LOOPBACK,))),
+            bank=work / "bank.yaml",
+            model_version=version_id,
+            decision_config=_shipped("gateway", "examples", "cobrand_synth.yaml"),
+            pseudonym_key=key_file,
+            partner=PartnerSettings(
+                address=f"{_LOOPBACK}:{sites.partner_port}", deadline_ms=_PARTNER_DEADLINE_MS
+            ),
+            audit=AuditSettings(backend="sqlite", path=work / "audit.db"),
+        ),
+    )
+    started = time.perf_counter()
+    gateway = start_gateway(load_settings(GatewaySettings, settings))
+    try:
+        typer.echo(
+            f"gateway serving model {version_id} on {_LOOPBACK}:{gateway.port}, started in "
+            f"{time.perf_counter() - started:.1f} s (partner "
+            f"{'verified' if gateway.partner.verified else 'not verified'}; settings {settings})"
+        )
+        app_tls = tls_files(bank_ca, pki.issue(bank_ca, pki.Role.APP, "demo-application-flow"))
+        with create_channel(f"{_LOOPBACK}:{gateway.port}", app_tls) as channel:
+            yield _Applications(channel, identifier_kind)
+    finally:
+        gateway.stop()
 
 
 def _mutual_tls(directory: Path) -> None:
@@ -187,10 +319,10 @@ def _real_data(directory: Path) -> None:
     if not (bank_file.is_file() and partner_file.is_file()):
         typer.echo(f"skipped: {directory} does not hold the default-credit files")
         return
-    federation = load_federation(_shipped("cobrand", "federations"))
+    federation = load_federation(_shipped("cobrand", "federations", "default_credit.yaml"))
     tables = []
     for package, path in (("bank_node", bank_file), ("partner_node", partner_file)):
-        schema = load_party_schema(_shipped(package, "schemas"), federation)
+        schema = load_party_schema(_shipped(package, "schemas", "default_credit.yaml"), federation)
         tables.append(load_party_table(schema, path))
     bank, partner = tables
     typer.echo(
@@ -200,5 +332,5 @@ def _real_data(directory: Path) -> None:
     )
 
 
-def _shipped(package: str, folder: str) -> Path:
-    return Path(str(importlib.resources.files(package) / folder / "default_credit.yaml"))
+def _shipped(package: str, folder: str, name: str) -> Path:
+    return Path(str(importlib.resources.files(package) / folder / name))
