@@ -12,8 +12,10 @@ counts):
   alone, by why the partner's slice was not used (``no_consent``, ``unknown_applicant``,
   ``timeout``, ``unavailable``); with the decisions total it gives the fallback share.
 
-`MeasuredScoringServicer` is the scoring servicer that records them. Labels are closed sets
-(status names, decisions, slice statuses): never an identifier, a request id or a version.
+`MeasuredScoringServicer` is the scoring servicer that records them: the latency around each
+call, the counts from each new decision the servicer reports once it is durable. Labels are
+closed sets (status names, decisions, slice statuses): never an identifier, a request id or a
+version.
 `serve_metrics` exposes the registry over plain HTTP at ``/metrics``; bind it to a local or
 internal address only (the counts are operational, but not for the open network).
 """
@@ -33,10 +35,8 @@ from cobrand.errors import CobrandError, ConfigError
 from cobrand.v1 import scoring_pb2
 from gateway.applicants import ApplicantDirectory
 from gateway.audit_log import AuditLog
-from gateway.audit_record import PartnerSliceStatus
+from gateway.audit_record import AuditRecord, PartnerSliceStatus
 from gateway.config import Decision
-from gateway.partner_client import PartnerSlice
-from gateway.scoring import Scorer
 from gateway.service import PartnerSource, ScoringServicer, ServedVersions
 
 __all__ = [
@@ -66,12 +66,6 @@ LATENCY_BUCKETS_S: Final = (
     5.0,
 )
 """Histogram bounds in seconds: fine below the 10 ms p99 goal, coarse above it."""
-
-_DECISIONS: Final = {
-    scoring_pb2.DECISION_APPROVE: Decision.APPROVE,
-    scoring_pb2.DECISION_REFER: Decision.REFER,
-    scoring_pb2.DECISION_DECLINE: Decision.DECLINE,
-}
 
 
 class GatewayMetrics:
@@ -105,6 +99,13 @@ class GatewayMetrics:
             if status is not PartnerSliceStatus.USED:
                 self.fallbacks.labels(status.value)
 
+    def decided(self, record: AuditRecord) -> None:
+        """Count a new decision, durable in the audit log, and why the partner's slice was not
+        used if it was not (the partner's channel never sees that status in its reply)."""
+        self.decisions.labels(record.result.decision.value).inc()
+        if record.partner_status is not PartnerSliceStatus.USED:
+            self.fallbacks.labels(record.partner_status.value).inc()
+
 
 class MeasuredScoringServicer(ScoringServicer):
     """`ScoringServicer` recording `GatewayMetrics` for every call.
@@ -125,7 +126,7 @@ class MeasuredScoringServicer(ScoringServicer):
         *,
         metrics: GatewayMetrics,
     ) -> None:
-        super().__init__(versions, applicants, partner, audit)
+        super().__init__(versions, applicants, partner, audit, on_decided=metrics.decided)
         self._metrics = metrics
 
     def ScoreApplication(  # noqa: N802 -- the generated servicer's method name
@@ -141,24 +142,7 @@ class MeasuredScoringServicer(ScoringServicer):
             raise
         finally:
             self._metrics.latency.labels(code.name).observe(time.perf_counter() - started)
-        if not reply.replayed:
-            self._metrics.decisions.labels(_DECISIONS[reply.decision].value).inc()
         return reply
-
-    def _partner_slice(
-        self,
-        request_id: str,
-        version_id: str,
-        join_key: bytes | None,
-        consent: bool,
-        scorer: Scorer,
-    ) -> PartnerSlice:
-        # Every application scored anew passes here once, on whichever channel it came; the
-        # partner's channel never sees the slice status in its reply.
-        found = super()._partner_slice(request_id, version_id, join_key, consent, scorer)
-        if found.status is not PartnerSliceStatus.USED:
-            self._metrics.fallbacks.labels(found.status.value).inc()
-        return found
 
 
 @dataclass(frozen=True)

@@ -146,6 +146,9 @@ class ScoringServicer(scoring_pb2_grpc.ScoringGatewayServicer):
         The `PartnerClient` to use now for a version, or None while the partner's copy of it
         is not verified (the gateway then scores the bank's slice alone).
     audit : AuditLog
+    on_decided : callable, optional
+        Called with each new decision once it is durable (not with a retry answered from the
+        log), on whichever channel it came: what metrics count.
     """
 
     def __init__(
@@ -154,11 +157,14 @@ class ScoringServicer(scoring_pb2_grpc.ScoringGatewayServicer):
         applicants: ApplicantDirectory,
         partner: PartnerSource,
         audit: AuditLog,
+        *,
+        on_decided: Callable[[AuditRecord], None] | None = None,
     ) -> None:
         self._versions = versions
         self._applicants = applicants
         self._partner = partner
         self._audit = audit
+        self._on_decided = on_decided
 
     @property
     def versions(self) -> ServedVersions:
@@ -217,6 +223,8 @@ class ScoringServicer(scoring_pb2_grpc.ScoringGatewayServicer):
         )
         remaining = context.time_remaining()
         stored = self._audit.record(record, _RECORD_WAIT_S if remaining is None else remaining)
+        if self._on_decided is not None and stored.request_id == request_id:
+            self._on_decided(stored)
         _LOG.info(
             "[Gateway] request %s applicant %s version %s: %s, partner %s",
             stored.request_id,
