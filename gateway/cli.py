@@ -16,7 +16,9 @@ from typing import Annotated
 import typer
 
 from cobrand.commands.exits import cli_errors
+from cobrand.durable import write_atomically
 from cobrand.settings import load_settings
+from gateway.request_log import log_json_lines
 from gateway.server import Gateway, serve
 from gateway.settings import GatewaySettings
 
@@ -45,8 +47,10 @@ def serve_command(
     ] = None,
 ) -> None:
     """Serve ScoreApplication until stopped; SIGHUP swaps in the file's model_version."""
-    # A long-lived service reports its start and the partner's state whatever the log level.
+    # A long-lived service reports its start and the partner's state whatever the log level,
+    # as JSON lines carrying the request id each line was logged for.
     logging.getLogger("gateway").setLevel(logging.INFO)
+    log_json_lines()
     with cli_errors():
         settings = load_settings(GatewaySettings, config)
 
@@ -57,7 +61,8 @@ def serve_command(
                 f"{gateway.port}; partner {partner}"
             )
             if port_file is not None:
-                port_file.write_text(f"{gateway.port}\n")
+                # Whoever waits for the file must never read half a port number.
+                write_atomically(port_file, f"{gateway.port}\n".encode("ascii"))
 
         serve(
             settings,

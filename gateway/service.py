@@ -55,6 +55,7 @@ from gateway.audit_record import (
 from gateway.config import Decision, OfferChannel
 from gateway.partner_client import PartnerClient, PartnerSlice
 from gateway.policy import PackageOffer
+from gateway.request_log import serving_request
 from gateway.scoring import Scorer, partner_view
 
 __all__ = [
@@ -179,6 +180,16 @@ class ScoringServicer(scoring_pb2_grpc.ScoringGatewayServicer):
     def ScoreApplication(  # noqa: N802 -- the generated servicer's method name
         self, request: scoring_pb2.ScoreApplicationRequest, context: grpc.ServicerContext
     ) -> scoring_pb2.ScoreApplicationResponse:
+        request_id = str(uuid.uuid4())
+        with serving_request(request_id):
+            return self._score(request_id, request, context)
+
+    def _score(
+        self,
+        request_id: str,
+        request: scoring_pb2.ScoreApplicationRequest,
+        context: grpc.ServicerContext,
+    ) -> scoring_pb2.ScoreApplicationResponse:
         identity = caller(context)
         _check_known_fields(request)
         channel = _channel(request.channel, identity)
@@ -203,7 +214,6 @@ class ScoringServicer(scoring_pb2_grpc.ScoringGatewayServicer):
         if recorded is not None:
             return _reply(recorded, identity, replayed=True)
         row = scorer.encoder.encode(fields, applicant.stored)
-        request_id = str(uuid.uuid4())
         version_id = scorer.version.manifest.version_id
         partner = self._partner_slice(
             request_id, version_id, applicant.join_key, request.partner_lookup_consent, scorer

@@ -4,6 +4,9 @@ application flows as callers."""
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +21,7 @@ from cobrand.alignment_store import AlignmentStore
 from cobrand.rpc import REASON_METADATA_KEY, create_channel
 from cobrand.v1 import embedding_pb2, embedding_pb2_grpc, scoring_pb2, scoring_pb2_grpc
 from gateway.audit_record import PartnerSliceStatus
+from gateway.request_log import JsonLines
 from gateway.server import Gateway, start_gateway
 from partner_node.server import PartnerNode, start_partner_node
 from tests.conftest import ThrowAwayPki
@@ -221,9 +225,27 @@ def test_the_same_person_in_another_spelling_is_the_same_pseudonymous_applicant(
 def test_a_bank_customer_the_partner_does_not_know_gets_a_bank_only_answer(
     bank_app: Any, people: Applicants
 ) -> None:
-    reply = bank_app.ScoreApplication(
-        request("APP-bank-only-1", people.bank_only[0], consent=True), timeout=TIMEOUT
-    )
+    lines = io.StringIO()
+    handler = logging.StreamHandler(lines)
+    handler.setFormatter(JsonLines())
+    logger = logging.getLogger("gateway")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        reply = bank_app.ScoreApplication(
+            request("APP-bank-only-1", people.bank_only[0], consent=True), timeout=TIMEOUT
+        )
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+    # The decision's log line is JSON tagged with the reply's request id, and names the
+    # applicant by pseudonym only.
+    logged = [json.loads(line) for line in lines.getvalue().splitlines()]
+    tagged = [line for line in logged if line.get("request_id") == reply.request_id]
+    assert any("unknown_applicant" in line["message"] for line in tagged)
+    assert all(people.bank_only[0] not in line["message"] for line in logged)
 
     assert reply.slices.bank
     assert not reply.slices.partner
