@@ -16,7 +16,6 @@ would show in the process list). Times without an offset are UTC.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -156,13 +155,9 @@ def replay_decision(
         if record is None:
             raise NotFound(f"no decision with request id {request_id!r} in the audit log")
         outcome = replay(record, scorer_for(settings, record.model_version))
-        # Read after loading succeeded, so the digest shown is of the file just replayed with.
-        used = hashlib.sha256(settings.decision_config.read_bytes()).hexdigest()
     typer.echo(
         f"decision {record.request_id}, model version {record.model_version}, partner slice "
-        f"{record.partner_status.value}; the record holds no digest of the decision "
-        f"configuration the gateway used: replayed with {settings.decision_config} "
-        f"(sha256 {used})"
+        f"{record.partner_status.value}; replayed with {settings.decision_config}"
     )
     typer.echo(_replay_summary(outcome))
     if not outcome.matches:

@@ -27,7 +27,7 @@ from gateway.scoring import Reason, ScoreResult, SlicesUsed
 __all__ = ["CorruptAuditRecord", "record_from_json", "record_to_json"]
 
 # Bumped when the layout changes, so an old record is read by what it was written with.
-_FORMAT = 1
+_FORMAT = 2
 
 
 class CorruptAuditRecord(FailedPrecondition):
@@ -48,6 +48,7 @@ def record_to_json(record: AuditRecord) -> str:
         ),
         "partner_status": record.partner_status.value,
         "result": _result_json(record.result),
+        "decision_config_sha256": record.decision_config_sha256,
     }
     return canonical_json(body).decode()
 
@@ -147,6 +148,7 @@ def record_from_json(text: str) -> AuditRecord:
             partner_embedding=None if embedding is None else tuple(embedding),
             partner_status=PartnerSliceStatus(body["partner_status"]),
             result=_result(body["result"]),
+            decision_config_sha256=body["decision_config_sha256"],
         )
     except (KeyError, TypeError, ValueError, InvalidAuditRecord) as exc:
         raise CorruptAuditRecord(f"an audit record cannot be read back: {exc}") from exc

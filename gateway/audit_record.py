@@ -50,6 +50,7 @@ _HEX32 = re.compile(r"[0-9a-f]{32}")
 _APPLICATION_ID = re.compile(r"[\x20-\x7e]{1,128}")
 _CURRENCY = re.compile(r"[A-Z]{3}")
 _CALLER_PREFIX = "urn:cobrand:"
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 EnumT = TypeVar("EnumT", bound=StrEnum)
 
@@ -237,6 +238,8 @@ class AuditRecord:
         Whether the partner slice was used and, if not, why.
     result : ScoreResult
         What `gateway.scoring.Scorer` decided: outputs, reasons, rule hits, slices used.
+    decision_config_sha256 : str
+        `gateway.config.DecisionConfig.digest` of the configuration it decided with.
     """
 
     request_id: str
@@ -247,6 +250,7 @@ class AuditRecord:
     partner_embedding: tuple[float, ...] | None
     partner_status: PartnerSliceStatus
     result: ScoreResult
+    decision_config_sha256: str
 
     def __post_init__(self) -> None:
         try:
@@ -258,6 +262,10 @@ class AuditRecord:
         if not isinstance(self.decided_at, dt.datetime) or self.decided_at.tzinfo is None:
             raise _refuse("decided_at", "must be a timezone-aware datetime")
         object.__setattr__(self, "decided_at", self.decided_at.astimezone(dt.UTC))
+        if not isinstance(self.decision_config_sha256, str) or not _SHA256_HEX.fullmatch(
+            self.decision_config_sha256
+        ):
+            raise _refuse("decision_config_sha256", "must be 64 lowercase hex characters")
         if not isinstance(self.caller, str) or not self.caller.startswith(_CALLER_PREFIX):
             raise _refuse("caller", f"must be a certificate URN starting {_CALLER_PREFIX!r}")
         object.__setattr__(self, "bank_features", _fields("bank_features", self.bank_features))

@@ -15,6 +15,9 @@ threshold it reaches.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 from collections.abc import Sequence
 from enum import StrEnum
 from itertools import pairwise
@@ -324,6 +327,13 @@ class DecisionConfig(_Section):
     instalment : InstalmentRules, optional
         Without it no instalment offer is made.
     """
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """SHA-256 (hex) of the configuration's canonical JSON: what a decision is recorded
+        with, so a replay can tell whether it uses the same configuration."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
     application: ApplicationRules = ApplicationRules()
     score_scaling: ScoreScaling | None = None

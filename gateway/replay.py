@@ -6,9 +6,9 @@ the partner embedding used, or none when the decision was bank-only. Scoring is 
 (`gateway.scoring`), so an unaltered record replays to the same outputs bit for bit; any
 difference means the record, the model files or the decision configuration changed.
 
-The record does not hold a digest of the decision configuration the gateway used, so the
-configuration is the one the caller names (`scorer_for` reads it from the gateway's settings),
-and the replay says so.
+The configuration is the one the caller names (`scorer_for` reads it from the gateway's
+settings); the record holds the digest of the one the gateway decided with, and a replay with
+another is reported as a difference of its own (``decision_config_sha256``).
 """
 
 from __future__ import annotations
@@ -109,6 +109,14 @@ def replay(record: AuditRecord, scorer: Scorer) -> Replay:
         for name in COMPARED_FIELDS
         if (recorded := getattr(record.result, name)) != (replayed := getattr(result, name))
     )
+    if record.decision_config_sha256 != scorer.config.digest:
+        differences += (
+            FieldDifference(
+                "decision_config_sha256",
+                repr(record.decision_config_sha256),
+                repr(scorer.config.digest),
+            ),
+        )
     return Replay(record, result, differences)
 
 

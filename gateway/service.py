@@ -230,6 +230,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringGatewayServicer):
             else tuple(partner.embedding.tolist()),
             partner_status=partner.status,
             result=result,
+            decision_config_sha256=scorer.config.digest,
         )
         remaining = context.time_remaining()
         stored = self._audit.record(record, _RECORD_WAIT_S if remaining is None else remaining)

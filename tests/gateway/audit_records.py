@@ -81,4 +81,5 @@ def make_record(
             instalment=InstalmentOffer(0.44, "12M_0FEE", OfferChannel.BANK_APP_PUSH),
             slices=SlicesUsed(bank=True, partner=used),
         ),
+        decision_config_sha256="c0" * 32,
     )

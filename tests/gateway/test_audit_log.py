@@ -224,7 +224,7 @@ def test_a_stored_record_altered_outside_the_log_is_reported_corrupt() -> None:
     with pytest.raises(CorruptAuditRecord):
         record_from_json(text.replace('"caller":"urn:cobrand:', '"caller":"'))
     with pytest.raises(CorruptAuditRecord):
-        record_from_json(text.replace('"format":1', '"format":99'))
+        record_from_json(text.replace('"format":2', '"format":99'))
 
 
 def test_a_raw_identifier_is_not_a_pseudonym_and_is_not_echoed() -> None:

@@ -4,7 +4,6 @@ mismatch naming the field."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -18,6 +17,7 @@ from typer.testing import CliRunner
 from cobrand.rpc import create_channel
 from cobrand.v1 import scoring_pb2, scoring_pb2_grpc
 from gateway.audit_cli import app
+from gateway.config import load_decision_config
 from gateway.server import Gateway, start_gateway
 from gateway.settings import GatewaySettings
 from partner_node.server import PartnerNode, start_partner_node
@@ -152,9 +152,37 @@ def test_decisions_with_and_without_the_partners_slice_replay_to_an_exact_match(
         assert "match: every output recomputed exactly" in replayed.output
         assert f"score {reply.risk.score}" in replayed.output
         assert f"pd {reply.risk.probability_of_default!r}" in replayed.output
-        # The decision configuration is not in the record: the replay says which it used.
-        digest = hashlib.sha256(settings.decision_config.read_bytes()).hexdigest()
-        assert f"replayed with {settings.decision_config} (sha256 {digest})" in replayed.output
+        assert f"replayed with {settings.decision_config}" in replayed.output
+
+
+def test_a_replay_with_another_decision_configuration_is_a_mismatch_naming_it(
+    decide: Callable[..., Any],
+    people: Applicants,
+    settings: GatewaySettings,
+    tmp_path: Path,
+) -> None:
+    reply = decide("REPLAY-other-config", people.aligned[3])
+    used = load_decision_config(settings.decision_config)
+    document = yaml.safe_load(settings.decision_config.read_text())
+    document["thresholds"]["approve_from"] += 1
+    other = tmp_path / "decision.yaml"
+    other.write_text(yaml.safe_dump(document))
+    other_settings = tmp_path / "gateway.yaml"
+    other_settings.write_text(
+        yaml.safe_dump(
+            settings.model_copy(update={"decision_config": other}).model_dump(
+                mode="json", exclude_none=True
+            )
+        )
+    )
+
+    replayed = _replay(settings, other_settings, reply.request_id)
+
+    assert replayed.exit_code == 1, replayed.output
+    changed = load_decision_config(other).digest
+    assert (
+        f"  decision_config_sha256:\n    recorded: {used.digest!r}\n    replayed: {changed!r}"
+    ) in replayed.output
 
 
 def test_an_altered_stored_probability_is_a_mismatch_naming_the_field(
