@@ -50,6 +50,12 @@ bench: install
 	$(BIN)/python -m bench.dataplane
 	$(BIN)/python -m bench.quality
 	$(BIN)/python -m bench.psi --sizes 100000
+	$(BIN)/python -m bench.training_time
+	$(BIN)/python -m bench.cached_embeddings
+	$(BIN)/python -m bench.embedding_lookup
+	$(BIN)/python -m bench.audit_log
+	$(BIN)/python -m bench.targeting
+	$(BIN)/python -m bench.gateway_load
 
 clean:
 	rm -rf $(VENV) cobrand/v1 .flwr .mypy_cache .pytest_cache .ruff_cache
