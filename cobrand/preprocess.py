@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Final, Literal
 
@@ -40,6 +41,7 @@ __all__ = [
     "NumericState",
     "PreprocessConfig",
     "Preprocessor",
+    "RowEncoder",
 ]
 
 FORMAT: Final = "cobrand.preprocessor/1"
@@ -150,6 +152,36 @@ def _normalized(values: npt.NDArray[np.object_]) -> pa.Array:
     """Trimmed, lower-cased strings; null for missing or blank."""
     text = pc.utf8_lower(pc.utf8_trim_whitespace(pa.array(values, type=pa.string())))
     return pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
+
+
+def _normalized_one(text: str | None) -> str | None:
+    """`_normalized` of one value."""
+    if text is None:
+        return None
+    if text.isascii():
+        # On ASCII, str.strip and str.lower trim and fold exactly what Arrow's utf8 kernels do
+        # (tests/cobrand/test_row_encoder.py); other text goes through those kernels themselves.
+        return text.strip().lower() or None
+    normalized: str | None = _normalized(np.array([text], dtype=object))[0].as_py()
+    return normalized
+
+
+class _NumericScaling:
+    """The numeric half of `Preprocessor.transform`, its per-column constants gathered once."""
+
+    def __init__(self, states: tuple[NumericState, ...]) -> None:
+        self.median = np.array([s.median for s in states])
+        self.low = np.array([s.low for s in states])
+        self.high = np.array([s.high for s in states])
+        self.scale = np.array([s.scale for s in states])
+        self.indicators = [j for j, s in enumerate(states) if s.missing_indicator]
+
+    def apply(self, values: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+        """Scaled features then missing indicators of `values`, shape (n, d), NaN missing."""
+        missing = np.isnan(values)
+        median, low, high, scale = self.median, self.low, self.high, self.scale
+        scaled = (np.clip(np.where(missing, median, values), low, high) - median) / scale
+        return np.hstack([scaled, missing[:, self.indicators]]).astype(np.float32)
 
 
 def _fit_numeric(
@@ -320,15 +352,7 @@ class Preprocessor(_Frozen):
             tuple(s.name for s in self.numeric),
             tuple(s.name for s in self.categorical),
         )
-        values = table.numeric
-        missing = np.isnan(values)
-        median = np.array([s.median for s in self.numeric])
-        low = np.array([s.low for s in self.numeric])
-        high = np.array([s.high for s in self.numeric])
-        scale = np.array([s.scale for s in self.numeric])
-        scaled = (np.clip(np.where(missing, median, values), low, high) - median) / scale
-        indicators = [j for j, s in enumerate(self.numeric) if s.missing_indicator]
-        numeric = np.hstack([scaled, missing[:, indicators]]).astype(np.float32)
+        numeric = _NumericScaling(self.numeric).apply(table.numeric)
         categorical = np.empty((len(table), len(self.categorical)), dtype=np.int64)
         for j, state in enumerate(self.categorical):
             text = _normalized(table.categorical[:, j])
@@ -336,6 +360,10 @@ class Preprocessor(_Frozen):
             index = pc.fill_null(pc.add(known, FIRST_KNOWN_INDEX), UNSEEN_INDEX)
             categorical[:, j] = pc.if_else(pc.is_null(text), MISSING_INDEX, index).to_numpy()
         return Encoded(numeric=numeric, categorical=categorical)
+
+    def row_encoder(self) -> RowEncoder:
+        """This preprocessor's `transform` for one row at a time, without a table."""
+        return RowEncoder(self)
 
     def to_json(self) -> str:
         """The canonical JSON form: sorted keys, no whitespace, ASCII; `digest` hashes it."""
@@ -376,4 +404,59 @@ def _check_shape(table: PartyTable, numeric: tuple[str, ...], categorical: tuple
             f"{table.source}: table has {table.numeric.shape[1]} numeric and "
             f"{table.categorical.shape[1]} categorical features; expected {len(numeric)} "
             f"({', '.join(numeric)}) and {len(categorical)} ({', '.join(categorical)})"
+        )
+
+
+class RowEncoder:
+    """`Preprocessor.transform` of one row, bit for bit, without building a `PartyTable`.
+
+    Serving encodes one application at a time; a one-row table and Arrow kernels cost far more
+    than the arithmetic. The numeric half is the very code `transform` runs; the categorical half
+    looks values up in a dictionary of the vocabulary after `_normalized_one`.
+
+    Parameters
+    ----------
+    preprocessor : Preprocessor
+    """
+
+    def __init__(self, preprocessor: Preprocessor) -> None:
+        self._numeric = _NumericScaling(preprocessor.numeric)
+        self._width = len(preprocessor.numeric)
+        self._indices = tuple(
+            {value: FIRST_KNOWN_INDEX + i for i, value in enumerate(state.vocabulary)}
+            for state in preprocessor.categorical
+        )
+
+    def encode(self, numeric: Sequence[float], categorical: Sequence[str | None]) -> Encoded:
+        """Encode one row, as `Preprocessor.transform` encodes it in a table.
+
+        Parameters
+        ----------
+        numeric : sequence of float, length d
+            In the fitted column order; NaN where missing.
+        categorical : sequence of str or None, length c
+            In the fitted column order, as given (normalized here); None where missing.
+
+        Returns
+        -------
+        Encoded
+            With one row.
+
+        Raises
+        ------
+        TableError
+            The row does not have the fitted number of numeric and categorical values.
+        """
+        if len(numeric) != self._width or len(categorical) != len(self._indices):
+            raise TableError(
+                f"one row of {len(numeric)} numeric and {len(categorical)} categorical values; "
+                f"expected {self._width} and {len(self._indices)}"
+            )
+        indices = []
+        for value, index in zip(categorical, self._indices, strict=True):
+            text = _normalized_one(value)
+            indices.append(MISSING_INDEX if text is None else index.get(text, UNSEEN_INDEX))
+        return Encoded(
+            numeric=self._numeric.apply(np.array([numeric], dtype=np.float64)),
+            categorical=np.array([indices], dtype=np.int64),
         )

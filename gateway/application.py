@@ -2,9 +2,9 @@
 
 An application arrives as bank fields by schema column name, each a number, a category or
 missing (`FieldValue`, the domain twin of scoring.proto's ``FieldValue``). `ApplicationEncoder`
-checks them and encodes them with the model version's own bank `Preprocessor`, applied to a
-one-row `PartyTable`: the very transform that encoded the training rows, so training and serving
-cannot drift apart.
+checks them and encodes them with the model version's own bank `Preprocessor`, one row at a time
+(`cobrand.preprocess.RowEncoder`: the training transform's own arithmetic and vocabulary, proved
+equal to it bit for bit), so training and serving cannot drift apart.
 
 For an existing bank customer, the bank's stored row fills the fields the application leaves
 out (`StoredFeatures`, e.g. `stored_features_of` over the bank's loaded table); fields the
@@ -22,8 +22,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -46,8 +44,6 @@ FieldValue = float | str | None
 
 StoredFeatures = Callable[[str], Mapping[str, FieldValue] | None]
 """The bank's stored fields of a customer by canonical identifier; None for a non-customer."""
-
-_SOURCE: Final = Path("<application>")
 
 
 @dataclass(frozen=True)
@@ -111,7 +107,7 @@ class ApplicationEncoder:
     """
 
     def __init__(self, preprocessor: Preprocessor, rules: ApplicationRules) -> None:
-        self._preprocessor = preprocessor
+        self._rows = preprocessor.row_encoder()
         self._numeric = tuple(state.name for state in preprocessor.numeric)
         self._categorical = tuple(state.name for state in preprocessor.categorical)
         self._required = frozenset(rules.required)
@@ -156,30 +152,20 @@ class ApplicationEncoder:
             )
         merged = {**(stored or {}), **fields}
         values: dict[str, FieldValue] = {}
-        numeric = np.full((1, len(self._numeric)), np.nan)
-        for j, name in enumerate(self._numeric):
+        numeric: list[float] = []
+        for name in self._numeric:
             number = self._number(name, merged.get(name), name not in fields)
             values[name] = number
-            if number is not None:
-                numeric[0, j] = number
-        categorical = np.empty((1, len(self._categorical)), dtype=object)
-        for j, name in enumerate(self._categorical):
+            numeric.append(math.nan if number is None else number)
+        categorical: list[str | None] = []
+        for name in self._categorical:
             given, values[name] = self._category(name, merged.get(name), name not in fields)
             # The preprocessor normalizes the text as given, exactly as in training.
-            categorical[0, j] = given
+            categorical.append(given)
         missing = sorted(name for name in self._required if values[name] is None)
         if missing:
             raise InvalidRequest(f"field {missing[0]!r}: required, and missing")
-        table = PartyTable(
-            ids=np.array(["application"], dtype=object),
-            numeric=numeric,
-            categorical=categorical,
-            labels={},
-            split=np.zeros(1, dtype=np.int8),
-            dropped_identifiers=0,
-            source=_SOURCE,
-        )
-        encoded = self._preprocessor.transform(table)
+        encoded = self._rows.encode(numeric, categorical)
         return BankRow(
             values=values, numeric=encoded.numeric[0], categorical=encoded.categorical[0]
         )
