@@ -12,6 +12,7 @@ Example::
       cert: /srv/cobrand/pki/partner-node.crt
       key: /srv/cobrand/pki/partner-node.key
     psi: {workers: 8, chunk_points: 8192}
+    embedding: {unknown_key_lookups_per_minute: 60}
 
 Relative paths are relative to the working directory. Every key can also come from the
 environment, ``COBRAND_PARTNER_<KEY>`` (nested with ``__``, e.g. ``COBRAND_PARTNER_TLS__KEY``),
@@ -21,15 +22,30 @@ where the file leaves it out.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from cobrand.alignment_protocol import PsiSettings
 from cobrand.rpc import TlsFiles
-from cobrand.settings import ProcessSettings
+from cobrand.settings import ProcessSettings, Section
 
-__all__ = ["PartnerNodeConfig"]
+__all__ = ["EmbeddingSettings", "PartnerNodeConfig"]
+
+
+class EmbeddingSettings(Section):
+    """How the node serves embeddings to the bank's gateway (``embedding:`` in its settings).
+
+    Attributes
+    ----------
+    unknown_key_lookups_per_minute : int
+        Lookups of keys outside the alignment each caller may make per minute, saved up to as
+        many; beyond them a lookup is refused (RESOURCE_EXHAUSTED) and audited. Aligned keys
+        are never counted.
+    """
+
+    unknown_key_lookups_per_minute: Annotated[int, Field(ge=1)] = 60
 
 
 class PartnerNodeConfig(ProcessSettings):
@@ -54,6 +70,8 @@ class PartnerNodeConfig(ProcessSettings):
         Serve without TLS, for local development only.
     psi : PsiSettings
         Blinding workers and chunk size.
+    embedding : EmbeddingSettings
+        The per-caller limit on lookups of keys outside the alignment.
     """
 
     model_config = SettingsConfigDict(env_prefix="COBRAND_PARTNER_")
@@ -66,3 +84,4 @@ class PartnerNodeConfig(ProcessSettings):
     tls: TlsFiles | None = None
     insecure: bool = False
     psi: PsiSettings = PsiSettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()

@@ -10,6 +10,11 @@ partner's manifest digest of a published version, which the gateway checks again
 bank recorded before it uses the version. No raw partner feature ever leaves: the replies hold
 the bottom model's output alone. Logs name a call by its request id and a key
 by a short hash prefix, never by the key itself.
+
+Lookups of keys outside the alignment are limited per caller (``partner_node.probe_limit``):
+beyond the configured number per minute, such a lookup, or a streamed batch holding such keys,
+is refused with RESOURCE_EXHAUSTED (a batch ends its stream) and audited; aligned keys are
+never counted.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from cobrand.psi import JOIN_KEY_BYTES
 from cobrand.rpc import DEFAULT_MAX_MESSAGE_BYTES, ServicerAdder, service_roles
 from cobrand.tensor_wire import pack_matrix
 from cobrand.v1 import embedding_pb2, embedding_pb2_grpc
+from partner_node.probe_limit import ProbeLimiter, caller_urn
 from partner_node.serving_models import ServingModels
 
 __all__ = [
@@ -84,10 +90,11 @@ def _wait_s(context: grpc.ServicerContext) -> float:
 
 
 class EmbeddingServicer(embedding_pb2_grpc.PartnerEmbeddingServiceServicer):
-    """Serves the model versions of one `ServingModels`."""
+    """Serves the model versions of one `ServingModels`, unknown keys limited by `probes`."""
 
-    def __init__(self, models: ServingModels) -> None:
+    def __init__(self, models: ServingModels, probes: ProbeLimiter) -> None:
         self._models = models
+        self._probes = probes
 
     def GetEmbedding(  # noqa: N802 -- the generated servicer's method name
         self, request: embedding_pb2.GetEmbeddingRequest, context: grpc.ServicerContext
@@ -99,6 +106,10 @@ class EmbeddingServicer(embedding_pb2_grpc.PartnerEmbeddingServiceServicer):
             )
         version = self._models.version(request.model_version, _wait_s(context))
         embedding = version.embedding(request.join_key)
+        if embedding is None:
+            self._probes.charge(
+                caller_urn(context), 1, f"GetEmbedding request {request.request_id}"
+            )
         if _LOG.isEnabledFor(logging.DEBUG):
             _LOG.debug(
                 "[Embedding.Get] request %s key %s version %s: %s",
@@ -130,6 +141,7 @@ class EmbeddingServicer(embedding_pb2_grpc.PartnerEmbeddingServiceServicer):
         request_iterator: Iterator[embedding_pb2.EmbeddingBatchRequest],
         context: grpc.ServicerContext,
     ) -> Iterator[embedding_pb2.EmbeddingBatchResponse]:
+        who = caller_urn(context)
         for request in request_iterator:
             _check_call_id(request.batch_id, "batch_id")
             keys = _join_keys(request)
@@ -141,6 +153,9 @@ class EmbeddingServicer(embedding_pb2_grpc.PartnerEmbeddingServiceServicer):
                     f"per batch for embeddings of width {version.width}"
                 )
             matrix, found = version.lookup(keys)
+            self._probes.charge(
+                who, len(keys) - int(found.sum()), f"StreamEmbeddings batch {request.batch_id}"
+            )
             _LOG.debug(
                 "[Embedding.Stream] batch %s version %s: %d keys, %d found",
                 request.batch_id,
@@ -171,9 +186,9 @@ def _join_keys(request: embedding_pb2.EmbeddingBatchRequest) -> npt.NDArray[np.b
     return np.frombuffer(data, dtype=f"S{JOIN_KEY_BYTES}")
 
 
-def embedding_service(models: ServingModels) -> ServicerAdder:
+def embedding_service(models: ServingModels, probes: ProbeLimiter) -> ServicerAdder:
     """Register PartnerEmbeddingService for `models` on a server (for ``create_server``)."""
-    servicer = EmbeddingServicer(models)
+    servicer = EmbeddingServicer(models, probes)
 
     def add(server: grpc.Server) -> None:
         # The generated *_pb2_grpc modules come without type annotations.

@@ -6,8 +6,9 @@ answers the bank's alignment runs (AlignmentService, role ``bank``), takes each 
 its Flower ClientApp hands over (PartnerRounds, role ``partner``) and streams the rounds it
 planned with the bank's trainer (TrainingDataPlane, role ``bank-trainer``), and gives the bank's
 gateway the embeddings of its published model versions (PartnerEmbeddingService, role
-``gateway``). Torch, the partner bottom and the aligned rows stay in this process from one round
-to the next.
+``gateway``), at most ``embedding.unknown_key_lookups_per_minute`` of them per caller for keys
+outside the alignment (refusals audited in ``<data_dir>/probe_audit.jsonl``). Torch, the
+partner bottom and the aligned rows stay in this process from one round to the next.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from partner_node.config import PartnerNodeConfig
 from partner_node.dataplane_service import ALLOWED_ROLES as DATAPLANE_ROLES
 from partner_node.dataplane_service import DataPlaneService
 from partner_node.embedding_service import EMBEDDING_ROLES, embedding_service
+from partner_node.probe_limit import PROBE_AUDIT_FILE, ProbeLimiter
 from partner_node.psi_responder import PsiResponder
 from partner_node.rounds_service import ROUNDS_ROLES, rounds_service
 from partner_node.serving_models import ServingModels
@@ -45,11 +47,12 @@ _STOP_GRACE_S = 5.0
 
 @dataclass(frozen=True)
 class PartnerNode:
-    """A started partner node."""
+    """A started partner node; `probes` counts its refused unknown-key lookups per caller."""
 
     server: grpc.Server
     port: int
     rows: int
+    probes: ProbeLimiter
 
     def stop(self, grace: float | None = _STOP_GRACE_S) -> None:
         """Stop serving; calls still running get `grace` seconds."""
@@ -78,12 +81,15 @@ def start_partner_node(config: PartnerNodeConfig, progress: Progress | None = No
         runs_dir=config.data_dir / "runs",
     )
     serving = ServingModels(table, config.data_dir / "models", config.data_dir)
+    probes = ProbeLimiter(
+        config.embedding.unknown_key_lookups_per_minute, config.data_dir / PROBE_AUDIT_FILE
+    )
     server, port = create_server(
         [
             alignment_service(responder),
             dataplane.adder(),
             rounds_service(runs),
-            embedding_service(serving),
+            embedding_service(serving, probes),
         ],
         config.listen,
         config.tls,
@@ -92,7 +98,7 @@ def start_partner_node(config: PartnerNodeConfig, progress: Progress | None = No
     )
     server.start()
     _LOG.info("[PartnerNode] serving %d identifiers on port %d", len(table), port)
-    return PartnerNode(server, port, len(table))
+    return PartnerNode(server, port, len(table), probes)
 
 
 def serve(
