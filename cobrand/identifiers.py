@@ -21,10 +21,15 @@ email              lower-trimmed    one @ with non-empty local part and domain
 The work is done by Arrow compute kernels (RE2 regular expressions, whose ``\\d`` and ``\\s`` are
 ASCII-only, so look-alike Unicode digits are invalid rather than silently accepted) and one
 numpy pass for the national-id checksum; a million values take well under a second.
+
+One value at a time (the gateway's request), `IdentifierKind.canonicalize_one` applies the same
+rules, the same regular expressions read by Python's `re` (`_python_regex`), to ASCII text
+without Arrow; other text, rare in an identifier, goes through `canonicalize` itself.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -78,11 +83,28 @@ class IdentifierKind:
         change of normalization is a visible change of the federation.
     canonicalize : callable
         Vectorised ``values -> Canonicalized``.
+    canonicalize_ascii : callable
+        The same rules for one ASCII string: ``value -> canonical string``, None when invalid.
     """
 
     name: str
     canonical_form: str
     canonicalize: Callable[[IdentifierValues], Canonicalized]
+    canonicalize_ascii: Callable[[str], str | None]
+
+    def canonicalize_one(self, value: str) -> str | None:
+        """`canonicalize` of one value: its canonical form, or None where it is flagged invalid.
+
+        Raises
+        ------
+        TypeError, pyarrow.ArrowException
+            What `canonicalize` raises for ``[value]``: ASCII text is canonicalized without
+            Arrow, anything else by `canonicalize` itself.
+        """
+        if isinstance(value, str) and value.isascii():
+            return self.canonicalize_ascii(value)
+        result = self.canonicalize([value])
+        return None if result.invalid[0] else str(result.values[0])
 
 
 def _as_arrow_strings(values: IdentifierValues) -> pa.Array:
@@ -103,7 +125,33 @@ def _finish(canonical: pa.Array, valid: pa.Array) -> Canonicalized:
     return Canonicalized(values.to_numpy(zero_copy_only=False).astype(object), ~valid_np)
 
 
+def _python_regex(re2: str) -> re.Pattern[str]:
+    """An RE2 expression of this module as Python's `re` reads it alike on ASCII text.
+
+    RE2's ``\\s`` is ``[\\t\\n\\f\\r ]`` (Python's adds ``\\v``) and is only used inside a
+    character class here; RE2's ``$`` is the end of text (Python's also matches before a final
+    newline); ``\\d`` is ASCII in both (`re.ASCII`).
+    """
+    return re.compile(re2.replace(r"\s", "\t\n\f\r ").replace("$", r"\Z"), re.ASCII)
+
+
 _MOBILE_CN = r"^(?:\+86|0086|86)?(1\d{10})$"
+_MOBILE_SEPARATORS = r"[\s\-.()]"
+_NATIONAL_ID_SEPARATORS = r"[\s\-]"
+_NATIONAL_ID = r"^\d{17}[\dX]$"
+_DECIMAL = r"^\d+$"
+_EMAIL = r"^[^@\s]+@[^@\s]+$"
+_PYTHON = {
+    re2: _python_regex(re2)
+    for re2 in (
+        _MOBILE_CN,
+        _MOBILE_SEPARATORS,
+        _NATIONAL_ID_SEPARATORS,
+        _NATIONAL_ID,
+        _DECIMAL,
+        _EMAIL,
+    )
+}
 
 
 def canonicalize_mobile_cn(values: IdentifierValues) -> Canonicalized:
@@ -121,10 +169,16 @@ def canonicalize_mobile_cn(values: IdentifierValues) -> Canonicalized:
         ``"+8613812345678"`` for each of the examples above.
     """
     compact = pc.replace_substring_regex(
-        _as_arrow_strings(values), pattern=r"[\s\-.()]", replacement=""
+        _as_arrow_strings(values), pattern=_MOBILE_SEPARATORS, replacement=""
     )
     canonical = pc.replace_substring_regex(compact, pattern=_MOBILE_CN, replacement=r"+86\1")
     return _finish(canonical, pc.match_substring_regex(compact, _MOBILE_CN))
+
+
+def _mobile_cn_ascii(value: str) -> str | None:
+    compact = _PYTHON[_MOBILE_SEPARATORS].sub("", value)
+    match = _PYTHON[_MOBILE_CN].match(compact)
+    return None if match is None else "+86" + match[1]
 
 
 # ISO 7064 MOD 11-2 as GB 11643 applies it: weight of position i (0-based, 17 digits) is
@@ -161,9 +215,11 @@ def canonicalize_national_id_cn(values: IdentifierValues) -> Canonicalized:
         match its first 17 digits is invalid.
     """
     compact = pc.utf8_upper(
-        pc.replace_substring_regex(_as_arrow_strings(values), pattern=r"[\s\-]", replacement="")
+        pc.replace_substring_regex(
+            _as_arrow_strings(values), pattern=_NATIONAL_ID_SEPARATORS, replacement=""
+        )
     )
-    well_formed = pc.fill_null(pc.match_substring_regex(compact, r"^\d{17}[\dX]$"), False)
+    well_formed = pc.fill_null(pc.match_substring_regex(compact, _NATIONAL_ID), False)
     # Rows that are not well formed get a placeholder so the checksum runs on one dense block.
     filler = pa.scalar("0" * _NATIONAL_ID_LENGTH, pa.string())
     fixed = pc.cast(pc.if_else(well_formed, compact, filler), pa.binary(_NATIONAL_ID_LENGTH))
@@ -177,6 +233,13 @@ def canonicalize_national_id_cn(values: IdentifierValues) -> Canonicalized:
     expected = _GB11643_CHECK[(digits @ _GB11643_WEIGHTS) % 11]
     valid = well_formed.to_numpy(zero_copy_only=False).astype(bool) & (expected == chars[:, 17])
     return _finish(compact, pa.array(valid))
+
+
+def _national_id_cn_ascii(value: str) -> str | None:
+    compact = _PYTHON[_NATIONAL_ID_SEPARATORS].sub("", value).upper()
+    if _PYTHON[_NATIONAL_ID].match(compact) is None:
+        return None
+    return compact if gb11643_check_character(compact[:17]) == compact[17] else None
 
 
 def canonicalize_customer_number(values: IdentifierValues) -> Canonicalized:
@@ -195,7 +258,15 @@ def canonicalize_customer_number(values: IdentifierValues) -> Canonicalized:
     trimmed = pc.utf8_trim_whitespace(_as_arrow_strings(values))
     stripped = pc.utf8_ltrim(trimmed, characters="0")
     canonical = pc.if_else(pc.equal(stripped, ""), pa.scalar("0"), stripped)
-    return _finish(canonical, pc.match_substring_regex(trimmed, r"^\d+$"))
+    return _finish(canonical, pc.match_substring_regex(trimmed, _DECIMAL))
+
+
+def _customer_number_ascii(value: str) -> str | None:
+    # On ASCII, str.strip trims exactly what utf8_trim_whitespace does.
+    trimmed = value.strip()
+    if _PYTHON[_DECIMAL].match(trimmed) is None:
+        return None
+    return trimmed.lstrip("0") or "0"
 
 
 def canonicalize_email(values: IdentifierValues) -> Canonicalized:
@@ -213,17 +284,29 @@ def canonicalize_email(values: IdentifierValues) -> Canonicalized:
         ``"ann@example.cn"`` for ``" Ann@Example.CN "``.
     """
     canonical = pc.utf8_lower(pc.utf8_trim_whitespace(_as_arrow_strings(values)))
-    return _finish(canonical, pc.match_substring_regex(canonical, r"^[^@\s]+@[^@\s]+$"))
+    return _finish(canonical, pc.match_substring_regex(canonical, _EMAIL))
+
+
+def _email_ascii(value: str) -> str | None:
+    canonical = value.strip().lower()
+    return canonical if _PYTHON[_EMAIL].match(canonical) is not None else None
 
 
 IDENTIFIER_KINDS: MappingProxyType[str, IdentifierKind] = MappingProxyType(
     {
         kind.name: kind
         for kind in (
-            IdentifierKind("mobile_cn", "e164-cn-mobile", canonicalize_mobile_cn),
-            IdentifierKind("national_id_cn", "gb11643-upper", canonicalize_national_id_cn),
-            IdentifierKind("customer_number", "decimal", canonicalize_customer_number),
-            IdentifierKind("email", "lower-trimmed", canonicalize_email),
+            IdentifierKind("mobile_cn", "e164-cn-mobile", canonicalize_mobile_cn, _mobile_cn_ascii),
+            IdentifierKind(
+                "national_id_cn",
+                "gb11643-upper",
+                canonicalize_national_id_cn,
+                _national_id_cn_ascii,
+            ),
+            IdentifierKind(
+                "customer_number", "decimal", canonicalize_customer_number, _customer_number_ascii
+            ),
+            IdentifierKind("email", "lower-trimmed", canonicalize_email, _email_ascii),
         )
     }
 )

@@ -157,10 +157,9 @@ class ApplicantDirectory:
             raise InvalidRequest(
                 f"field 'identifier': {len(identifier)} characters, at most {_MAX_IDENTIFIER_CHARS}"
             )
-        canonical = IDENTIFIER_KINDS[kind].canonicalize([identifier])
-        if canonical.invalid[0]:
+        canonical_id = IDENTIFIER_KINDS[kind].canonicalize_one(identifier)
+        if canonical_id is None:
             raise InvalidRequest(f"field 'identifier': not a valid {kind} identifier")
-        canonical_id = str(canonical.values[0])
         pseudonym = self._key.pseudonym(kind, canonical_id)
         if kind != self._table_kind:
             return Applicant(pseudonym, None, None)
