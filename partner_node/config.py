@@ -12,7 +12,7 @@ Example::
       cert: /srv/cobrand/pki/partner-node.crt
       key: /srv/cobrand/pki/partner-node.key
     psi: {workers: 8, chunk_points: 8192}
-    embedding: {unknown_key_lookups_per_minute: 60}
+    embedding: {unknown_key_lookups_per_minute: 600}
 
 Relative paths are relative to the working directory. Every key can also come from the
 environment, ``COBRAND_PARTNER_<KEY>`` (nested with ``__``, e.g. ``COBRAND_PARTNER_TLS__KEY``),
@@ -42,10 +42,13 @@ class EmbeddingSettings(Section):
     unknown_key_lookups_per_minute : int
         Lookups of keys outside the alignment each caller may make per minute, saved up to as
         many; beyond them a lookup is refused (RESOURCE_EXHAUSTED) and audited. Aligned keys
-        are never counted.
+        are never counted. The gateway meets unknown keys only where the bank's alignment holds
+        keys the partner's does not, and bulk targeting sends all of them on every run: the
+        default leaves room for several runs a minute while bounding a prober to 10 keys a
+        second.
     """
 
-    unknown_key_lookups_per_minute: Annotated[int, Field(ge=1)] = 60
+    unknown_key_lookups_per_minute: Annotated[int, Field(ge=1)] = 600
 
 
 class PartnerNodeConfig(ProcessSettings):

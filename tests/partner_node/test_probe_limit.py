@@ -287,7 +287,7 @@ def test_concurrent_callers_never_get_more_than_the_limit(tmp_path: Path) -> Non
     assert limiter.denials("c") == 4 * 40 - 50
 
 
-def test_the_default_budget_is_sixty_a_minute_and_zero_is_not_a_budget() -> None:
-    assert EmbeddingSettings().unknown_key_lookups_per_minute == 60
+def test_the_default_budget_is_600_a_minute_and_zero_is_not_a_budget() -> None:
+    assert EmbeddingSettings().unknown_key_lookups_per_minute == 600
     with pytest.raises(ValueError, match="unknown_key_lookups_per_minute"):
         EmbeddingSettings(unknown_key_lookups_per_minute=0)
