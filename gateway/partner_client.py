@@ -170,8 +170,9 @@ class PartnerClient:
         -------
         PartnerSlice
             ``USED`` with the embedding, ``UNKNOWN_APPLICANT`` when the partner does not hold
-            the key, ``TIMEOUT`` past the deadline, ``UNAVAILABLE`` otherwise (unreachable, an
-            error, an unusable reply, or the breaker open).
+            the key (or refuses it under its unknown-key limit), ``TIMEOUT`` past the deadline,
+            ``UNAVAILABLE`` otherwise (unreachable, an error, an unusable reply, or the breaker
+            open).
         """
         if not self.breaker.allow():
             return PartnerSlice(PartnerSliceStatus.UNAVAILABLE)
@@ -182,8 +183,17 @@ class PartnerClient:
             reply = self._stub.GetEmbedding(request, timeout=self._deadline_s)
             found = _checked(reply, model_version, width)
         except grpc.RpcError as err:
-            self.breaker.failed()
             code = err.code() if isinstance(err, grpc.Call) else None
+            if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                # The partner answers and limits lookups of keys it does not hold: this one is
+                # outside its alignment, which says nothing about its health.
+                self.breaker.succeeded()
+                _LOG.warning(
+                    "[PartnerClient] request %s: the partner's unknown-key limit refused it",
+                    request_id,
+                )
+                return PartnerSlice(PartnerSliceStatus.UNKNOWN_APPLICANT)
+            self.breaker.failed()
             _LOG.warning(
                 "[PartnerClient] request %s: the partner call failed: %s", request_id, code
             )

@@ -22,7 +22,7 @@ from cobrand.alignment_store import (
     intersection_digest,
     write_alignment,
 )
-from cobrand.errors import ConfigError, InvalidRequest
+from cobrand.errors import ConfigError, InvalidRequest, ResourceExhausted
 from cobrand.pki import Party
 from cobrand.rpc import create_channel, create_server
 from cobrand.v1 import embedding_pb2, embedding_pb2_grpc
@@ -225,6 +225,22 @@ def test_an_unknown_key_is_an_unknown_applicant_and_not_a_failure(
 
     assert {a.status for a in answers} == {PartnerSliceStatus.UNKNOWN_APPLICANT}
     assert partner.calls == 3
+    assert partner_client.breaker.state is BreakerState.CLOSED
+
+
+def test_the_partners_unknown_key_limit_is_an_unknown_applicant_and_not_a_failure(
+    client: tuple[PartnerClient, ScriptedPartner],
+) -> None:
+    partner_client, partner = client
+
+    def limited(request: embedding_pb2.GetEmbeddingRequest) -> embedding_pb2.GetEmbeddingResponse:
+        raise ResourceExhausted("unknown-key lookups over 600 per minute")
+
+    partner.reply = limited
+
+    answers = [partner_client.embedding(f"r{i}", VERSION, bytes(16), WIDTH) for i in range(8)]
+
+    assert {a.status for a in answers} == {PartnerSliceStatus.UNKNOWN_APPLICANT}
     assert partner_client.breaker.state is BreakerState.CLOSED
 
 
