@@ -55,6 +55,7 @@ bench: install
 	$(BIN)/python -m bench.embedding_lookup
 	$(BIN)/python -m bench.audit_log
 	$(BIN)/python -m bench.targeting
+	$(BIN)/python -m bench.scoring_path
 	$(BIN)/python -m bench.gateway_load
 
 clean:
