@@ -93,9 +93,13 @@ class DataPlaneService:
         with trainer.open_pass(opening.open.run_id, opening.open.round, kind) as current:
             try:
                 yield from _steps(request_iterator, current, trainer.rows)
+                # A cancelled call's request stream may also just end.
+                cancelled = not context.is_active()
             except (grpc.RpcError, GeneratorExit):
-                # Reading the next request failed, or gRPC closed this reply stream: the bank
-                # cancelled the pass or its connection dropped; there is nobody to answer.
+                # Reading the next request failed, or gRPC closed this reply stream.
+                cancelled = True
+            if cancelled:
+                # The bank cancelled the pass or its connection dropped: nobody to answer.
                 # Logged before leaving `open_pass`, which undoes a training pass and frees the
                 # trainer for the bank's retry.
                 _LOG.warning(
