@@ -20,7 +20,14 @@ import numpy.typing as npt
 from cobrand.durable import write_atomically
 from cobrand.errors import ConfigError, InvalidRequest
 
-__all__ = ["FloatArray", "TaskScores", "load_test_scores", "save_test_scores", "scores_from_logits"]
+__all__ = [
+    "FloatArray",
+    "TaskScores",
+    "load_test_scores",
+    "probabilities",
+    "save_test_scores",
+    "scores_from_logits",
+]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -136,14 +143,15 @@ def scores_from_logits(
             continue
         result[task] = TaskScores(
             labels=truth[labelled].astype(np.int64),
-            full=_probabilities(full[task][labelled]),
-            bank_only=_probabilities(bank_only[task][labelled]),
+            full=probabilities(full[task][labelled]),
+            bank_only=probabilities(bank_only[task][labelled]),
             classes=() if binary else classes[task],
         )
     return result
 
 
-def _probabilities(logits: npt.NDArray[np.floating[Any]]) -> FloatArray:
+def probabilities(logits: npt.NDArray[np.floating[Any]]) -> FloatArray:
+    """Logits as float64 probabilities: a sigmoid of ``(n,)`` logits, a softmax of ``(n, K)``."""
     wide = logits.astype(np.float64)
     if wide.ndim == 1:
         # The tanh form of the sigmoid does not overflow for large negative logits.

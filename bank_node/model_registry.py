@@ -75,6 +75,7 @@ __all__ = [
     "MonitoringBaseline",
     "PartnerReason",
     "ReasonCodes",
+    "bank_weights",
     "bank_weights_digest",
     "load_bank_version",
     "save_bank_version",
@@ -173,16 +174,21 @@ class BankVersion:
     calibration: dict[str, CalibrationCheck | None]
 
 
+def bank_weights(
+    bottom: Mapping[str, torch.Tensor], head: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The bank's bottom and head as one checkpoint names them: ``bottom.*`` and ``head.*``."""
+    return {
+        **{f"bottom.{name}": tensor for name, tensor in bottom.items()},
+        **{f"head.{name}": tensor for name, tensor in head.items()},
+    }
+
+
 def bank_weights_digest(
     bottom: Mapping[str, torch.Tensor], head: Mapping[str, torch.Tensor]
 ) -> bytes:
-    """`weights_digest` of the bank's bottom and head as one checkpoint (names prefixed)."""
-    return weights_digest(
-        {
-            **{f"bottom.{name}": tensor for name, tensor in bottom.items()},
-            **{f"head.{name}": tensor for name, tensor in head.items()},
-        }
-    )
+    """`weights_digest` of the bank's bottom and head as one checkpoint (`bank_weights`)."""
+    return weights_digest(bank_weights(bottom, head))
 
 
 def save_bank_version(

@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from bank_node.holdout_scores import save_test_scores, scores_from_logits
+from bank_node.holdout_scores import probabilities, save_test_scores, scores_from_logits
 from bank_node.leakage import GradientRecorder
 from bank_node.model_registry import save_bank_version
 from bank_node.trainer import BankTrainer, PathLogits
@@ -135,8 +135,8 @@ def release_model(
         preprocessor=training_set.preprocessor,
         data=data,
         raw_numeric=training_set.raw_numeric,
-        train_probabilities={task: _sigmoid(full_train[task]) for task in binary},
-        test_probabilities={task: _sigmoid(full_test[task]) for task in binary},
+        train_probabilities={task: probabilities(full_train[task].numpy()) for task in binary},
+        test_probabilities={task: probabilities(full_test[task].numpy()) for task in binary},
         partner_weights_sha256=partner_weights_sha256,
         partner_preprocessor_sha256=partner_preprocessor_sha256,
     )
@@ -171,8 +171,3 @@ def _privacy(sent: GradientRecorder, data: BankTrainingData, noise: float) -> di
 
 def _numpy(logits: dict[str, torch.Tensor]) -> dict[str, npt.NDArray[np.float32]]:
     return {task: values.numpy() for task, values in logits.items()}
-
-
-def _sigmoid(logits: torch.Tensor) -> npt.NDArray[np.float64]:
-    # In float64, as the test scores are: float32 rounds large logits to a probability of 1.
-    return torch.sigmoid(logits.double()).numpy()

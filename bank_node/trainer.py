@@ -45,6 +45,7 @@ import torch
 from bank_node.dataplane_client import DataPlaneClient, PartnerPassSummary, PassStream
 from bank_node.evaluation import TaskMetrics, task_metrics, total_loss
 from bank_node.leakage import GradientRecorder, LabelNoise
+from bank_node.model_registry import bank_weights
 from bank_node.round_state import BankState, EarlyStopping, MemoryRounds, RoundKeeper
 from bank_node.training_config import TrainingConfig
 from bank_node.training_data import TEST, TRAIN, VALID, BankTrainingData
@@ -263,13 +264,10 @@ class BankTrainer:
         """The bottom's (``bottom.*``) and the head's (``head.*``) weights, as one checkpoint
         names them (views of the live tensors).
 
-        The names are those `bank_node.model_registry.bank_weights_digest` gives, so a
-        committed checkpoint's digest is the model version's; ``bank_node.rounds`` checks it.
+        Named by `bank_node.model_registry.bank_weights`, as a model version's digest names
+        them, so a committed checkpoint's digest is the model version's.
         """
-        return {
-            **{f"bottom.{k}": v for k, v in self.bottom.state_dict().items()},
-            **{f"head.{k}": v for k, v in self.head.state_dict().items()},
-        }
+        return bank_weights(self.bottom.state_dict(), self.head.state_dict())
 
     def state(self, round_number: int, stopping: EarlyStopping) -> BankState:
         """The trainer's state now, as the end of `round_number` (copies, not views)."""

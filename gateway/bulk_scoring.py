@@ -28,7 +28,7 @@ from bank_node.model_registry import BankVersion
 from cobrand.errors import ConfigError, FailedPrecondition
 from cobrand.tables import PartyTable
 from gateway.config import Decision, DecisionConfig, HardRule
-from gateway.scoring import INSTALMENT, RIGHTS_PACKAGE, RISK, Scorer, _sigmoid
+from gateway.scoring import INSTALMENT, RIGHTS_PACKAGE, RISK, Scorer, sigmoid
 
 __all__ = ["TASKS", "AlignedBank", "BulkScorer", "BulkScores"]
 
@@ -214,7 +214,7 @@ class BulkScorer:
             False where the partner holds no embedding: that row is scored bank-only.
         """
         logits = self._forward(bank, rows, partner, found)
-        risk = _sigmoid(logits[RISK])
+        risk = sigmoid(logits[RISK])
         points = self._scaling.points(risk)
         score = np.floor(points + 0.5)
         severity = np.maximum(self._threshold_severity(risk, score), bank.rule_severity[rows])
@@ -233,7 +233,7 @@ class BulkScorer:
         propensity = np.full(count, math.nan)
         if self.task == INSTALMENT:
             assert self.config.instalment is not None
-            propensity = _sigmoid(logits[INSTALMENT])
+            propensity = sigmoid(logits[INSTALMENT])
             for rule in reversed(self.config.instalment.bands):
                 reached = propensity >= rule.min_propensity
                 offer[reached] = rule.offer

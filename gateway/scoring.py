@@ -60,6 +60,7 @@ __all__ = [
     "Scorer",
     "SlicesUsed",
     "partner_view",
+    "sigmoid",
 ]
 
 RISK: Final = "risk"
@@ -216,7 +217,7 @@ class Scorer:
         """
         embedding = None if partner is None else self._embedding(partner)
         logits = self._forward(row, embedding)
-        risk = _sigmoid(logits[RISK])
+        risk = sigmoid(logits[RISK])
         points = self._scaling.points(risk)
         score = math.floor(points[0] + 0.5)
         probability = float(risk[0])
@@ -235,7 +236,7 @@ class Scorer:
                     limit,
                 )
             if INSTALMENT in logits:
-                instalment = instalment_offer(self.config, float(_sigmoid(logits[INSTALMENT])[0]))
+                instalment = instalment_offer(self.config, float(sigmoid(logits[INSTALMENT])[0]))
         return ScoreResult(
             model_version=self.version.manifest.version_id,
             probability_of_default=probability,
@@ -298,7 +299,8 @@ class Scorer:
         return tuple(Reason(code=c, text=texts[c], points=float(gains[c])) for c in chosen)
 
 
-def _sigmoid(logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+def sigmoid(logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """The probabilities of binary logits, as the gateway reports them (one and in bulk)."""
     # 1 / (1 + e^-x) without overflow for large negative logits.
     result: npt.NDArray[np.float64] = np.exp(-np.logaddexp(0.0, -logits))
     return result
