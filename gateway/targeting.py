@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
@@ -32,6 +31,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from cobrand.alignment_protocol import NoProgress, Progress
+from cobrand.durable import write_atomically
 from cobrand.errors import ConfigError, FailedPrecondition, Unavailable, UnknownModelVersion
 from cobrand.tables import PartyTable
 from cobrand.tensor_wire import unpack_matrix
@@ -360,7 +360,7 @@ def check_output(path: Path, option: str = "output file") -> None:
 
 
 def write_ranked(ranked: Ranked, path: Path) -> None:
-    """Write the list as CSV or Parquet by the suffix, whole or not at all (atomic rename).
+    """Write the list as CSV or Parquet by the suffix, whole or not at all (`write_atomically`).
 
     Raises
     ------
@@ -369,15 +369,10 @@ def write_ranked(ranked: Ranked, path: Path) -> None:
     """
     check_output(path)
     table = ranked.table()
-    handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    try:
-        if path.suffix.lower() == ".csv":
-            pa_csv.write_csv(table, partial)
-        else:
-            pq.write_table(table, partial)
-        os.replace(partial, path)
-    except BaseException:
-        Path(partial).unlink(missing_ok=True)
-        raise
+    buffer = pa.BufferOutputStream()
+    if path.suffix.lower() == ".csv":
+        pa_csv.write_csv(table, buffer)
+    else:
+        pq.write_table(table, buffer)
+    write_atomically(path, buffer.getvalue().to_pybytes())
     _LOG.info("[Targeting] %d customers ranked for %s written to %s", len(table), ranked.task, path)
