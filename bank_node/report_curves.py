@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bank_node.holdout_scores import FloatArray
+from bank_node.serving_reference import calibration_check
 from cobrand.errors import InvalidRequest
 from cobrand.metrics import auc, gini, ks
 
@@ -26,13 +27,15 @@ __all__ = [
     "RankCurves",
     "binary_figures",
     "calibration_bins",
-    "calibration_error",
     "class_figures",
     "confusion_matrix",
     "decile_table",
     "rank_curves",
     "score_histogram",
 ]
+
+
+_CALIBRATION_DECILES = 10
 
 
 @dataclass(frozen=True)
@@ -168,15 +171,6 @@ def calibration_bins(
     ]
 
 
-def calibration_error(table: list[dict[str, Any]]) -> float:
-    """Expected calibration error of `calibration_bins`' table: the rows-weighted mean gap."""
-    rows = sum(entry["rows"] for entry in table)
-    gaps = (
-        entry["rows"] * abs(entry["mean_predicted"] - entry["observed_rate"]) for entry in table
-    )
-    return float(sum(gaps) / rows)
-
-
 def score_histogram(
     labels: npt.NDArray[np.int64], probabilities: FloatArray, bins: int = 20
 ) -> dict[str, list[float]]:
@@ -192,7 +186,8 @@ def score_histogram(
 def binary_figures(labels: npt.NDArray[np.int64], scores: FloatArray) -> dict[str, Any]:
     """Summary of one binary path: rows, events, AUC, Gini, KS, top-decile lift, calibration.
 
-    AUC, Gini, KS and the top-decile lift are None when the rows hold one class only.
+    AUC, Gini, KS and the top-decile lift are None when the rows hold one class only; the
+    calibration error (over deciles of the score) when there are fewer than ten rows.
     """
     events = int(np.sum(labels == 1))
     both = 0 < events < labels.size
@@ -204,7 +199,13 @@ def binary_figures(labels: npt.NDArray[np.int64], scores: FloatArray) -> dict[st
         "gini": gini(y_true=labels, y_score=scores) if both else None,
         "ks": ks(y_true=labels, y_score=scores) if both else None,
         "top_decile_lift": decile_table(labels, scores)[0]["lift"] if both else None,
-        "calibration_error": calibration_error(calibration_bins(labels, scores)),
+        # The version's calibration.json definition (equal-count deciles), so the report and
+        # the published version give one ECE; the reliability plot keeps equal-width bins.
+        "calibration_error": (
+            calibration_check(y_true=labels, y_score=scores).ece
+            if labels.size >= _CALIBRATION_DECILES
+            else None
+        ),
     }
 
 

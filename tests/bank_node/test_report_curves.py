@@ -8,13 +8,13 @@ import pytest
 from bank_node.report_curves import (
     binary_figures,
     calibration_bins,
-    calibration_error,
     class_figures,
     confusion_matrix,
     decile_table,
     rank_curves,
     score_histogram,
 )
+from bank_node.serving_reference import calibration_check
 from cobrand.errors import InvalidRequest
 from cobrand.metrics import auc, ks
 
@@ -99,8 +99,20 @@ def test_calibrated_scores_fall_near_the_diagonal_and_squared_ones_do_not() -> N
     assert len(table) == 10
     assert sum(entry["rows"] for entry in table) == 50_000
     assert all(abs(e["mean_predicted"] - e["observed_rate"]) < 0.02 for e in table)
-    assert calibration_error(table) < 0.01
-    assert calibration_error(calibration_bins(labels, probabilities**2)) > 0.1
+    assert binary_figures(labels, probabilities)["calibration_error"] < 0.01
+    assert binary_figures(labels, probabilities**2)["calibration_error"] > 0.1
+
+
+def test_the_report_and_the_published_version_give_one_calibration_error() -> None:
+    labels, scores = _noisy(500)
+    check = calibration_check(y_true=labels.astype(np.float64), y_score=scores)
+    assert binary_figures(labels, scores)["calibration_error"] == check.ece
+
+
+def test_fewer_rows_than_deciles_have_no_calibration_error() -> None:
+    assert (
+        binary_figures(np.array([0, 1, 1]), np.array([0.2, 0.6, 0.9]))["calibration_error"] is None
+    )
 
 
 def test_a_probability_of_one_falls_in_the_last_calibration_bin() -> None:
