@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
 from bank_node.model_registry import BankVersion
 from cobrand.errors import ConfigError, FailedPrecondition
@@ -143,6 +142,9 @@ class BulkScorer:
         self.config = config
         self.task = task
         self.partner_width = scorer.partner_width
+        # The per-application scorer's forward pass: a campaign and an application of the
+        # same customer are scored by one formula.
+        self._forward_pass = scorer.forward_pass
         self._numeric = [s.name for s in version.preprocessor.numeric]
         self._categorical = [s.name for s in version.preprocessor.categorical]
         self._scaling = config.score_scaling or version.scaling
@@ -296,14 +298,9 @@ class BulkScorer:
         partner: npt.NDArray[np.float32],
         found: npt.NDArray[np.bool_],
     ) -> dict[str, npt.NDArray[np.float64]]:
-        with torch.inference_mode():
-            embedding = self.version.bottom(
-                torch.from_numpy(bank.numeric[rows]), torch.from_numpy(bank.categorical[rows])
-            )
-            logits = self.version.head(
-                embedding, torch.from_numpy(partner), torch.from_numpy(~found)
-            )
-        return {task: out.numpy().astype(np.float64) for task, out in logits.items()}
+        embedding = self._forward_pass.bank_embedding(bank.numeric[rows], bank.categorical[rows])
+        logits = self._forward_pass.logits(embedding, partner, ~found)
+        return {task: out.astype(np.float64) for task, out in logits.items()}
 
 
 def _softmax_rows(logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

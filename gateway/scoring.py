@@ -1,11 +1,12 @@
 """The gateway's scoring core: one application's bank row (and partner embedding) to a decision.
 
 `Scorer` holds a loaded bank model version and the decision configuration. `Scorer.score`
-runs one forward pass over a few rows: the applicant, one copy per bank feature set to the
-version's reference value (`bank_node.serving_reference.attribution_batch`) and, when the
-partner's embedding is used, the applicant without it (the head's partner-missing path). From
-that pass come the probability of default, the score, every reason's points and the package
-and instalment propensities; then the configuration decides (`gateway.policy`).
+runs one forward pass (`gateway.forward_pass`, the one bulk scoring runs too) over a few rows:
+the applicant, one copy per bank feature set to the version's reference value
+(`bank_node.serving_reference.attribution_batch`) and, when the partner's embedding is used,
+the applicant without it (the head's partner-missing path). From that pass come the
+probability of default, the score, every reason's points and the package and instalment
+propensities; then the configuration decides (`gateway.policy`).
 
 Scores are `ScoreScaling` points where the odds run good to bad: a higher score is a lower
 risk. A probability is the sigmoid of the model's float32 logit, taken in float64; the score is
@@ -31,14 +32,13 @@ from typing import Final
 
 import numpy as np
 import numpy.typing as npt
-import torch
-from torch import nn
 
 from bank_node.model_registry import BankVersion
 from bank_node.serving_reference import adverse_reasons, attribution_batch
 from cobrand.errors import ConfigError, FailedPrecondition, InvalidRequest
 from gateway.application import ApplicationEncoder, BankRow, FieldValue
 from gateway.config import Decision, DecisionConfig
+from gateway.forward_pass import BankForward
 from gateway.policy import (
     InstalmentOffer,
     PackageOffer,
@@ -195,9 +195,8 @@ class Scorer:
         self._scaling = config.score_scaling or version.scaling
         self._classes = tuple(package_classes) if width is not None else ()
         self._references = version.reasons.bank
-        first = version.head.trunk[0]
-        assert isinstance(first, nn.Linear)
-        self.partner_width = first.in_features - version.bottom.spec.embedding_width - 1
+        self.forward_pass = BankForward(version.bottom, version.head)
+        self.partner_width = self.forward_pass.partner_width
 
     def score(self, row: BankRow, partner: npt.ArrayLike | None) -> ScoreResult:
         """Score one encoded application and decide it.
@@ -253,7 +252,7 @@ class Scorer:
             slices=SlicesUsed(bank=True, partner=embedding is not None),
         )
 
-    def _embedding(self, partner: npt.ArrayLike) -> torch.Tensor:
+    def _embedding(self, partner: npt.ArrayLike) -> npt.NDArray[np.float32]:
         values = np.asarray(partner, dtype=np.float32)
         if values.shape != (self.partner_width,):
             raise InvalidRequest(
@@ -261,27 +260,26 @@ class Scorer:
             )
         if not np.isfinite(values).all():
             raise InvalidRequest("partner embedding: holds a value that is not finite")
-        return torch.from_numpy(values).reshape(1, -1)
+        return values
 
     def _forward(
-        self, row: BankRow, partner: torch.Tensor | None
+        self, row: BankRow, partner: npt.NDArray[np.float32] | None
     ) -> dict[str, npt.NDArray[np.float64]]:
         """Logits per task for the applicant, each reference row and, with a partner
         embedding, the applicant without it (last row)."""
         numeric, categorical = attribution_batch(row.numeric, row.categorical, self._references)
-        with torch.inference_mode():
-            bank = self.version.bottom(torch.from_numpy(numeric), torch.from_numpy(categorical))
-            rows = bank.shape[0]
-            missing = torch.zeros(rows + (partner is not None), dtype=torch.bool)
-            if partner is None:
-                missing[:] = True
-                partner_rows = torch.zeros(rows, self.partner_width)
-            else:
-                bank = torch.cat([bank, bank[:1]])
-                missing[-1] = True
-                partner_rows = partner.expand(rows + 1, -1)
-            logits = self.version.head(bank, partner_rows, missing)
-        return {task: out.numpy().astype(np.float64) for task, out in logits.items()}
+        bank = self.forward_pass.bank_embedding(numeric, categorical)
+        rows = len(bank)
+        if partner is None:
+            missing = np.ones(rows, dtype=np.bool_)
+            partner_rows = np.zeros((rows, self.partner_width), dtype=np.float32)
+        else:
+            bank = np.concatenate([bank, bank[:1]])
+            missing = np.zeros(rows + 1, dtype=np.bool_)
+            missing[-1] = True
+            partner_rows = np.broadcast_to(partner, (rows + 1, self.partner_width))
+        logits = self.forward_pass.logits(bank, partner_rows, missing)
+        return {task: out.astype(np.float64) for task, out in logits.items()}
 
     def _reasons(
         self, row: BankRow, points: npt.NDArray[np.float64], *, partner_used: bool
