@@ -41,6 +41,7 @@ from cobrand.rounds_serde import (
     status_from_proto,
 )
 from cobrand.v1 import rounds_pb2
+from cobrand.wire_capture import FLOWER_SERVER_APP, RECEIVED, SENT, capture_flower_message
 
 __all__ = ["FlowerPartner", "RunWatch"]
 
@@ -110,6 +111,7 @@ class FlowerPartner:
             group_id=group,
             ttl=self._timeout,
         )
+        capture_flower_message(FLOWER_SERVER_APP, SENT, message)
         ids = [i for i in self._grid.push_messages([message]) if i]
         if not ids:
             raise Unavailable(f"{message_type}: the SuperLink did not accept the message")
@@ -123,6 +125,7 @@ class FlowerPartner:
                 )
             time.sleep(self._poll_interval)
         reply = replies[0]
+        capture_flower_message(FLOWER_SERVER_APP, RECEIVED, reply)
         if reply.has_error():
             raise error_from_reply(reply, message_type)
         return payload(reply, RESPONSE)

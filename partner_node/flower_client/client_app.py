@@ -43,6 +43,7 @@ from cobrand.flower_rounds import (
 )
 from cobrand.rpc import TlsFiles, create_channel
 from cobrand.settings import Section
+from cobrand.wire_capture import FLOWER_CLIENT_APP, captured_flower_handler
 from cobrand.yamlfile import format_validation_error
 
 __all__ = ["HandOffSettings", "app"]
@@ -108,6 +109,7 @@ def train_publish(message: Message, context: Context) -> Message:
     return _hand_off(message, context)
 
 
+@captured_flower_handler(FLOWER_CLIENT_APP)
 def _hand_off(message: Message, context: Context) -> Message:
     settings = HandOffSettings.from_node_config(dict(context.node_config))
     method = HAND_OFF_METHODS[message.metadata.message_type]
