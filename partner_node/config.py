@@ -13,6 +13,7 @@ Example::
       key: /srv/cobrand/pki/partner-node.key
     psi: {workers: 8, chunk_points: 8192}
     embedding: {unknown_key_lookups_per_minute: 600}
+    consented_lookup: {oprf_key: /srv/cobrand/partner-data/oprf.key, lookups_per_minute: 120}
 
 Relative paths are relative to the working directory. Every key can also come from the
 environment, ``COBRAND_PARTNER_<KEY>`` (nested with ``__``, e.g. ``COBRAND_PARTNER_TLS__KEY``),
@@ -31,7 +32,7 @@ from cobrand.alignment_protocol import PsiSettings
 from cobrand.rpc import TlsFiles
 from cobrand.settings import ProcessSettings, Section
 
-__all__ = ["EmbeddingSettings", "PartnerNodeConfig"]
+__all__ = ["ConsentedLookupSettings", "EmbeddingSettings", "PartnerNodeConfig"]
 
 
 class EmbeddingSettings(Section):
@@ -49,6 +50,27 @@ class EmbeddingSettings(Section):
     """
 
     unknown_key_lookups_per_minute: Annotated[int, Field(ge=1)] = 600
+
+
+class ConsentedLookupSettings(Section):
+    """The consented lookup of applicants outside the alignment (``consented_lookup:``).
+
+    Attributes
+    ----------
+    oprf_key : Path, optional
+        The node's long-term OPRF key: 32 bytes, a scalar of edwards25519's group, readable by
+        the node's user alone. ``<data_dir>/oprf.key`` when not given; made (mode 0600) when
+        the node starts without one. Kept like a private key and never committed; replacing
+        it changes every user's lookup output, and the node rebuilds its index at start.
+    lookups_per_minute : int
+        BlindEvaluate calls each caller may make per minute, saved up to as many; beyond them
+        a call is refused (RESOURCE_EXHAUSTED) and audited. Every call counts: each asks
+        whether one person is a partner user. Sized for consenting applicants outside the
+        alignment, a share of the bank's applications.
+    """
+
+    oprf_key: Path | None = None
+    lookups_per_minute: Annotated[int, Field(ge=1)] = 120
 
 
 class PartnerNodeConfig(ProcessSettings):
@@ -75,6 +97,8 @@ class PartnerNodeConfig(ProcessSettings):
         Blinding workers and chunk size.
     embedding : EmbeddingSettings
         The per-caller limit on lookups of keys outside the alignment.
+    consented_lookup : ConsentedLookupSettings
+        The OPRF key and the per-caller limit of consented lookups.
     """
 
     model_config = SettingsConfigDict(env_prefix="COBRAND_PARTNER_")
@@ -88,3 +112,4 @@ class PartnerNodeConfig(ProcessSettings):
     insecure: bool = False
     psi: PsiSettings = PsiSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
+    consented_lookup: ConsentedLookupSettings = ConsentedLookupSettings()

@@ -43,7 +43,9 @@ __all__ = [
     "EMBEDDING_ROLES",
     "MAX_BATCH_KEYS",
     "EmbeddingServicer",
+    "check_call_id",
     "embedding_service",
+    "load_wait_s",
     "max_batch_keys",
 ]
 
@@ -71,7 +73,8 @@ def max_batch_keys(width: int, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTE
     return min(MAX_BATCH_KEYS, (max_message_bytes - _REPLY_OVERHEAD_BYTES) // (4 * width + 1))
 
 
-def _check_call_id(value: str, field: str) -> None:
+def check_call_id(value: str, field: str) -> None:
+    """Refuse a request or batch id that is not 1 to 128 safe characters, naming `field`."""
     if not _CALL_ID.fullmatch(value):
         shown = f"{len(value)} characters" if value else "empty"
         raise InvalidRequest(
@@ -84,7 +87,8 @@ def _key_tag(join_key: bytes) -> str:
     return hashlib.blake2b(join_key, digest_size=4).hexdigest()
 
 
-def _wait_s(context: grpc.ServicerContext) -> float:
+def load_wait_s(context: grpc.ServicerContext) -> float:
+    """How long a call may wait for a version still loading: its deadline, at most 30 s."""
     remaining = context.time_remaining()
     return _LOAD_WAIT_S if remaining is None else max(0.0, min(remaining, _LOAD_WAIT_S))
 
@@ -99,12 +103,12 @@ class EmbeddingServicer(embedding_pb2_grpc.PartnerEmbeddingServiceServicer):
     def GetEmbedding(  # noqa: N802 -- the generated servicer's method name
         self, request: embedding_pb2.GetEmbeddingRequest, context: grpc.ServicerContext
     ) -> embedding_pb2.GetEmbeddingResponse:
-        _check_call_id(request.request_id, "request_id")
+        check_call_id(request.request_id, "request_id")
         if len(request.join_key) != JOIN_KEY_BYTES:
             raise InvalidRequest(
                 f"join_key must be {JOIN_KEY_BYTES} bytes, it is {len(request.join_key)}"
             )
-        version = self._models.version(request.model_version, _wait_s(context))
+        version = self._models.version(request.model_version, load_wait_s(context))
         embedding = version.embedding(request.join_key)
         if embedding is None:
             self._probes.charge(
@@ -143,9 +147,9 @@ class EmbeddingServicer(embedding_pb2_grpc.PartnerEmbeddingServiceServicer):
     ) -> Iterator[embedding_pb2.EmbeddingBatchResponse]:
         who = caller_urn(context)
         for request in request_iterator:
-            _check_call_id(request.batch_id, "batch_id")
+            check_call_id(request.batch_id, "batch_id")
             keys = _join_keys(request)
-            version = self._models.version(request.model_version, _wait_s(context))
+            version = self._models.version(request.model_version, load_wait_s(context))
             limit = max_batch_keys(version.width)
             if len(keys) > limit:
                 raise InvalidRequest(

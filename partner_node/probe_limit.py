@@ -63,16 +63,25 @@ class ProbeLimiter:
         Where refusals are appended as JSON lines; its folder is created when needed.
     clock : callable, optional
         Monotonic seconds; `time.monotonic` unless a test drives time itself.
+    limited : str, optional
+        What a token pays for, as refusals name it.
+    setting : str, optional
+        The setting `per_minute` comes from, as a bad value's error names it.
     """
 
     def __init__(
-        self, per_minute: int, audit_file: Path, clock: Callable[[], float] = time.monotonic
+        self,
+        per_minute: int,
+        audit_file: Path,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        limited: str = "unknown-key lookups",
+        setting: str = "embedding.unknown_key_lookups_per_minute",
     ) -> None:
         if per_minute < 1:
-            raise ConfigError(
-                f"embedding.unknown_key_lookups_per_minute must be at least 1, it is {per_minute}"
-            )
+            raise ConfigError(f"{setting} must be at least 1, it is {per_minute}")
         self.per_minute = per_minute
+        self._limited = limited
         self.audit_file = audit_file
         self._clock = clock
         self._lock = threading.Lock()
@@ -119,9 +128,7 @@ class ProbeLimiter:
             self.per_minute,
             denials,
         )
-        raise ResourceExhausted(
-            f"unknown-key lookups over {self.per_minute} per minute for {caller}"
-        )
+        raise ResourceExhausted(f"{self._limited} over {self.per_minute} per minute for {caller}")
 
     def denials(self, caller: str) -> int:
         """How many lookups or batches of `caller` were refused since the node started."""

@@ -16,6 +16,10 @@ service and the one replacing it, so a swap drops no request. Each entry is keye
 version and the alignment run it was built for; a new alignment (the alignment file replaced,
 noticed by one ``stat`` per call) makes the next request of each version build a new entry
 over the new keys.
+
+A loaded version also embeds one row of the partner's table on demand (`ServingVersion.embed_row`:
+the version's preprocessor in its one-row form, the same bottom): a user outside the alignment
+found by a consented lookup (``partner_node.consented_lookup_service``).
 """
 
 from __future__ import annotations
@@ -24,10 +28,10 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -44,12 +48,13 @@ from cobrand.errors import (
 )
 from cobrand.model_manifest import Manifest
 from cobrand.model_store import ModelStore
+from cobrand.preprocess import Encoded, RowEncoder
 from cobrand.psi import JOIN_KEY_BYTES
 from cobrand.rounds_protocol import AlignmentVersion
 from cobrand.tables import PartyTable
-from partner_node.model_registry import load_partner_version
+from partner_node.model_registry import PartnerVersion, load_partner_version
 
-__all__ = ["MAX_CACHED_VERSIONS", "KeyIndex", "ServingModels", "ServingVersion"]
+__all__ = ["MAX_CACHED_VERSIONS", "BackgroundBuild", "KeyIndex", "ServingModels", "ServingVersion"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -120,11 +125,17 @@ class ServingVersion:
     index : KeyIndex
     embeddings : ndarray of float32, shape (n, width)
         Row i is the embedding of ``index.keys[i]``; read-only.
+    model : PartnerVersion
+        The version's preprocessor and bottom, for rows outside the alignment (`embed_row`).
+    encoder : RowEncoder
+        The preprocessor's one-row form.
     """
 
     version_id: str
     index: KeyIndex
     embeddings: npt.NDArray[np.float32]
+    model: PartnerVersion
+    encoder: RowEncoder
 
     @property
     def width(self) -> int:
@@ -145,6 +156,44 @@ class ServingVersion:
         matrix[~found] = 0.0
         return matrix, found
 
+    def embed_row(
+        self, numeric: Sequence[float], categorical: Sequence[str | None]
+    ) -> npt.NDArray[np.float32]:
+        """The embedding of one row of the partner's table, computed now (a row outside the
+        alignment, for a consented lookup), as a version load computes the aligned ones.
+
+        Raises
+        ------
+        FailedPrecondition
+            The row does not fit the version, or the bottom gives a non-finite value.
+        """
+        try:
+            encoded = self.encoder.encode(numeric, categorical)
+        except ConfigError as err:
+            raise FailedPrecondition(
+                f"model version {self.version_id} does not fit the partner's table: {err}"
+            ) from err
+        embedding: npt.NDArray[np.float32] = _forward(self.model, encoded)[0]
+        if not np.isfinite(embedding).all():
+            raise FailedPrecondition(
+                f"model version {self.version_id}: the partner bottom gives a non-finite "
+                "embedding for a consented lookup"
+            )
+        return embedding
+
+
+def _forward(model: PartnerVersion, encoded: Encoded) -> npt.NDArray[np.float32]:
+    """The bottom's output over encoded rows, in batches of `_FORWARD_ROWS`."""
+    numeric = torch.from_numpy(encoded.numeric)
+    categorical = torch.from_numpy(encoded.categorical)
+    parts = []
+    with torch.inference_mode():
+        for start in range(0, len(numeric), _FORWARD_ROWS):
+            stop = start + _FORWARD_ROWS
+            parts.append(model.bottom(numeric[start:stop], categorical[start:stop]).numpy())
+    width = model.bottom.spec.embedding_width
+    return np.concatenate(parts) if parts else np.zeros((0, width), dtype=np.float32)
+
 
 def _embed(version_id: str, store: ModelStore, aligned: _AlignedRows) -> ServingVersion:
     """Encode the aligned rows with the version's preprocessor and run its bottom over them."""
@@ -156,15 +205,7 @@ def _embed(version_id: str, store: ModelStore, aligned: _AlignedRows) -> Serving
         raise FailedPrecondition(
             f"model version {version_id} does not fit the partner's table: {err}"
         ) from err
-    numeric = torch.from_numpy(encoded.numeric)
-    categorical = torch.from_numpy(encoded.categorical)
-    parts = []
-    with torch.inference_mode():
-        for start in range(0, len(numeric), _FORWARD_ROWS):
-            stop = start + _FORWARD_ROWS
-            parts.append(version.bottom(numeric[start:stop], categorical[start:stop]).numpy())
-    width = version.bottom.spec.embedding_width
-    embeddings = np.concatenate(parts) if parts else np.zeros((0, width), dtype=np.float32)
+    embeddings = _forward(version, encoded)
     finite = np.isfinite(embeddings).all(axis=1)
     if not finite.all():
         raise FailedPrecondition(
@@ -172,22 +213,31 @@ def _embed(version_id: str, store: ModelStore, aligned: _AlignedRows) -> Serving
             f"aligned position {int(np.flatnonzero(~finite)[0])}"
         )
     embeddings.setflags(write=False)
-    return ServingVersion(version_id, aligned.index, embeddings)
+    return ServingVersion(
+        version_id, aligned.index, embeddings, version, version.preprocessor.row_encoder()
+    )
 
 
-_Build = Callable[[], "ServingVersion"]
+_T = TypeVar("_T")
 
 
-class _Loading:
-    """One version's entry: built once by a background thread, awaited with a timeout."""
+class BackgroundBuild(Generic[_T]):
+    """Something built once by a background thread (`run`), awaited with a timeout (`result`).
 
-    def __init__(self, version_id: str) -> None:
-        self.version_id = version_id
+    Parameters
+    ----------
+    what : str
+        Names it in the refusal of a caller who waits too long (``model version 3``).
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
         self._done = threading.Event()
-        self._value: ServingVersion | None = None
+        self._value: _T | None = None
         self._error: BaseException | None = None
 
-    def run(self, build: _Build) -> None:
+    def run(self, build: Callable[[], _T]) -> None:
+        """Build, keeping the value or the error for every waiter."""
         try:
             self._value = build()
         except BaseException as err:  # noqa: BLE001 - handed to every waiter, see result
@@ -196,13 +246,21 @@ class _Loading:
 
     @property
     def failed(self) -> bool:
+        """Whether the build ended in an error."""
         return self._done.is_set() and self._error is not None
 
-    def result(self, timeout: float) -> ServingVersion:
+    def result(self, timeout: float) -> _T:
+        """The value, waiting at most `timeout` seconds for it.
+
+        Raises
+        ------
+        Unavailable
+            Still building after `timeout` seconds.
+        Exception
+            Whatever the build raised.
+        """
         if not self._done.wait(timeout):
-            raise Unavailable(
-                f"model version {self.version_id} is still loading at the partner; retry shortly"
-            )
+            raise Unavailable(f"{self.what} is still loading at the partner; retry shortly")
         if self._error is not None:
             raise self._error
         assert self._value is not None
@@ -236,7 +294,9 @@ class ServingModels:
         self._data_dir = data_dir
         self._max_versions = max_versions
         self._lock = threading.Lock()
-        self._entries: OrderedDict[tuple[str, AlignmentVersion], _Loading] = OrderedDict()
+        self._entries: OrderedDict[
+            tuple[str, AlignmentVersion], BackgroundBuild[ServingVersion]
+        ] = OrderedDict()
         # (alignment file identity, its alignment); re-read when the file is replaced.
         self._alignment: tuple[tuple[int, int, int], AlignmentVersion] | None = None
         # The keys of the last alignment read, shared by every version built over it.
@@ -302,7 +362,7 @@ class ServingModels:
                 f"model_version {version_id} is not published at the partner (it holds {held})"
             ) from None
 
-    def _start_loading(self, key: tuple[str, AlignmentVersion]) -> _Loading:
+    def _start_loading(self, key: tuple[str, AlignmentVersion]) -> BackgroundBuild[ServingVersion]:
         version_id, alignment = key
         # Before an entry is made, so requests for versions that do not exist evict nothing.
         self.manifest(version_id)
@@ -310,7 +370,9 @@ class ServingModels:
             entry = self._entries.get(key)
             if entry is not None:
                 return entry
-            entry = self._entries[key] = _Loading(version_id)
+            entry = self._entries[key] = BackgroundBuild[ServingVersion](
+                f"model version {version_id}"
+            )
             while len(self._entries) > self._max_versions:
                 (evicted, _), _ = self._entries.popitem(last=False)
                 _LOG.info("[ServingModels] model version %s unloaded", evicted)

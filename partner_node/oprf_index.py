@@ -1,0 +1,185 @@
+"""The partner's OPRF key and its index of every partner user by lookup output.
+
+A consented lookup ends with the gateway asking for the user whose output is y = F_k(x)
+(``cobrand.oprf``). The partner computes F_k(u) of each of its users u once, when the node
+starts (one hash to the group and one scalar multiplication per user, on every core: libsodium
+releases the GIL), and keeps the outputs sorted beside each user's table row, so a lookup is a
+binary search. Until the index is built a lookup waits within its deadline, then is
+``UNAVAILABLE``; the node's other services answer meanwhile.
+
+The key (`load_or_create_key`) is a file of 32 bytes, a canonical non-zero scalar, made with
+mode 0600 on first start when absent, and refused when others may read it, as ssh refuses a
+private key. Rotating it is replacing the file and restarting the node: every output changes,
+and the index is rebuilt.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from cobrand import oprf
+from cobrand.errors import ConfigError
+from partner_node.serving_models import BackgroundBuild
+
+__all__ = ["OPRF_KEY_FILE", "OprfIndex", "OprfIndexBuild", "build_index", "load_or_create_key"]
+
+_LOG = logging.getLogger(__name__)
+
+OPRF_KEY_FILE: Final = "oprf.key"
+"""The key file's name under the node's ``data_dir`` when the settings name none."""
+
+_OUTPUT_DTYPE: Final = np.dtype(f"S{oprf.OUTPUT_BYTES}")
+# Users per task of the build: large enough that the pool's overhead is nothing.
+_CHUNK = 4096
+
+
+def load_or_create_key(path: Path) -> bytes:
+    """The OPRF key in `path`, made there (mode 0600) if the file does not exist.
+
+    Raises
+    ------
+    ConfigError
+        Naming the file: unreadable, readable by group or others, or not a key.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return _read_key(path)
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot create the OPRF key: {err.strerror}") from err
+    key = oprf.new_scalar()
+    try:
+        os.write(descriptor, key)
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    _LOG.info("[OprfIndex] made a new OPRF key in %s", path)
+    return key
+
+
+def _read_key(path: Path) -> bytes:
+    try:
+        mode = path.stat().st_mode
+        key = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the OPRF key: {err.strerror}") from err
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"{path}: the OPRF key may be read by others (mode {stat.S_IMODE(mode):04o}); "
+            "chmod 600 it"
+        )
+    try:
+        oprf.check_key(key)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
+    return key
+
+
+@dataclass(frozen=True)
+class OprfIndex:
+    """Every partner user's lookup output, ascending, beside the user's row in the table.
+
+    Attributes
+    ----------
+    outputs : ndarray of S16, shape (n,)
+        F_k of each user, ascending.
+    rows : ndarray of intp, shape (n,)
+        ``rows[i]`` is the table row of the user whose output is ``outputs[i]``.
+    """
+
+    outputs: npt.NDArray[np.bytes_]
+    rows: npt.NDArray[np.intp]
+
+    def row(self, output: bytes) -> int | None:
+        """The table row of the user whose output is `output`, or None when no user has it."""
+        # Compared as numpy bytes on both sides: they drop trailing zero bytes alike.
+        probe = np.frombuffer(output, dtype=_OUTPUT_DTYPE)[0]
+        position = int(np.searchsorted(self.outputs, probe))
+        if position < len(self.outputs) and self.outputs[position] == probe:
+            return int(self.rows[position])
+        return None
+
+
+def build_index(
+    key: bytes, kind: str, ids: npt.NDArray[np.object_], context: bytes, workers: int
+) -> OprfIndex:
+    """F_k of every canonical identifier of `kind` in `ids`, sorted, on `workers` threads."""
+
+    def outputs(start: int) -> bytes:
+        return b"".join(
+            oprf.evaluate_directly(key, oprf.lookup_input(kind, str(u)), context)
+            for u in ids[start : start + _CHUNK]
+        )
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="oprf-index") as pool:
+        values = np.frombuffer(
+            b"".join(pool.map(outputs, range(0, len(ids), _CHUNK))), dtype=_OUTPUT_DTYPE
+        )
+    order = np.argsort(values, kind="stable")
+    elapsed = time.perf_counter() - started
+    _LOG.info(
+        "[OprfIndex] %d partner users indexed in %.1f s (%.0f users/s, %d threads)",
+        len(ids),
+        elapsed,
+        len(ids) / elapsed if elapsed else 0.0,
+        workers,
+    )
+    return OprfIndex(values[order], order.astype(np.intp))
+
+
+class OprfIndexBuild:
+    """The index of a node's users, built by a background thread from the moment it exists.
+
+    Parameters
+    ----------
+    key : bytes
+    kind : str
+        The identifier kind of the partner's table (its schema's).
+    ids : ndarray of object (str)
+        The table's canonical identifiers; row i is table row i.
+    context : bytes
+        ``cobrand.oprf.context_string`` of the federation.
+    workers : int, optional
+        Threads building it; every core by default.
+    """
+
+    def __init__(
+        self,
+        key: bytes,
+        kind: str,
+        ids: npt.NDArray[np.object_],
+        context: bytes,
+        workers: int | None = None,
+    ) -> None:
+        self.key = key
+        self.context = context
+        self._build: BackgroundBuild[OprfIndex] = BackgroundBuild("the consented lookup index")
+        threading.Thread(
+            target=self._build.run,
+            args=(lambda: build_index(key, kind, ids, context, workers or os.cpu_count() or 1),),
+            name="oprf-index",
+            daemon=True,
+        ).start()
+
+    def index(self, wait_s: float) -> OprfIndex:
+        """The index, waiting at most `wait_s` seconds for it.
+
+        Raises
+        ------
+        Unavailable
+            Still building after `wait_s` seconds.
+        """
+        return self._build.result(wait_s)

@@ -1,0 +1,90 @@
+"""The partner's OPRF key file and its index of every user by lookup output."""
+
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from cobrand import oprf
+from cobrand.errors import ConfigError
+from partner_node.oprf_index import OprfIndexBuild, build_index, load_or_create_key
+
+CONTEXT = b"cobrand-consented-lookup-v1:test:00"
+KIND = "mobile_cn"
+
+
+def _ids(count: int) -> npt.NDArray[np.object_]:
+    return np.array([f"+86138{i:08d}" for i in range(count)], dtype=object)
+
+
+def test_a_missing_key_file_is_made_readable_by_the_owner_alone_and_then_reused(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "data" / "oprf.key"
+
+    key = load_or_create_key(path)
+
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    oprf.check_key(key)
+    assert load_or_create_key(path) == key
+
+
+def test_a_key_file_others_may_read_is_refused_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "oprf.key"
+    load_or_create_key(path)
+    os.chmod(path, 0o644)
+
+    with pytest.raises(ConfigError, match=rf"{path}: .*mode 0644.*chmod 600"):
+        load_or_create_key(path)
+
+
+def test_a_key_file_that_holds_no_key_is_refused_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "oprf.key"
+    path.write_bytes(b"\xff" * 32)
+    os.chmod(path, 0o600)
+
+    with pytest.raises(ConfigError, match=rf"{path}: .*below the group order"):
+        load_or_create_key(path)
+
+
+def test_every_user_is_found_by_their_output_and_nobody_else() -> None:
+    key = oprf.new_scalar()
+    ids = _ids(300)
+
+    index = build_index(key, KIND, ids, CONTEXT, workers=2)
+
+    for row in (0, 17, 299):
+        output = oprf.evaluate_directly(key, oprf.lookup_input(KIND, str(ids[row])), CONTEXT)
+        assert index.row(output) == row
+    stranger = oprf.evaluate_directly(key, oprf.lookup_input(KIND, "+8619999999999"), CONTEXT)
+    assert index.row(stranger) is None
+    # Under another key nobody's output is in the index.
+    other = oprf.evaluate_directly(oprf.new_scalar(), oprf.lookup_input(KIND, ids[0]), CONTEXT)
+    assert index.row(other) is None
+
+
+def test_an_output_ending_in_a_zero_byte_is_found() -> None:
+    # numpy's fixed-width bytes drop trailing zeros when read out one at a time.
+    key = oprf.new_scalar()
+    ids: list[str] = []
+    output = b""
+    while not output.endswith(b"\x00"):
+        ids.append(f"+86138{len(ids):08d}")
+        output = oprf.evaluate_directly(key, oprf.lookup_input(KIND, ids[-1]), CONTEXT)
+
+    index = build_index(key, KIND, np.array(ids, dtype=object), CONTEXT, workers=1)
+
+    assert index.row(output) == len(ids) - 1
+
+
+def test_the_index_is_built_in_the_background_and_awaited() -> None:
+    key = oprf.new_scalar()
+    ids = _ids(50)
+
+    build = OprfIndexBuild(key, KIND, ids, CONTEXT, workers=1)
+
+    output = oprf.evaluate_directly(key, oprf.lookup_input(KIND, str(ids[7])), CONTEXT)
+    assert build.index(wait_s=30.0).row(output) == 7
