@@ -2,7 +2,9 @@
 and, for an existing bank customer, the bank's stored features.
 
 The request's identifier is canonicalized as its kind says (`cobrand.identifiers`), keyed
-into a pseudonym (`gateway.pseudonyms`) and then forgotten: nothing downstream sees it raw.
+into a pseudonym (`gateway.pseudonyms`) and then forgotten: nothing downstream sees it raw,
+except the consented lookup of an applicant outside the alignment, which blinds it
+(`gateway.consented_lookup`); it is never logged or recorded.
 The bank's alignment result (``<bank data_dir>/alignment.sqlite``) maps the bank's canonical
 identifiers to the join keys the partner knows; `ApplicantDirectory` reads it once at start
 into a sorted in-memory index, so a lookup is a binary search, not a database query. The
@@ -14,12 +16,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
+from cobrand import oprf
 from cobrand.alignment_store import JOIN_KEY_DTYPE, AlignmentStore
 from cobrand.errors import InvalidRequest, NotFound
 from cobrand.identifiers import IDENTIFIER_KINDS
@@ -46,11 +49,15 @@ class Applicant:
         The applicant's join key in the last alignment; None outside the aligned set.
     stored : mapping of str to FieldValue, or None
         The bank's stored features of an existing customer; None for a new applicant.
+    lookup_input : bytes or None
+        Outside the aligned set, the identifier as a consented lookup's input
+        (``cobrand.oprf.lookup_input``); None for an aligned customer. Never shown.
     """
 
     pseudonym: Pseudonym
     join_key: bytes | None
     stored: Mapping[str, FieldValue] | None
+    lookup_input: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -161,7 +168,9 @@ class ApplicantDirectory:
         if canonical_id is None:
             raise InvalidRequest(f"field 'identifier': not a valid {kind} identifier")
         pseudonym = self._key.pseudonym(kind, canonical_id)
+        lookup_input = oprf.lookup_input(kind, canonical_id)
         if kind != self._table_kind:
-            return Applicant(pseudonym, None, None)
+            return Applicant(pseudonym, None, None, lookup_input)
         stored = self._stored(canonical_id) if self._stored is not None else None
-        return Applicant(pseudonym, self._index.join_key(canonical_id), stored)
+        join_key = self._index.join_key(canonical_id)
+        return Applicant(pseudonym, join_key, stored, lookup_input if join_key is None else None)

@@ -37,6 +37,7 @@ from gateway.applicants import ApplicantDirectory
 from gateway.audit_log import AuditLog
 from gateway.audit_record import AuditRecord, PartnerSliceStatus
 from gateway.config import Decision
+from gateway.consented_lookup import ConsentedLookupClient
 from gateway.service import PartnerSource, ScoringServicer, ServedVersions
 
 __all__ = [
@@ -112,7 +113,7 @@ class MeasuredScoringServicer(ScoringServicer):
 
     Parameters
     ----------
-    versions, applicants, partner, audit
+    versions, applicants, partner, audit, consented_lookup
         As for `ScoringServicer`.
     metrics : GatewayMetrics
     """
@@ -125,8 +126,16 @@ class MeasuredScoringServicer(ScoringServicer):
         audit: AuditLog,
         *,
         metrics: GatewayMetrics,
+        consented_lookup: ConsentedLookupClient | None = None,
     ) -> None:
-        super().__init__(versions, applicants, partner, audit, on_decided=metrics.decided)
+        super().__init__(
+            versions,
+            applicants,
+            partner,
+            audit,
+            on_decided=metrics.decided,
+            consented_lookup=consented_lookup,
+        )
         self._metrics = metrics
 
     def ScoreApplication(  # noqa: N802 -- the generated servicer's method name

@@ -32,10 +32,17 @@ import numpy.typing as npt
 
 from cobrand.errors import ConfigError, Unavailable
 from cobrand.psi import JOIN_KEY_BYTES
-from cobrand.v1 import embedding_pb2, embedding_pb2_grpc
+from cobrand.v1 import consented_lookup_pb2, embedding_pb2, embedding_pb2_grpc
 from gateway.audit_record import PartnerSliceStatus
 
-__all__ = ["BreakerState", "CircuitBreaker", "PartnerClient", "PartnerSlice"]
+__all__ = [
+    "BreakerState",
+    "CircuitBreaker",
+    "PartnerClient",
+    "PartnerSlice",
+    "UnusableReplyError",
+    "checked_embedding",
+]
 
 _LOG = logging.getLogger(__name__)
 
@@ -129,8 +136,9 @@ class PartnerSlice:
     embedding: npt.NDArray[np.float32] | None = None
 
 
-class _UnusableReplyError(Exception):
-    """A reply the gateway must not use (another version or width, a value not finite)."""
+class UnusableReplyError(Exception):
+    """A reply the gateway must not use (another version or width, a value not finite, an
+    element outside the group)."""
 
 
 class PartnerClient:
@@ -174,22 +182,48 @@ class PartnerClient:
             ``UNAVAILABLE`` otherwise (unreachable, an error, an unusable reply, or the breaker
             open).
         """
-        if not self.breaker.allow():
-            return PartnerSlice(PartnerSliceStatus.UNAVAILABLE)
         request = embedding_pb2.GetEmbeddingRequest(
             request_id=request_id, model_version=model_version, join_key=join_key
         )
+        return self.guarded(
+            request_id,
+            lambda deadline_s: checked_embedding(
+                self._stub.GetEmbedding(request, timeout=deadline_s), model_version, width
+            ),
+        )
+
+    def guarded(
+        self,
+        request_id: str,
+        lookup: Callable[[float], npt.NDArray[np.float32] | None],
+    ) -> PartnerSlice:
+        """Run one lookup at the partner under the breaker and map its outcome to a slice.
+
+        Parameters
+        ----------
+        request_id : str
+        lookup : callable
+            Given the deadline in seconds, calls the partner (over this client's channel) and
+            returns the embedding, or None when the partner does not hold the applicant; may
+            raise `grpc.RpcError` or `UnusableReplyError`.
+
+        Returns
+        -------
+        PartnerSlice
+            As `embedding` describes.
+        """
+        if not self.breaker.allow():
+            return PartnerSlice(PartnerSliceStatus.UNAVAILABLE)
         try:
-            reply = self._stub.GetEmbedding(request, timeout=self._deadline_s)
-            found = _checked(reply, model_version, width)
+            found = lookup(self._deadline_s)
         except grpc.RpcError as err:
             code = err.code() if isinstance(err, grpc.Call) else None
             if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-                # The partner answers and limits lookups of keys it does not hold: this one is
-                # outside its alignment, which says nothing about its health.
+                # The partner answers and limits lookups of people outside its alignment, by
+                # key or by consented lookup: that says nothing about its health.
                 self.breaker.succeeded()
                 _LOG.warning(
-                    "[PartnerClient] request %s: the partner's unknown-key limit refused it",
+                    "[PartnerClient] request %s: the partner's lookup limit refused it",
                     request_id,
                 )
                 return PartnerSlice(PartnerSliceStatus.UNKNOWN_APPLICANT)
@@ -200,7 +234,7 @@ class PartnerClient:
             if code is grpc.StatusCode.DEADLINE_EXCEEDED:
                 return PartnerSlice(PartnerSliceStatus.TIMEOUT)
             return PartnerSlice(PartnerSliceStatus.UNAVAILABLE)
-        except _UnusableReplyError as err:
+        except UnusableReplyError as err:
             self.breaker.failed()
             _LOG.error("[PartnerClient] request %s: reply not used: %s", request_id, err)
             return PartnerSlice(PartnerSliceStatus.UNAVAILABLE)
@@ -249,21 +283,27 @@ class PartnerClient:
         return str(reply.model_version), bytes(reply.manifest_sha256)
 
 
-def _checked(
-    reply: embedding_pb2.GetEmbeddingResponse, model_version: str, width: int
+def checked_embedding(
+    reply: embedding_pb2.GetEmbeddingResponse | consented_lookup_pb2.GetConsentedEmbeddingResponse,
+    model_version: str,
+    width: int,
 ) -> npt.NDArray[np.float32] | None:
-    """The reply's embedding (None for an unknown key), if the gateway may use it."""
+    """The reply's embedding (None for an unknown key), if the gateway may use it.
+
+    Raises
+    ------
+    UnusableReplyError
+        Another version, an unknown status, another width or a value not finite.
+    """
     if reply.model_version != model_version:
-        raise _UnusableReplyError(f"the partner answered for version {reply.model_version}")
+        raise UnusableReplyError(f"the partner answered for version {reply.model_version}")
     if reply.status == embedding_pb2.LOOKUP_STATUS_UNKNOWN_KEY:
         return None
     if reply.status != embedding_pb2.LOOKUP_STATUS_FOUND:
-        raise _UnusableReplyError(f"lookup status {reply.status} is not one the gateway knows")
+        raise UnusableReplyError(f"lookup status {reply.status} is not one the gateway knows")
     values = np.asarray(reply.embedding, dtype=np.float32)
     if values.shape != (width,):
-        raise _UnusableReplyError(
-            f"an embedding of {values.size} values; the version takes {width}"
-        )
+        raise UnusableReplyError(f"an embedding of {values.size} values; the version takes {width}")
     if not np.isfinite(values).all():
-        raise _UnusableReplyError("an embedding value is not finite")
+        raise UnusableReplyError("an embedding value is not finite")
     return values

@@ -12,9 +12,10 @@
    inputs (``replayed``), or refuses it with other inputs (``INVALID_ARGUMENT`` naming
    ``application_id``);
 4. encodes the fields with the version's preprocessor over the bank's stored row, gets the
-   partner's embedding (`gateway.partner_client`; an applicant outside the aligned set is
-   never looked up: ``NO_CONSENT`` without consent, ``UNKNOWN_APPLICANT`` with it, since a
-   lookup by anything but a join key is not built yet), scores (`gateway.scoring`);
+   partner's embedding (`gateway.partner_client`; an applicant outside the aligned set only
+   with consent, by the consented lookup `gateway.consented_lookup`, whose consent reference
+   is the application id; without consent no call: ``NO_CONSENT``), scores
+   (`gateway.scoring`);
 5. records the decision durably (`gateway.audit_log`) within the call's deadline, then replies.
 
 What the reply holds depends on the caller: the bank's application flow gets everything; the
@@ -43,7 +44,7 @@ from cobrand.pki import Party, PeerIdentity, Role
 from cobrand.pki.identity import URN_PREFIX
 from cobrand.rpc import ServicerAdder, caller, service_roles
 from cobrand.v1 import scoring_pb2, scoring_pb2_grpc
-from gateway.applicants import ApplicantDirectory
+from gateway.applicants import Applicant, ApplicantDirectory
 from gateway.application import FieldValue
 from gateway.audit_log import AuditLog
 from gateway.audit_record import (
@@ -53,6 +54,7 @@ from gateway.audit_record import (
     PartnerSliceStatus,
 )
 from gateway.config import Decision, OfferChannel
+from gateway.consented_lookup import ConsentedLookupClient
 from gateway.partner_client import PartnerClient, PartnerSlice
 from gateway.policy import PackageOffer
 from gateway.request_log import serving_request
@@ -150,6 +152,9 @@ class ScoringServicer(scoring_pb2_grpc.ScoringGatewayServicer):
     on_decided : callable, optional
         Called with each new decision once it is durable (not with a retry answered from the
         log), on whichever channel it came: what metrics count.
+    consented_lookup : ConsentedLookupClient, optional
+        Looks consenting applicants outside the aligned set up at the partner; without it
+        they are ``UNKNOWN_APPLICANT`` with no call.
     """
 
     def __init__(
@@ -160,12 +165,14 @@ class ScoringServicer(scoring_pb2_grpc.ScoringGatewayServicer):
         audit: AuditLog,
         *,
         on_decided: Callable[[AuditRecord], None] | None = None,
+        consented_lookup: ConsentedLookupClient | None = None,
     ) -> None:
         self._versions = versions
         self._applicants = applicants
         self._partner = partner
         self._audit = audit
         self._on_decided = on_decided
+        self._consented_lookup = consented_lookup
 
     @property
     def versions(self) -> ServedVersions:
@@ -215,9 +222,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringGatewayServicer):
             return _reply(recorded, identity, replayed=True)
         row = scorer.encoder.encode(fields, applicant.stored)
         version_id = scorer.version.manifest.version_id
-        partner = self._partner_slice(
-            request_id, version_id, applicant.join_key, request.partner_lookup_consent, scorer
-        )
+        partner = self._partner_slice(request_id, version_id, applicant, inputs, scorer)
         result = scorer.score(row, partner.embedding)
         record = AuditRecord(
             request_id=request_id,
@@ -251,20 +256,31 @@ class ScoringServicer(scoring_pb2_grpc.ScoringGatewayServicer):
         self,
         request_id: str,
         version_id: str,
-        join_key: bytes | None,
-        consent: bool,
+        applicant: Applicant,
+        inputs: ApplicationInputs,
         scorer: Scorer,
     ) -> PartnerSlice:
-        if join_key is None:
-            # Outside the aligned set: only a consented lookup may ask the partner, and it has
-            # no join key to ask by.
-            if not consent:
-                return PartnerSlice(PartnerSliceStatus.NO_CONSENT)
-            return PartnerSlice(PartnerSliceStatus.UNKNOWN_APPLICANT)
         client = self._partner(version_id)
+        if applicant.join_key is None:
+            # Outside the aligned set: only a consented lookup may ask the partner.
+            if not inputs.partner_lookup_consent:
+                return PartnerSlice(PartnerSliceStatus.NO_CONSENT)
+            lookup, lookup_input = self._consented_lookup, applicant.lookup_input
+            if lookup is None or lookup_input is None:
+                return PartnerSlice(PartnerSliceStatus.UNKNOWN_APPLICANT)
+            if client is None:
+                return PartnerSlice(PartnerSliceStatus.UNAVAILABLE)
+            return lookup.embedding(
+                client,
+                request_id,
+                inputs.application_id,
+                version_id,
+                lookup_input,
+                scorer.partner_width,
+            )
         if client is None:
             return PartnerSlice(PartnerSliceStatus.UNAVAILABLE)
-        return client.embedding(request_id, version_id, join_key, scorer.partner_width)
+        return client.embedding(request_id, version_id, applicant.join_key, scorer.partner_width)
 
 
 def _check_known_fields(request: scoring_pb2.ScoreApplicationRequest) -> None:

@@ -1,0 +1,116 @@
+"""The gateway's consented lookup of an applicant outside the aligned set, by oblivious PRF.
+
+For an applicant who consented and has no join key, `ConsentedLookupClient.embedding`
+
+1. blinds the applicant's identifier x (``cobrand.oprf.blind``: B = r * H(x), r fresh) and
+   sends ``BlindEvaluate(request id, consent reference, B)``;
+2. checks the partner's answer Z is an element of the group, unblinds it and finalizes
+   y = F_k(x) (an element outside the group is an unusable reply, as a bad embedding is);
+3. asks ``GetConsentedEmbedding(model version, y)`` and checks the embedding as the aligned
+   lookup does (`gateway.partner_client.checked_embedding`).
+
+Both calls go over the partner channel of `PartnerClient`, under its circuit breaker, within
+its one deadline (the second call gets what the first left), and their failures become the
+same slice statuses (`PartnerClient.guarded`): the partner's lookup limit (RESOURCE_EXHAUSTED)
+is an unknown applicant, scored bank-only. The consent reference is the application id, which
+both sides' records carry. Logs name a lookup by its request id, never the identifier or y.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from cobrand import oprf
+from cobrand.errors import InvalidPoint
+from cobrand.v1 import consented_lookup_pb2, consented_lookup_pb2_grpc
+from gateway.partner_client import (
+    PartnerClient,
+    PartnerSlice,
+    UnusableReplyError,
+    checked_embedding,
+)
+
+__all__ = ["ConsentedLookupClient"]
+
+
+class ConsentedLookupClient:
+    """Calls the partner's ConsentedLookup over a `PartnerClient`'s channel and breaker.
+
+    Parameters
+    ----------
+    channel : grpc.Channel
+        The partner channel the `PartnerClient` uses.
+    context : bytes
+        ``cobrand.oprf.context_string`` of the federation.
+    """
+
+    def __init__(self, channel: grpc.Channel, context: bytes) -> None:
+        # The generated stubs come without type annotations.
+        self._stub: Any = consented_lookup_pb2_grpc.ConsentedLookupStub(channel)  # type: ignore[no-untyped-call]
+        self._context = context
+
+    def embedding(
+        self,
+        partner: PartnerClient,
+        request_id: str,
+        consent_reference: str,
+        model_version: str,
+        lookup_input: bytes,
+        width: int,
+    ) -> PartnerSlice:
+        """The partner's embedding of a consenting applicant, if the partner holds them.
+
+        Parameters
+        ----------
+        partner : PartnerClient
+            The client of the verified version: its breaker and deadline apply.
+        request_id : str
+        consent_reference : str
+            The application id the consent was given in.
+        model_version : str
+        lookup_input : bytes
+            ``cobrand.oprf.lookup_input`` of the applicant's canonical identifier.
+        width : int
+            The embedding width the version's head takes.
+
+        Returns
+        -------
+        PartnerSlice
+            ``USED`` with the embedding, ``UNKNOWN_APPLICANT`` when no partner user is this
+            applicant (or the partner's lookup limit refused), ``TIMEOUT`` past the deadline,
+            ``UNAVAILABLE`` otherwise.
+        """
+
+        def lookup(deadline_s: float) -> npt.NDArray[np.float32] | None:
+            expires = time.monotonic() + deadline_s
+            r, blinded = oprf.blind(lookup_input, self._context)
+            evaluated = self._stub.BlindEvaluate(
+                consented_lookup_pb2.BlindEvaluateRequest(
+                    request_id=request_id,
+                    consent_reference=consent_reference,
+                    blinded_element=blinded,
+                ),
+                timeout=deadline_s,
+            )
+            try:
+                unblinded = oprf.unblind(r, evaluated.evaluated_element)
+            except InvalidPoint as err:
+                raise UnusableReplyError(str(err)) from None
+            reply = self._stub.GetConsentedEmbedding(
+                consented_lookup_pb2.GetConsentedEmbeddingRequest(
+                    request_id=request_id,
+                    consent_reference=consent_reference,
+                    model_version=model_version,
+                    oprf_output=oprf.finalize(lookup_input, unblinded, self._context),
+                ),
+                # What the first call left; gRPC refuses a spent one as DEADLINE_EXCEEDED.
+                timeout=max(expires - time.monotonic(), 0.0),
+            )
+            return checked_embedding(reply, model_version, width)
+
+        return partner.guarded(request_id, lookup)

@@ -1,0 +1,132 @@
+"""The gateway's consented lookup client against partners that misbehave: a stand-in
+ConsentedLookup server on loopback, evaluating with a key of its own or answering badly."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import grpc
+import pytest
+
+from cobrand import oprf
+from cobrand.rpc import create_channel, create_server
+from cobrand.v1 import consented_lookup_pb2, consented_lookup_pb2_grpc, embedding_pb2
+from gateway.audit_record import PartnerSliceStatus
+from gateway.consented_lookup import ConsentedLookupClient
+from gateway.partner_client import BreakerState, CircuitBreaker, PartnerClient, PartnerSlice
+
+CONTEXT = b"cobrand-consented-lookup-v1:test:00"
+X = oprf.lookup_input("mobile_cn", "+8613800138000")
+VERSION = "v1"
+WIDTH = 4
+DEADLINE_S = 0.4
+
+
+@dataclass
+class StandIn(consented_lookup_pb2_grpc.ConsentedLookupServicer):
+    """Evaluates with its own key; `evaluated` replaces its answer, the delays slow it."""
+
+    key: bytes = field(default_factory=oprf.new_scalar)
+    evaluated: bytes | None = None
+    evaluate_delay_s: float = 0.0
+    embedding_delay_s: float = 0.0
+    blinded: list[bytes] = field(default_factory=list)
+    outputs: list[bytes] = field(default_factory=list)
+
+    def BlindEvaluate(  # noqa: N802
+        self, request: consented_lookup_pb2.BlindEvaluateRequest, context: grpc.ServicerContext
+    ) -> consented_lookup_pb2.BlindEvaluateResponse:
+        time.sleep(self.evaluate_delay_s)
+        self.blinded.append(request.blinded_element)
+        answer = self.evaluated or oprf.evaluate(self.key, request.blinded_element)
+        return consented_lookup_pb2.BlindEvaluateResponse(
+            request_id=request.request_id, evaluated_element=answer
+        )
+
+    def GetConsentedEmbedding(  # noqa: N802
+        self,
+        request: consented_lookup_pb2.GetConsentedEmbeddingRequest,
+        context: grpc.ServicerContext,
+    ) -> consented_lookup_pb2.GetConsentedEmbeddingResponse:
+        time.sleep(self.embedding_delay_s)
+        self.outputs.append(request.oprf_output)
+        return consented_lookup_pb2.GetConsentedEmbeddingResponse(
+            request_id=request.request_id,
+            model_version=request.model_version,
+            status=embedding_pb2.LOOKUP_STATUS_FOUND,
+            embedding=[0.5] * WIDTH,
+        )
+
+
+@pytest.fixture
+def stand_in() -> StandIn:
+    return StandIn()
+
+
+@pytest.fixture
+def channel(stand_in: StandIn) -> Iterator[grpc.Channel]:
+    def add(server: grpc.Server) -> None:
+        consented_lookup_pb2_grpc.add_ConsentedLookupServicer_to_server(stand_in, server)  # type: ignore[no-untyped-call]
+
+    server, port = create_server(add, "127.0.0.1:0", None, insecure=True)
+    server.start()
+    with create_channel(f"127.0.0.1:{port}", None, insecure=True) as opened:
+        yield opened
+    server.stop(None)
+
+
+def _lookup(channel: grpc.Channel, breaker: CircuitBreaker) -> PartnerSlice:
+    partner = PartnerClient(channel, DEADLINE_S, breaker)
+    return ConsentedLookupClient(channel, CONTEXT).embedding(
+        partner, "r-1", "APP-1", VERSION, X, WIDTH
+    )
+
+
+def test_the_partner_sees_a_blinded_element_and_the_output_is_its_keys_prf_of_the_applicant(
+    stand_in: StandIn, channel: grpc.Channel
+) -> None:
+    found = _lookup(channel, CircuitBreaker(1, 30.0))
+
+    assert found.status is PartnerSliceStatus.USED
+    assert found.embedding is not None
+    assert found.embedding.tolist() == [0.5] * WIDTH
+    assert stand_in.outputs == [oprf.evaluate_directly(stand_in.key, X, CONTEXT)]
+    assert stand_in.blinded[0] != oprf.hash_to_group(X, CONTEXT)
+    # A second lookup of the same applicant sends another blinded element, the same output.
+    _lookup(channel, CircuitBreaker(1, 30.0))
+    assert stand_in.blinded[0] != stand_in.blinded[1]
+    assert stand_in.outputs[0] == stand_in.outputs[1]
+
+
+def test_an_evaluated_element_outside_the_group_is_not_used_and_counts_as_a_failure(
+    stand_in: StandIn, channel: grpc.Channel
+) -> None:
+    stand_in.evaluated = (1).to_bytes(32, "little")
+    breaker = CircuitBreaker(1, 30.0)
+
+    refused = _lookup(channel, breaker)
+
+    assert refused.status is PartnerSliceStatus.UNAVAILABLE
+    assert refused.embedding is None
+    assert stand_in.outputs == []
+    assert breaker.state is BreakerState.OPEN
+
+
+def test_both_calls_share_one_deadline(stand_in: StandIn, channel: grpc.Channel) -> None:
+    # Each call alone is within the deadline; the two together are not.
+    stand_in.evaluate_delay_s = DEADLINE_S * 0.6
+    stand_in.embedding_delay_s = DEADLINE_S * 0.6
+
+    late = _lookup(channel, CircuitBreaker(5, 30.0))
+
+    assert late.status is PartnerSliceStatus.TIMEOUT
+
+
+def test_an_open_breaker_makes_no_call(stand_in: StandIn, channel: grpc.Channel) -> None:
+    breaker = CircuitBreaker(1, 30.0)
+    breaker.failed()
+
+    assert _lookup(channel, breaker).status is PartnerSliceStatus.UNAVAILABLE
+    assert stand_in.blinded == []
