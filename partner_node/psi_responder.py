@@ -127,7 +127,8 @@ class PsiResponder:
         _check_run_id(request.run_id)
         if request.bank_set_size == 0:
             raise InvalidRequest(
-                f"run {request.run_id}: the bank announces an empty set; nothing to align"
+                f"run {request.run_id}: bank_set_size is 0, the bank announces an empty set; "
+                "nothing to align"
             )
         run = Run(request.run_id, request.bank_set_size, psi.new_secret())
         self._runs.replace(run)

@@ -3,13 +3,15 @@
 Its one caller is the partner's own Flower ClientApp, which relays the bank's control-plane
 messages: every method is open to role ``partner`` alone (`ROUNDS_ROLES`, enforced by the
 interceptor of ``cobrand.rpc.create_server``), so neither the bank's node nor its trainer can
-plan rounds here directly.
+plan rounds here directly. A run id that cannot name a checkpoint directory is refused first,
+naming it (``INVALID_ARGUMENT``).
 """
 
 from __future__ import annotations
 
 import grpc
 
+from cobrand.checkpoint_files import check_run_id
 from cobrand.pki import Role
 from cobrand.rounds_serde import (
     partner_manifest_to_proto,
@@ -44,12 +46,15 @@ class PartnerRoundsServicer(rounds_pb2_grpc.PartnerRoundsServicer):
     def PlanRound(  # noqa: N802
         self, request: rounds_pb2.PlanRoundRequest, context: grpc.ServicerContext
     ) -> rounds_pb2.PlanRoundResponse:
+        # First: every later refusal quotes the run id, which must be a short name to quote.
+        check_run_id(request.run_id)
         progress = self._runs.plan_round(plan_from_proto(request))
         return rounds_pb2.PlanRoundResponse(run=progress_to_proto(progress))
 
     def PublishModel(  # noqa: N802
         self, request: rounds_pb2.PublishModelRequest, context: grpc.ServicerContext
     ) -> rounds_pb2.PublishModelResponse:
+        check_run_id(request.run_id)
         publication = publication_from_proto(request)
         digest = self._runs.publish(publication)
         return partner_manifest_to_proto(publication.version_id, digest)
