@@ -6,6 +6,8 @@ A typical set-up, each party on its own machine::
     cobrand pki issue --dir pki --role gateway --name gw1 --host gw1.bank.example --days 365
     # send pki/ca.crt to the partner, receive theirs, compare fingerprints by phone
     cobrand pki import-peer-ca --dir pki --peer-ca partner-ca.crt
+    # a certificate is lost or its holder leaves: revoke it, send pki/ca.crl to the partner
+    cobrand pki revoke --dir pki --cert pki/app1.crt      # or --serial <hex from pki show>
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import typer
 
 from cobrand import pki
 from cobrand.commands.exits import cli_errors
+from cobrand.errors import ConfigError
 
 __all__ = ["app"]
 
@@ -89,3 +92,34 @@ def show(
     with cli_errors():
         for line in pki.describe_certificate(file):
             typer.echo(line)
+
+
+@app.command()
+def revoke(
+    directory: PkiDir,
+    serial: Annotated[
+        str | None, typer.Option(help="Serial number in hex, as `cobrand pki show` prints it.")
+    ] = None,
+    cert: Annotated[
+        Path | None, typer.Option(help="The certificate to revoke (instead of --serial).")
+    ] = None,
+) -> None:
+    """Revoke a leaf certificate of this party: add it to the CRL its CA signs, ca.crl."""
+    with cli_errors():
+        number = _serial_number(directory, serial, cert)
+        crl = pki.revoke(directory, number)
+        typer.echo(f"revoked serial {number:x}: {crl} (send it to the other party)")
+        typer.echo("list it in each process's tls.crl and restart them to refuse it")
+
+
+def _serial_number(directory: Path, serial: str | None, cert: Path | None) -> int:
+    if cert is not None:
+        if serial is not None:
+            raise ConfigError("give --serial or --cert, not both")
+        return pki.issued_serial(directory, cert)
+    if serial is None:
+        raise ConfigError("give the certificate to revoke: --serial or --cert")
+    try:
+        return int(serial.replace(":", ""), 16)
+    except ValueError as exc:
+        raise ConfigError(f"--serial {serial!r} is not a hexadecimal serial number") from exc

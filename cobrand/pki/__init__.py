@@ -9,10 +9,12 @@ Layout of a party's PKI directory (``cobrand pki init``/``issue``/``import-peer-
                 certificate imported with ``import_peer_ca`` (certificates only, one per party)
     <name>.crt  leaf certificates and their owner-only keys (``issue``; or under ``--out``)
     <name>.key
+    ca.crl      the party's revocation list (``revoke``), signed by its CA; sent to the other
+                party like ca.crt
 
 A party's CA lives ``CA_DAYS`` (about five years), a leaf at most ``MAX_LEAF_DAYS``. The
 identity scheme is described in ``cobrand.pki.identity``; ``authority`` makes certificates,
-``material`` reads and checks them.
+``material`` reads and checks them, ``revocation`` revokes them.
 """
 
 from cobrand.pki.authority import (
@@ -27,10 +29,18 @@ from cobrand.pki.authority import (
     issue,
 )
 from cobrand.pki.identity import PARTY_ROLES, Party, PeerIdentity, Role, ca_party, identity_from_pem
-from cobrand.pki.material import TlsMaterial, describe_certificate, fingerprint, load_tls_material
+from cobrand.pki.material import (
+    TlsMaterial,
+    describe_certificate,
+    fingerprint,
+    load_tls_material,
+    party_trust_bundle,
+)
+from cobrand.pki.revocation import CA_CRL, Revocations, issued_serial, load_revocations, revoke
 
 __all__ = [
     "CA_CERT",
+    "CA_CRL",
     "CA_DAYS",
     "CA_KEY",
     "MAX_LEAF_DAYS",
@@ -39,6 +49,7 @@ __all__ = [
     "IssuedFiles",
     "Party",
     "PeerIdentity",
+    "Revocations",
     "Role",
     "TlsMaterial",
     "ca_party",
@@ -48,5 +59,9 @@ __all__ = [
     "import_peer_ca",
     "init_ca",
     "issue",
+    "issued_serial",
+    "load_revocations",
     "load_tls_material",
+    "party_trust_bundle",
+    "revoke",
 ]

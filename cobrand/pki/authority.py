@@ -150,7 +150,7 @@ def issue(
     AlreadyExists
         If the certificate or key file already exists.
     """
-    ca_cert, ca_key = _load_ca(ca_dir)
+    ca_cert, ca_key = load_ca(ca_dir)
     party = ca_party(ca_cert, source=ca_dir / CA_CERT)
     if role not in PARTY_ROLES[party]:
         allowed = ", ".join(sorted(PARTY_ROLES[party]))
@@ -285,7 +285,8 @@ def _key_usage(*, signs_certificates: bool) -> x509.KeyUsage:
     )
 
 
-def _load_ca(ca_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def load_ca(ca_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """The party's CA certificate and key from `ca_dir`, checked current and matching."""
     cert_path, key_path = ca_dir / CA_CERT, ca_dir / CA_KEY
     cert = read_certificates(cert_path)[0]
     check_validity(cert, cert_path)

@@ -18,7 +18,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from cobrand.errors import CertificateError
-from cobrand.pki.identity import PeerIdentity, ca_party, describe_subject, identity_from_pem
+from cobrand.pki.identity import (
+    Party,
+    PeerIdentity,
+    ca_party,
+    describe_subject,
+    identity_from_pem,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +74,26 @@ def load_tls_material(trust_bundle: Path, cert: Path, key: Path) -> TlsMaterial:
     )
 
 
+def party_trust_bundle(trust_bundle: Path, party: Party) -> bytes:
+    """The PEM of the CA certificates in `trust_bundle` that speak for `party`.
+
+    A channel that trusts only these accepts a server certificate of that party alone.
+
+    Raises
+    ------
+    CertificateError
+        If the bundle holds no CA of `party`.
+    """
+    chosen = [
+        ca.public_bytes(serialization.Encoding.PEM)
+        for ca in read_certificates(trust_bundle)
+        if ca_party(ca, source=trust_bundle) == party
+    ]
+    if not chosen:
+        raise CertificateError(f"{trust_bundle} holds no CA of party '{party}'")
+    return b"".join(chosen)
+
+
 def describe_certificate(path: Path) -> list[str]:
     """Human-readable lines about each certificate in `path`: identity, issuer, validity, SAN."""
     lines: list[str] = []
@@ -80,6 +106,7 @@ def describe_certificate(path: Path) -> list[str]:
                 f"identity: party={identity.party} role={identity.role} name={identity.name}"
             )
         lines.append(f"subject: {cert.subject.rfc4514_string()}")
+        lines.append(f"serial: {cert.serial_number:x}")
         lines.append(f"issuer: {cert.issuer.rfc4514_string()}")
         lines.append(
             f"valid: {cert.not_valid_before_utc.isoformat()} to "
