@@ -112,6 +112,9 @@ class GatewaySettings(ProcessSettings):
     metrics_listen : str, optional
         ``host:port`` of the Prometheus ``/metrics`` HTTP endpoint (`gateway.metrics`): plain
         HTTP, so a loopback or internal address; none, the default, serves no metrics.
+    denial_log : Path, optional
+        Where every refused call is recorded (`cobrand.denials`); by default
+        ``gateway-denials.jsonl`` in the bank node's ``data_dir``.
     torch_threads : int
         Torch's intra-op threads. One by default: calls run side by side on the handler
         threads, and splitting one application's pass of a dozen rows over several threads
@@ -135,6 +138,7 @@ class GatewaySettings(ProcessSettings):
     shutdown_grace_s: Annotated[float, Field(ge=0, le=600)] = 10.0
     torch_threads: Annotated[int, Field(ge=1, le=256)] = 1
     metrics_listen: str | None = None
+    denial_log: Path | None = None
 
     @field_validator("metrics_listen")
     @classmethod

@@ -89,7 +89,10 @@ class DataPlaneService:
             raise InvalidRequest("pass kind must be PASS_KIND_TRAIN or PASS_KIND_EMBED")
         trainer = self._trainer
         if trainer is None:
-            raise FailedPrecondition(f"unknown run {opening.open.run_id!r}: no run is in progress")
+            raise FailedPrecondition(
+                f"unknown run {opening.open.run_id!r}, round {opening.open.round}: the partner's "
+                "SuperNode has handed over no training run"
+            )
         with trainer.open_pass(opening.open.run_id, opening.open.round, kind) as current:
             try:
                 yield from _steps(request_iterator, current, trainer.rows)
