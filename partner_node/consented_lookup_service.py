@@ -137,6 +137,8 @@ class ConsentedLookupServicer(consented_lookup_pb2_grpc.ConsentedLookupServicer)
         check_call_id(request.request_id, "request_id")
         _check_consent_reference(request.consent_reference)
         oprf.check_element(request.blinded_element, "blinded_element")
+        # The index is needed next: start building it if this is the node's first lookup.
+        self._index.start()
         who = caller_urn(context)
         self._limit.charge(
             who,

@@ -2,15 +2,18 @@
 
 import os
 import stat
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
 from cobrand import oprf
-from cobrand.errors import ConfigError
-from partner_node.oprf_index import OprfIndexBuild, build_index, load_or_create_key
+from cobrand.errors import ConfigError, Unavailable
+from partner_node import oprf_index
+from partner_node.oprf_index import OprfIndex, OprfIndexBuild, build_index, load_or_create_key
 
 CONTEXT = b"cobrand-consented-lookup-v1:test:00"
 KIND = "mobile_cn"
@@ -80,7 +83,7 @@ def test_an_output_ending_in_a_zero_byte_is_found() -> None:
     assert index.row(output) == len(ids) - 1
 
 
-def test_the_index_is_built_in_the_background_and_awaited() -> None:
+def test_the_index_is_built_in_the_background_when_first_asked_for() -> None:
     key = oprf.new_scalar()
     ids = _ids(50)
 
@@ -88,3 +91,20 @@ def test_the_index_is_built_in_the_background_and_awaited() -> None:
 
     output = oprf.evaluate_directly(key, oprf.lookup_input(KIND, str(ids[7])), CONTEXT)
     assert build.index(wait_s=30.0).row(output) == 7
+
+
+def test_a_lookup_while_the_index_builds_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    release = threading.Event()
+    real_build = oprf_index.build_index
+
+    def held_build(*args: Any) -> OprfIndex:
+        release.wait(30.0)
+        return real_build(*args)
+
+    monkeypatch.setattr(oprf_index, "build_index", held_build)
+    build = OprfIndexBuild(oprf.new_scalar(), KIND, _ids(5), CONTEXT, workers=1)
+
+    with pytest.raises(Unavailable, match="consented lookup index is still loading"):
+        build.index(wait_s=0.0)
+    release.set()
+    assert len(build.index(wait_s=30.0).outputs) == 5
