@@ -4,9 +4,12 @@
 the settings, with progress bars, and prints what it found; identifiers are never printed.
 
 ``cobrand bank superlink --trainer-config trainer.yaml --ca-cert ... --cert ... --key ...`` runs
-the bank's Flower SuperLink (it becomes that process) with TLS and SuperNode authentication,
-its ServerApps reading the trainer's settings; the risk team then starts, follows and stops
-training runs with ``flwr run bank_node/flower_app``, ``flwr log`` and ``flwr stop``, and
+the bank's Flower SuperLink with TLS and SuperNode authentication, its ServerApps reading the
+trainer's settings, on 127.0.0.1:``--control-port`` only, and on ``--host``:``--port`` the
+Fleet-only front the partner's SuperNode dials (`cobrand.fleet_front`: Flower serves its Control
+API on the Fleet API's port, without authentication); the risk team then starts, follows and
+stops training runs on the bank's host with ``flwr run bank_node/flower_app``, ``flwr log`` and
+``flwr stop`` against 127.0.0.1:``--control-port``, and
 ``cobrand bank report --trainer-config trainer.yaml --run RUN_ID --out DIR`` writes a finished
 run's ``report.json`` and ``report.html`` and prints its summary.
 """
@@ -28,7 +31,7 @@ from bank_node.trainer_config import TRAINER_CONFIG_ENV, TrainerConfig
 from cobrand.alignment_store import AlignmentStore
 from cobrand.commands.exits import cli_errors
 from cobrand.commands.progress import ProgressBars
-from cobrand.flower_sites import SuperLinkTls, flower_environment, superlink_command
+from cobrand.flower_sites import SuperLinkTls, flower_environment
 from cobrand.settings import load_settings
 
 __all__ = ["align", "app", "outcome_lines", "report", "superlink"]
@@ -52,21 +55,29 @@ def superlink(
         typer.Option(help="The ServerApp's settings (trainer.yaml): bank.yaml, runs, its cert."),
     ],
     ca_cert: Annotated[Path, typer.Option(help="The bank's CA certificate.")],
-    cert: Annotated[Path, typer.Option(help="The SuperLink's certificate (role bank).")],
+    cert: Annotated[
+        Path,
+        typer.Option(help="The SuperLink's certificate (role bank; SANs: --host and 127.0.0.1)."),
+    ],
     key: Annotated[Path, typer.Option(help="The SuperLink's private key.")],
-    host: Annotated[str, typer.Option(help="Interface of the Fleet API.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port of the Fleet API.")] = 9092,
+    host: Annotated[str, typer.Option(help="Interface of the Fleet-only front.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the Fleet-only front.")] = 9092,
+    control_port: Annotated[
+        int, typer.Option(help="The SuperLink's own port on 127.0.0.1 (flwr CLI, ServerApps).")
+    ] = 9093,
 ) -> None:
     """Run the bank's Flower SuperLink for federated training with the partner."""
+    # Imported here: it imports Flower's SuperLink, which no other bank command needs.
+    from cobrand.fleet_front import run_superlink_behind_front
+
     with cli_errors():
         # Checked here, not when the first run's ServerApp fails on it.
         load_settings(TrainerConfig, trainer_config)
-        command = superlink_command(SuperLinkTls(ca_cert, cert, key), host, port)
         env = flower_environment(
             Path(os.environ["FLWR_HOME"]),
             {TRAINER_CONFIG_ENV: str(trainer_config.resolve())},
         )
-    os.execve(command[0], command, env)  # noqa: S606 -- Flower's program, no shell
+        run_superlink_behind_front(SuperLinkTls(ca_cert, cert, key), host, port, control_port, env)
 
 
 @app.command()

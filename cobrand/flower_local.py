@@ -2,8 +2,11 @@
 
 `LocalFederation` starts both Flower processes on one machine, as ``cobrand train`` and the
 integration tests run a training: the SuperLink with TLS, SuperNode authentication and
-``--disable-runtime-dependency-installation``; the SuperNode trusting the SuperLink's CA and
-registered with its own key (``flwr supernode register``) before it connects. Each process runs
+``--disable-runtime-dependency-installation`` on loopback behind its Fleet-only front
+(`cobrand.fleet_front`), which the SuperNode dials (`fleet_port`) while the ``flwr`` CLI dials the
+SuperLink itself (`control_port`); the SuperNode trusting the SuperLink's CA and registered with
+its own key (``flwr supernode register``) before it connects, and given a ClientApp runner, in
+process isolation with that runner executing its tasks (`start_supernode`). Each process runs
 in its own process group with its output in ``<work>/<name>.log``, and every Flower process and
 ``flwr`` command gets the same offline environment: telemetry and the update check off and a
 ``FLWR_HOME`` under the work directory, where the CLI's connection (`CONNECTION`) is written.
@@ -20,7 +23,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
@@ -34,7 +37,7 @@ from cobrand.flower_sites import (
     SuperLinkTls,
     flower_environment,
     flower_program,
-    superlink_command,
+    superlink_site_command,
     supernode_command,
     toml_string,
 )
@@ -66,15 +69,24 @@ class LocalFederation:
     tls : SuperLinkTls
     superlink_env : mapping of str to str, optional
         Extra environment of the SuperLink and so of each ServerApp it starts.
+    fleet_host : str
+        The interface of the Fleet-only front (another loopback address stands for the
+        partner-facing interface); the SuperLink's certificate needs a SAN for it.
     """
 
     def __init__(
-        self, work: Path, tls: SuperLinkTls, superlink_env: Mapping[str, str] | None = None
+        self,
+        work: Path,
+        tls: SuperLinkTls,
+        superlink_env: Mapping[str, str] | None = None,
+        fleet_host: str = _LOOPBACK,
     ) -> None:
         self.work = work
         self.flwr_home = work / "flwr-home"
         self.tls = tls
-        self.port = _free_port()
+        self.fleet_host = fleet_host
+        self.fleet_port = _free_port()
+        self.control_port = _free_port()
         self._superlink_env = dict(superlink_env or {})
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
         self.startup_seconds: dict[str, float] = {}
@@ -82,26 +94,47 @@ class LocalFederation:
     # --- processes --------------------------------------------------------------------------
 
     def start_superlink(self, timeout: float = 60.0) -> None:
-        """Start the SuperLink and wait until its API accepts connections."""
+        """Start the SuperLink behind its Fleet-only front; wait until the front listens."""
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         (self.flwr_home / "config.toml").write_text(
             f"[superlink]\ndefault = {toml_string(CONNECTION)}\n\n"
             f"[superlink.{CONNECTION}]\n"
-            f"address = {toml_string(f'{_LOOPBACK}:{self.port}')}\n"
+            f"address = {toml_string(f'{_LOOPBACK}:{self.control_port}')}\n"
             f"root-certificates = {toml_string(str(self.tls.ca_cert))}\n",
             encoding="utf-8",
         )
         started = time.perf_counter()
         self._spawn(
             "superlink",
-            superlink_command(self.tls, _LOOPBACK, self.port),
+            superlink_site_command(
+                self.tls,
+                self.fleet_host,
+                self.fleet_port,
+                self.control_port,
+                log_file=self.work / "superlink-flower.log",
+            ),
             self._superlink_env,
         )
-        self._wait_for_port(self.port, "superlink", timeout)
+        self._wait_for_port(self.fleet_host, self.fleet_port, "superlink", timeout)
         self.startup_seconds["superlink"] = time.perf_counter() - started
 
-    def start_supernode(self, node_config: Mapping[str, str], timeout: float = 60.0) -> int:
+    def start_supernode(
+        self,
+        node_config: Mapping[str, str],
+        timeout: float = 60.0,
+        *,
+        client_app_runner: Sequence[str] | None = None,
+    ) -> int:
         """Register a new SuperNode key, start the SuperNode and wait until it is online.
+
+        Parameters
+        ----------
+        node_config : mapping of str to str
+        timeout : float
+        client_app_runner : sequence of str, optional
+            A command executing the SuperNode's ClientApp tasks, given ``--supernode
+            127.0.0.1:PORT`` (its runtime API): the SuperNode then runs in process isolation and
+            loads no bundle's code itself. Without it the SuperNode runs each bundle's ClientApp.
 
         Returns
         -------
@@ -114,12 +147,23 @@ class LocalFederation:
         node_id = int(
             self.flwr("supernode", "register", str(key_file.with_suffix(".pub")))["node-id"]
         )
+        runtime_port = _free_port()
         self._spawn(
             "supernode",
             supernode_command(
-                f"{_LOOPBACK}:{self.port}", self.tls.ca_cert, key_file, _free_port(), node_config
+                f"{self.fleet_host}:{self.fleet_port}",
+                self.tls.ca_cert,
+                key_file,
+                runtime_port,
+                node_config,
+                isolated=client_app_runner is not None,
             ),
         )
+        if client_app_runner is not None:
+            self._spawn(
+                "clientapp-runner",
+                [*client_app_runner, "--supernode", f"{_LOOPBACK}:{runtime_port}"],
+            )
         deadline = time.monotonic() + timeout
         while not self._node_online(node_id):
             self._check_alive("supernode")
@@ -245,12 +289,12 @@ class LocalFederation:
                 f"the {name} exited with code {code}; see {self.work / f'{name}.log'}"
             )
 
-    def _wait_for_port(self, port: int, name: str, timeout: float) -> None:
+    def _wait_for_port(self, host: str, port: int, name: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
             self._check_alive(name)
             try:
-                socket.create_connection((_LOOPBACK, port), timeout=1.0).close()
+                socket.create_connection((host, port), timeout=1.0).close()
                 return
             except OSError:
                 if time.monotonic() > deadline:

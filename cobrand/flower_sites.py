@@ -3,9 +3,12 @@
 The command lines are built here once, for ``cobrand bank superlink`` and ``cobrand partner
 supernode`` at two sites and for `cobrand.flower_local.LocalFederation` on one machine, so what
 the tests run is what the sites run: the SuperLink with TLS, SuperNode authentication and no
-installing of app dependencies at run time; the SuperNode trusting the SuperLink's CA and
-authenticated by its own key. Every Flower process gets the same offline environment
-(`flower_environment`): telemetry and the update check off, a local ``FLWR_HOME``.
+installing of app dependencies at run time, on loopback behind the Fleet-only front
+(`superlink_site_command`, `cobrand.fleet_front`); the SuperNode trusting the SuperLink's CA and
+authenticated by its own key, and, where its ClientApp is pinned, in process isolation so that it
+never runs the code of a bundle it received (``isolated=True``; the partner's own runner executes
+its tasks). Every Flower process gets the same offline environment (`flower_environment`):
+telemetry and the update check off, a local ``FLWR_HOME``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ __all__ = [
     "flower_environment",
     "flower_program",
     "superlink_command",
+    "superlink_site_command",
     "supernode_command",
     "toml_string",
 ]
@@ -64,9 +68,10 @@ def flower_program(name: str) -> str:
 
 
 def superlink_command(tls: SuperLinkTls, host: str, port: int) -> list[str]:
-    """The bank's SuperLink: TLS, SuperNode authentication, its Fleet API on `host`:`port`.
+    """The bank's SuperLink: TLS, SuperNode authentication, all its APIs on `host`:`port`.
 
-    Flower serves its other APIs (control, ServerAppIo) on its default ports beside it.
+    Flower 1.41 serves its Fleet, Control and Runtime APIs on this one address, so the site runs
+    it on loopback behind the Fleet-only front (`superlink_site_command`).
     """
     return [
         flower_program("flower-superlink"),
@@ -85,12 +90,45 @@ def superlink_command(tls: SuperLinkTls, host: str, port: int) -> list[str]:
     ]
 
 
+def superlink_site_command(
+    tls: SuperLinkTls,
+    fleet_host: str,
+    fleet_port: int,
+    control_port: int,
+    log_file: Path | None = None,
+) -> list[str]:
+    """The SuperLink on 127.0.0.1:`control_port` behind its Fleet-only front on `fleet_host`.
+
+    See `cobrand.fleet_front`; the process takes the caller's environment.
+    """
+    command = [
+        sys.executable,
+        "-m",
+        "cobrand.fleet_front",
+        "--ca-cert",
+        str(tls.ca_cert),
+        "--cert",
+        str(tls.cert),
+        "--key",
+        str(tls.key),
+        "--fleet-host",
+        fleet_host,
+        "--fleet-port",
+        str(fleet_port),
+        "--control-port",
+        str(control_port),
+    ]
+    return command if log_file is None else [*command, "--log-file", str(log_file)]
+
+
 def supernode_command(
     superlink: str,
     root_certificates: Path,
     auth_key: Path,
     port: int,
     node_config: Mapping[str, str],
+    *,
+    isolated: bool = False,
 ) -> list[str]:
     """The partner's SuperNode, dialling `superlink` (host:port of its Fleet API).
 
@@ -106,6 +144,10 @@ def supernode_command(
         The SuperNode's own ClientAppIo port on loopback.
     node_config : mapping of str to str
         What the partner's ClientApp reads (``partner_node.flower_client``).
+    isolated : bool
+        ``--isolation process``: the SuperNode starts no ClientApp (so never loads a received
+        bundle's code); a runner of the partner's own dials its runtime API on loopback `port`
+        and executes each task.
     """
     config = " ".join(f"{key}={toml_string(value)}" for key, value in node_config.items())
     return [
@@ -120,4 +162,5 @@ def supernode_command(
         str(port),
         "--node-config",
         config,
+        *(["--isolation", "process"] if isolated else []),
     ]

@@ -11,6 +11,7 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from cobrand.cli import app
+from cobrand.flower_sites import SuperLinkTls, superlink_command
 from tests.alignment_data import canonical_phones, write_federation, write_party
 from tests.conftest import ThrowAwayPki
 
@@ -58,22 +59,30 @@ def test_a_misspelt_settings_key_is_named(tmp_path: Path, throwaway_pki: ThrowAw
 def _run_superlink(
     monkeypatch: pytest.MonkeyPatch, trainer: Path
 ) -> tuple[Result, list[str], dict[str, str]]:
-    """`cobrand bank superlink` with os.execve captured instead of replacing the test process."""
+    """`cobrand bank superlink` with the SuperLink and its front captured instead of run: the
+    SuperLink's command line, with its front's address appended as ``--front HOST:PORT``."""
     executed: list[tuple[list[str], dict[str, str]]] = []
-    monkeypatch.setattr("os.execve", lambda _, argv, env: executed.append((list(argv), env)))
+
+    def captured(
+        tls: SuperLinkTls, host: str, port: int, control_port: int, env: dict[str, str]
+    ) -> None:
+        argv = superlink_command(tls, "127.0.0.1", control_port)
+        executed.append(([*argv, "--front", f"{host}:{port}"], env))
+
+    monkeypatch.setattr("cobrand.fleet_front.run_superlink_behind_front", captured)
     result = CliRunner().invoke(
         app,
         [
             *("bank", "superlink", "--trainer-config", str(trainer)),
             *("--ca-cert", "/srv/ca.crt", "--cert", "/srv/sl.crt", "--key", "/srv/sl.key"),
-            *("--host", "10.1.2.3", "--port", "9192"),
+            *("--host", "10.1.2.3", "--port", "9192", "--control-port", "9193"),
         ],
     )
     argv, env = executed[0] if executed else ([], {})
     return result, argv, env
 
 
-def test_the_superlink_runs_with_tls_and_supernode_authentication_and_the_trainers_settings(
+def test_the_superlink_runs_on_loopback_with_tls_and_node_auth_behind_the_fleet_front(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     trainer = tmp_path / "trainer.yaml"
@@ -87,8 +96,10 @@ def test_the_superlink_runs_with_tls_and_supernode_authentication_and_the_traine
         ("--ssl-ca-certfile", "/srv/ca.crt"),
         ("--ssl-certfile", "/srv/sl.crt"),
         ("--ssl-keyfile", "/srv/sl.key"),
-        ("--host", "10.1.2.3"),
-        ("--port", "9192"),
+        # The SuperLink on loopback only; the partner's address is the Fleet-only front's.
+        ("--host", "127.0.0.1"),
+        ("--port", "9193"),
+        ("--front", "10.1.2.3:9192"),
     ):
         assert argv[argv.index(flag) + 1] == value
     assert "--enable-supernode-auth" in argv
