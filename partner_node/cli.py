@@ -5,9 +5,11 @@ alignment runs and training rounds until stopped (SIGTERM or Ctrl-C), with a pro
 phase and one log line per run; identifiers are never printed.
 
 ``cobrand partner supernode --config partner.yaml --superlink HOST:PORT ...`` runs the partner's
-Flower SuperNode (it becomes that process): authenticated at the bank's SuperLink by its own key,
-trusting the bank's CA, and telling its ClientApp to reach this node with the node's certificate
-from ``partner.yaml``, so each training round is handed to the long-lived node.
+Flower SuperNode: authenticated at the bank's SuperLink by its own key, trusting the bank's CA,
+in process isolation so that it never runs code from a bundle the bank's SuperLink sends; this
+command's own ClientApp runner (`partner_node.flower_client.runner`) executes its tasks with the
+partner's installed ClientApp, which reaches this node with the node's certificate from
+``partner.yaml``, so each training round is handed to the long-lived node.
 """
 
 from __future__ import annotations
@@ -93,11 +95,14 @@ def supernode(
         str | None,
         typer.Option(help="host:port where the ClientApp reaches the node (default: its listen)."),
     ] = None,
-    port: Annotated[int, typer.Option(help="The SuperNode's own ClientAppIo port.")] = 9094,
+    port: Annotated[
+        int, typer.Option(help="The SuperNode's runtime API port, on 127.0.0.1 (its runner's).")
+    ] = 9094,
 ) -> None:
     """Run the partner's Flower SuperNode, handing each training round to the partner node."""
-    # Imported here: it imports flwr, which no other partner command needs.
+    # Imported here: they import flwr, which no other partner command needs.
     from partner_node.flower_client.client_app import HandOffSettings
+    from partner_node.flower_client.runner import run_supernode_with_runner
 
     with cli_errors():
         settings = load_settings(PartnerNodeConfig, config)
@@ -114,11 +119,11 @@ def supernode(
             }
         )
         command = supernode_command(
-            superlink, root_certificates, auth_key, port, hand_off.node_config()
+            superlink, root_certificates, auth_key, port, hand_off.node_config(), isolated=True
         )
-    os.execve(  # noqa: S606 -- Flower's own program beside this interpreter, no shell
-        command[0], command, flower_environment(Path(os.environ["FLWR_HOME"]))
-    )
+        run_supernode_with_runner(
+            command, flower_environment(Path(os.environ["FLWR_HOME"])), f"{_LOOPBACK}:{port}"
+        )
 
 
 def _dialable(listen: str) -> str:

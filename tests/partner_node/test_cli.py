@@ -31,13 +31,15 @@ def _partner_yaml(tmp_path: Path, pki: ThrowAwayPki | None, listen: str) -> Path
 
 
 def _run(monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[Any, list[str], dict[str, str]]:
-    """Invoke the command with os.execve captured instead of replacing the test process."""
-    executed: list[tuple[str, list[str], dict[str, str]]] = []
+    """Invoke the command with the SuperNode and its ClientApp runner captured instead of run:
+    the SuperNode's command line, with the runner's address appended as ``--runner HOST:PORT``."""
+    executed: list[tuple[list[str], dict[str, str]]] = []
     monkeypatch.setattr(
-        "os.execve", lambda path, argv, env: executed.append((path, list(argv), dict(env)))
+        "partner_node.flower_client.runner.run_supernode_with_runner",
+        lambda argv, env, runtime: executed.append(([*argv, "--runner", runtime], dict(env))),
     )
     result = CliRunner().invoke(app, ["partner", "supernode", *args])
-    _, argv, env = executed[0] if executed else ("", [], {})
+    argv, env = executed[0] if executed else ([], {})
     return result, argv, env
 
 
@@ -46,7 +48,7 @@ def _node_config(argv: list[str]) -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in pairs)
 
 
-def test_the_supernode_tells_its_clientapp_to_reach_this_node_with_the_nodes_certificate(
+def test_the_isolated_supernode_tells_its_clientapp_to_reach_this_node_with_its_certificate(
     tmp_path: Path, throwaway_pki: ThrowAwayPki, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = _partner_yaml(tmp_path, throwaway_pki, listen="0.0.0.0:7443")
@@ -63,6 +65,9 @@ def test_the_supernode_tells_its_clientapp_to_reach_this_node_with_the_nodes_cer
     assert argv[argv.index("--superlink") + 1] == "bank.example:9092"
     assert argv[argv.index("--root-certificates") + 1] == "/srv/bank-ca.crt"
     assert argv[argv.index("--auth-supernode-private-key") + 1] == "/srv/supernode.key"
+    # It starts no ClientApp of a bundle's: its tasks go to the partner's runner on loopback.
+    assert argv[argv.index("--isolation") + 1] == "process"
+    assert argv[argv.index("--runner") + 1] == f"127.0.0.1:{argv[argv.index('--port') + 1]}"
     assert _node_config(argv) == {
         "partner-node": "127.0.0.1:7443",
         "ca-bundle": str(tls.ca_bundle),
