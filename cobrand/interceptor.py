@@ -46,6 +46,7 @@ from cobrand.pki.identity import describe_subject
 
 __all__ = [
     "INCIDENT_METADATA_KEY",
+    "MAX_DETAILS_BYTES",
     "REASON_METADATA_KEY",
     "Interceptor",
     "PresentedCertificate",
@@ -56,6 +57,9 @@ _LOG = logging.getLogger(__name__)
 
 REASON_METADATA_KEY = "cobrand-reason"
 INCIDENT_METADATA_KEY = "cobrand-incident"
+MAX_DETAILS_BYTES = 2048
+"""The longest error message (UTF-8) sent to a caller; longer ones are cut to fit gRPC's header
+limits."""
 _NONE_REVOKED = Revocations()
 _AUDITED = frozenset({grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED})
 
@@ -212,9 +216,9 @@ class Interceptor(_ServerInterceptor):
             if exc.status in _AUDITED:
                 self._audit(exc, method, context)
             else:
-                _LOG.info("[%s] refused %s: %s", method, exc.reason, exc)
+                _LOG.info("[%s] refused %s: %s", method, exc.reason, _details(exc))
             context.set_trailing_metadata(((REASON_METADATA_KEY, exc.reason),))
-            context.abort(exc.status, str(exc))
+            context.abort(exc.status, _details(exc))
         if _is_abort(exc, context):
             raise exc
         incident = secrets.token_hex(6)
@@ -234,7 +238,7 @@ class Interceptor(_ServerInterceptor):
             presented.subject if presented is not None else "a caller without certificate",
             f"{presented.serial:x}" if presented is not None else "none",
             context.peer(),
-            exc,
+            _details(exc),
         )
         if self._denials is None:
             return
@@ -249,7 +253,7 @@ class Interceptor(_ServerInterceptor):
             party=identity.party.value if identity is not None else None,
             role=identity.role.value if identity is not None else None,
             name=identity.name if identity is not None else None,
-            message=str(exc),
+            message=_details(exc),
         )
         try:
             self._denials.record(denial)
@@ -341,6 +345,19 @@ class _Call:
                 self.interceptor.abort(exc, self.method, context)
 
         return wrapped
+
+
+def _details(exc: CobrandError) -> str:
+    """The message of `exc`, cut to fit the status details gRPC carries in a header."""
+    # A message quoting a hostile input whole (a megabyte "version") would exceed the peer's
+    # header limit (8 KiB soft, 16 KiB hard; non-ASCII bytes are sent percent-encoded, three
+    # characters each), and the caller would see RESOURCE_EXHAUSTED instead of the status.
+    message = str(exc)
+    encoded = message.encode("utf-8")
+    if len(encoded) <= MAX_DETAILS_BYTES:
+        return message
+    kept = encoded[:MAX_DETAILS_BYTES].decode("utf-8", errors="ignore")
+    return f"{kept}... ({len(message) - len(kept)} more characters)"
 
 
 def _is_abort(exc: Exception, context: grpc.ServicerContext) -> bool:

@@ -4,8 +4,8 @@ interceptor, and raw-bytes calls to it.
 The service ``cobrand.test.Guarded`` takes ``ScoreApplicationRequest`` messages: ``Unary``
 echoes the application id, ``Collect`` counts a request stream, ``Echo`` echoes each message
 of one, ``Listen`` streams the id back twice, ``Refuse`` raises ``PermissionDenied`` as a handler
-would (the gateway's channel binding). All are open to role ``app``; ``Secret`` only to
-``gateway``.
+would (the gateway's channel binding), ``Quote`` refuses the application id quoting it. All
+are open to role ``app``; ``Secret`` only to ``gateway``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from cobrand.errors import PermissionDenied
+from cobrand.errors import InvalidRequest, PermissionDenied
 from cobrand.pki import Role
 from cobrand.rpc import REASON_METADATA_KEY, TlsFiles, create_server
 from cobrand.v1 import scoring_pb2
@@ -61,6 +61,10 @@ def _listen(request: Request, context: grpc.ServicerContext) -> Iterator[Request
     yield Request(application_id=request.application_id)
 
 
+def _quote(request: Request, context: grpc.ServicerContext) -> Request:
+    raise InvalidRequest(f"field 'application_id': {request.application_id!r} is not known")
+
+
 def _refuse(request: Request, context: grpc.ServicerContext) -> Request:
     raise PermissionDenied("field 'channel': the bank's application flow may not submit here")
 
@@ -76,6 +80,7 @@ def _add(server: grpc.Server) -> None:
         "Echo": grpc.stream_stream_rpc_method_handler(_echo, **codec),
         "Listen": grpc.unary_stream_rpc_method_handler(_listen, **codec),
         "Refuse": grpc.unary_unary_rpc_method_handler(_refuse, **codec),
+        "Quote": grpc.unary_unary_rpc_method_handler(_quote, **codec),
         "Secret": grpc.unary_unary_rpc_method_handler(_unary, **codec),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
@@ -84,7 +89,9 @@ def _add(server: grpc.Server) -> None:
 @contextmanager
 def guarded_server(tls: TlsFiles, denial_log: Path | None = None) -> Iterator[int]:
     """Serve ``cobrand.test.Guarded`` on a loopback port (yielded) until the block ends."""
-    allowed = {method(name): _APP for name in ("Unary", "Collect", "Echo", "Listen", "Refuse")}
+    allowed = {
+        method(name): _APP for name in ("Unary", "Collect", "Echo", "Listen", "Refuse", "Quote")
+    }
     server, port = create_server(
         _add,
         "127.0.0.1:0",

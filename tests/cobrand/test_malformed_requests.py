@@ -1,6 +1,7 @@
 """Request bytes that do not parse are INVALID_ARGUMENT naming the method and the message type,
 for single requests and request streams alike, over a real mutual-TLS server; the server keeps
-serving. And the channels' keepalive settings hold a long-lived channel open."""
+serving. A refusal quoting a huge input keeps its status. And the channels' keepalive settings
+hold a long-lived channel open."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import grpc
 import pytest
 from google.protobuf.message import DecodeError
 
+from cobrand.interceptor import MAX_DETAILS_BYTES
 from cobrand.rpc import create_channel
 from tests.cobrand.guarded_server import RAW, Request, guarded_server, method, reason, request_bytes
 from tests.conftest import ThrowAwayPki
@@ -113,6 +115,21 @@ def test_the_server_keeps_serving_after_malformed_requests(channel: grpc.Channel
         assert _refusal(call, data).code() is grpc.StatusCode.INVALID_ARGUMENT
 
     assert call(request_bytes("still-here"), timeout=TIMEOUT) == request_bytes("still-here")
+
+
+def test_a_refusal_quoting_a_huge_input_keeps_its_status_with_the_message_cut(
+    channel: grpc.Channel,
+) -> None:
+    huge = "é" * 70_000  # two bytes each, percent-encoded to six characters on the wire
+
+    error = _refusal(channel.unary_unary(method("Quote"), **RAW), request_bytes(huge))
+
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    details = str(error.details())
+    assert details.startswith("field 'application_id': 'ééé")
+    kept, cut = details.removesuffix(" more characters)").rsplit("... (", 1)
+    assert len(kept.encode()) <= MAX_DETAILS_BYTES
+    assert len(kept) + int(cut) == len(f"field 'application_id': '{huge}' is not known")
 
 
 def test_a_long_lived_channel_with_keepalive_keeps_serving_calls_between_idle_spells(
