@@ -41,7 +41,7 @@ from google.protobuf.message import DecodeError
 from cobrand import wire_capture
 from cobrand.denials import Denial, DenialLog
 from cobrand.errors import CertificateError, CobrandError, InvalidRequest, PermissionDenied
-from cobrand.pki import PeerIdentity, Revocations, Role, identity_from_pem
+from cobrand.pki import PeerIdentity, Role, WatchedRevocations, identity_from_pem
 from cobrand.pki.identity import describe_subject
 
 __all__ = [
@@ -60,7 +60,6 @@ INCIDENT_METADATA_KEY = "cobrand-incident"
 MAX_DETAILS_BYTES = 2048
 """The longest error message (UTF-8) sent to a caller; longer ones are cut to fit gRPC's header
 limits."""
-_NONE_REVOKED = Revocations()
 _AUDITED = frozenset({grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED})
 
 Behavior = Callable[..., Any]
@@ -140,8 +139,8 @@ class Interceptor(_ServerInterceptor):
         None admits every authenticated caller to every method.
     authenticated : bool
         Whether the server requires client certificates (False only for insecure servers).
-    revocations : Revocations
-        Certificates refused although TLS accepted them.
+    revocations : WatchedRevocations, optional
+        Certificates refused although TLS accepted them; none without.
     denials : DenialLog, optional
         Where refusals are recorded durably.
     """
@@ -151,7 +150,7 @@ class Interceptor(_ServerInterceptor):
         allowed_roles: Mapping[str, frozenset[Role]] | None,
         *,
         authenticated: bool,
-        revocations: Revocations = _NONE_REVOKED,
+        revocations: WatchedRevocations | None = None,
         denials: DenialLog | None = None,
     ) -> None:
         self._allowed_roles = dict(allowed_roles) if allowed_roles is not None else None
@@ -198,8 +197,10 @@ class Interceptor(_ServerInterceptor):
         if not self._authenticated:
             return
         presented = _presented(context)
-        if presented is not None and self._revocations.is_revoked(
-            presented.issuer, presented.serial
+        if (
+            presented is not None
+            and self._revocations is not None
+            and self._revocations.is_revoked(presented.issuer, presented.serial)
         ):
             raise CertificateError(
                 f"certificate {presented.subject} (serial {presented.serial:x}) is revoked"

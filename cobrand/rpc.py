@@ -35,7 +35,13 @@ from google.protobuf.descriptor import ServiceDescriptor
 from cobrand.denials import DenialLog
 from cobrand.errors import ConfigError
 from cobrand.interceptor import INCIDENT_METADATA_KEY, REASON_METADATA_KEY, Interceptor, caller
-from cobrand.pki import Party, Role, load_revocations, load_tls_material, party_trust_bundle
+from cobrand.pki import (
+    Party,
+    Role,
+    WatchedRevocations,
+    load_tls_material,
+    party_trust_bundle,
+)
 from cobrand.settings import Section
 
 __all__ = [
@@ -79,7 +85,8 @@ class TlsFiles(Section):
     crl : Path, optional
         The revocation lists of the bundle's CAs, PEM, one after the other (the party's own
         ``ca.crl`` and the one the other party sent); a server refuses the certificates they
-        list. Checked against the bundle when loaded (`cobrand.pki.load_revocations`).
+        list. Checked against the bundle when loaded (`cobrand.pki.load_revocations`), and
+        read again when it changes (`cobrand.pki.WatchedRevocations`).
     """
 
     ca_bundle: Path
@@ -167,7 +174,7 @@ def create_server(
         interceptor = Interceptor(
             allowed_roles,
             authenticated=True,
-            revocations=load_revocations(tls.ca_bundle, tls.crl),
+            revocations=None if tls.crl is None else WatchedRevocations(tls.ca_bundle, tls.crl),
             denials=DenialLog(denial_log) if denial_log is not None else None,
         )
     server = grpc.server(
@@ -227,7 +234,7 @@ def create_channel(
         If a TLS file is missing, expired, mismatched or untrusted, or the bundle holds no
         CA of `server_party`.
     """
-    options = [*_message_options(max_message_bytes), *_CHANNEL_KEEPALIVE]
+    options = [*_message_options(max_message_bytes), *_CHANNEL_KEEPALIVE, *_CHANNEL_RECONNECT]
     tls = _tls_unless_insecure(tls, insecure, f"channel to {target}")
     if tls is None:
         _LOG.warning("INSECURE channel to %s: no TLS, the server is not authenticated", target)
@@ -266,6 +273,12 @@ _CHANNEL_KEEPALIVE: Final = (
     # Idle channels too: the gateway's channel to the partner may sit idle between calls.
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+)
+# A peer that comes back is reconnected to within about a second: gRPC's default backoff grows
+# to 120 s, so a partner restarted after a minute's outage would go unused for minutes.
+_CHANNEL_RECONNECT: Final = (
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 1000),
 )
 _SERVER_KEEPALIVE: Final = (
     ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),

@@ -36,7 +36,14 @@ from cobrand.pki.material import (
     load_tls_material,
     party_trust_bundle,
 )
-from cobrand.pki.revocation import CA_CRL, Revocations, issued_serial, load_revocations, revoke
+from cobrand.pki.revocation import (
+    CA_CRL,
+    Revocations,
+    WatchedRevocations,
+    issued_serial,
+    load_revocations,
+    revoke,
+)
 
 __all__ = [
     "CA_CERT",
@@ -52,6 +59,7 @@ __all__ = [
     "Revocations",
     "Role",
     "TlsMaterial",
+    "WatchedRevocations",
     "ca_party",
     "describe_certificate",
     "fingerprint",

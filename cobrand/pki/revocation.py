@@ -4,19 +4,28 @@
 and rewritten whole (atomically) with every serial revoked so far. A party sends its ``ca.crl``
 to the other party as it sent its ``ca.crt``; each process names, in its TLS settings (``crl``),
 one PEM file holding the CRLs of its trust bundle's CAs (concatenate them: its own and the
-peer's). ``load_revocations`` reads that file once at start: every CRL must be signed by a CA
-of the trust bundle, or the process stops with a `ConfigError` naming the file. The server
+peer's). ``load_revocations`` reads that file: every CRL must be signed by a CA of the trust
+bundle, or the process stops at start with a `ConfigError` naming the file. The server
 interceptor (``cobrand.interceptor``) refuses a call whose certificate is listed.
+
+A running server picks a new file up without restarting: `WatchedRevocations` looks at the
+file at most every ``RECHECK_S`` seconds and reads it again when it changed. A new file that
+does not read or check is logged and the previous lists stay in force: a botched copy never
+un-revokes a certificate.
 
 A CRL's ``nextUpdate`` is set to its CA's expiry: the list is issued when something is revoked,
 not on a schedule, so it never goes stale on its own; a newer list replaces it when it is
-re-issued. A process picks a new list up when it restarts.
+re-issued.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,14 +35,26 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from cobrand.durable import write_atomically
-from cobrand.errors import ConfigError
+from cobrand.errors import CertificateError, ConfigError
 from cobrand.pki.authority import CA_CERT, load_ca
 from cobrand.pki.identity import describe_subject
 from cobrand.pki.material import read_certificates, utcnow
 
-__all__ = ["CA_CRL", "Revocations", "issued_serial", "load_revocations", "revoke"]
+__all__ = [
+    "CA_CRL",
+    "RECHECK_S",
+    "Revocations",
+    "WatchedRevocations",
+    "issued_serial",
+    "load_revocations",
+    "revoke",
+]
+
+_LOG = logging.getLogger(__name__)
 
 CA_CRL = "ca.crl"
+RECHECK_S = 10.0
+"""How often, at most, a server looks whether its CRL file changed."""
 _PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----\r?\n.+?\r?\n-----END X509 CRL-----", re.DOTALL)
 
 
@@ -47,6 +68,80 @@ class Revocations:
         """Whether the certificate `serial` issued by `issuer` is revoked."""
         # Hashing a Name costs microseconds; most servers revoke nothing.
         return bool(self.revoked) and (issuer, serial) in self.revoked
+
+
+class WatchedRevocations:
+    """The revocations of a CRL file, read again when the file changes; thread-safe.
+
+    Parameters
+    ----------
+    trust_bundle : Path
+        The bundle each CRL is checked against (`load_revocations`).
+    crl_file : Path
+    recheck_s : float, optional
+        How often, at most, the file's modification time, size and inode are looked at;
+        ``RECHECK_S`` by default.
+    clock : callable
+        Monotonic seconds; tests drive their own.
+
+    Raises
+    ------
+    ConfigError, CertificateError
+        As `load_revocations`, at construction: a server does not start with a bad file.
+    """
+
+    def __init__(
+        self,
+        trust_bundle: Path,
+        crl_file: Path,
+        *,
+        recheck_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._bundle = trust_bundle
+        self._file = crl_file
+        self._recheck_s = RECHECK_S if recheck_s is None else recheck_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._seen = _file_state(crl_file)
+        self._current = load_revocations(trust_bundle, crl_file)
+        self._next_look = clock() + self._recheck_s
+
+    def is_revoked(self, issuer: x509.Name, serial: int) -> bool:
+        """Whether the certificate `serial` issued by `issuer` is revoked now."""
+        if self._clock() >= self._next_look:
+            self._look_again()
+        return self._current.is_revoked(issuer, serial)
+
+    def _look_again(self) -> None:
+        with self._lock:
+            now = self._clock()
+            if now < self._next_look:
+                return  # another call looked meanwhile
+            self._next_look = now + self._recheck_s
+            state = _file_state(self._file)
+            if state == self._seen:
+                return
+            self._seen = state
+            try:
+                self._current = load_revocations(self._bundle, self._file)
+            except (ConfigError, CertificateError) as err:
+                _LOG.error("[Revocation] %s; the lists read before stay in force", err)
+                return
+        _LOG.info(
+            "[Revocation] %s read again: %d certificates revoked",
+            self._file,
+            len(self._current.revoked),
+        )
+
+
+def _file_state(path: Path) -> tuple[int, int, int] | None:
+    """What tells a rewritten file from the one read before (an atomic rewrite is a new inode)."""
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_mtime_ns, found.st_size, found.st_ino
 
 
 def issued_serial(ca_dir: Path, certificate: Path) -> int:

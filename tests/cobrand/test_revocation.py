@@ -1,5 +1,6 @@
 """Revoking certificates: each party's CA signs its CRL, servers load the CRLs of their trust
-bundle's CAs and refuse a revoked certificate (UNAUTHENTICATED, audited), over real servers.
+bundle's CAs, read them again when they change, and refuse a revoked certificate
+(UNAUTHENTICATED, audited), over real servers.
 And channels that expect a server of one party refuse the other party's."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typer.testing import CliRunner
 from cobrand import pki
 from cobrand.commands.pki import app as pki_app
 from cobrand.errors import ConfigError
-from cobrand.pki import Party, Role
+from cobrand.pki import Party, Role, revocation
 from cobrand.rpc import TlsFiles, create_channel, create_server
 from tests.cobrand.guarded_server import RAW, guarded_server, method, reason, request_bytes
 
@@ -153,6 +154,63 @@ def test_an_expired_client_certificate_is_refused(parties: Pki, tmp_path: Path) 
         channel.unary_unary(method("Unary"), **RAW)(request_bytes("a"), timeout=TIMEOUT)
     # Refused in the TLS handshake, before any call reaches the interceptor.
     assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_certificate_revoked_while_the_server_runs_is_refused_from_the_next_look(
+    parties: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(revocation, "RECHECK_S", 0.0)  # look at the file on every call
+    server = parties.leaf(Party.BANK, Role.GATEWAY, "gw1", "127.0.0.1")
+    app = parties.leaf(Party.BANK, Role.APP, "app1")
+    ca_dir = parties.ca_dir(Party.BANK)
+    crl = pki.revoke(ca_dir, 12345)
+    with guarded_server(server.model_copy(update={"crl": crl})) as port:
+        assert _call(port, app) == request_bytes("a-1")
+
+        pki.revoke(ca_dir, _serial(app))
+
+        assert _refusal(port, app).code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_changed_crl_file_is_read_again_only_after_the_recheck_interval(parties: Pki) -> None:
+    ca_dir = parties.ca_dir(Party.BANK)
+    crl = pki.revoke(ca_dir, 0xA1)
+    clock = _Clock()
+    watched = pki.WatchedRevocations(ca_dir / pki.TRUST_BUNDLE, crl, recheck_s=10.0, clock=clock)
+    issuer = x509.load_pem_x509_certificate((ca_dir / pki.CA_CERT).read_bytes()).subject
+
+    pki.revoke(ca_dir, 0xB2)
+    clock.now = 9.0
+    assert watched.is_revoked(issuer, 0xA1)
+    assert not watched.is_revoked(issuer, 0xB2)
+
+    clock.now = 10.0
+    assert watched.is_revoked(issuer, 0xB2)
+
+
+def test_a_crl_file_replaced_by_a_bad_one_leaves_the_previous_revocations_in_force(
+    parties: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    ca_dir = parties.ca_dir(Party.BANK)
+    crl = pki.revoke(ca_dir, 0xA1)
+    clock = _Clock()
+    watched = pki.WatchedRevocations(ca_dir / pki.TRUST_BUNDLE, crl, recheck_s=1.0, clock=clock)
+    issuer = x509.load_pem_x509_certificate((ca_dir / pki.CA_CERT).read_bytes()).subject
+
+    crl.write_text("half a copied file")
+    clock.now = 5.0
+
+    assert watched.is_revoked(issuer, 0xA1)
+    assert f"CRL file {crl} holds no PEM CRL" in caplog.text
+    assert "the lists read before stay in force" in caplog.text
 
 
 def test_revoking_again_keeps_every_serial_revoked_before(parties: Pki) -> None:
