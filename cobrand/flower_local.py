@@ -40,6 +40,7 @@ from cobrand.flower_sites import (
     superlink_site_command,
     supernode_command,
     toml_string,
+    write_runner_secret,
 )
 
 __all__ = ["CONNECTION", "LocalFederation"]
@@ -88,6 +89,7 @@ class LocalFederation:
         self.fleet_port = _free_port()
         self.control_port = _free_port()
         self._superlink_env = dict(superlink_env or {})
+        self.supernode_runtime_port: int | None = None
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
         self.startup_seconds: dict[str, float] = {}
 
@@ -133,7 +135,8 @@ class LocalFederation:
         timeout : float
         client_app_runner : sequence of str, optional
             A command executing the SuperNode's ClientApp tasks, given ``--supernode
-            127.0.0.1:PORT`` (its runtime API): the SuperNode then runs in process isolation and
+            127.0.0.1:PORT`` (its runtime API) and ``--auth-secret-file PATH`` (the secret the
+            SuperNode demands for a task): the SuperNode then runs in process isolation and
             loads no bundle's code itself. Without it the SuperNode runs each bundle's ClientApp.
 
         Returns
@@ -147,22 +150,30 @@ class LocalFederation:
         node_id = int(
             self.flwr("supernode", "register", str(key_file.with_suffix(".pub")))["node-id"]
         )
-        runtime_port = _free_port()
+        self.supernode_runtime_port = _free_port()
+        runner_secret = None
+        if client_app_runner is not None:
+            runner_secret = self.work / "clientapp-runner.secret"
+            write_runner_secret(runner_secret)
         self._spawn(
             "supernode",
             supernode_command(
                 f"{self.fleet_host}:{self.fleet_port}",
                 self.tls.ca_cert,
                 key_file,
-                runtime_port,
+                self.supernode_runtime_port,
                 node_config,
-                isolated=client_app_runner is not None,
+                runner_secret=runner_secret,
             ),
         )
         if client_app_runner is not None:
             self._spawn(
                 "clientapp-runner",
-                [*client_app_runner, "--supernode", f"{_LOOPBACK}:{runtime_port}"],
+                [
+                    *client_app_runner,
+                    *("--supernode", f"{_LOOPBACK}:{self.supernode_runtime_port}"),
+                    *("--auth-secret-file", str(runner_secret)),
+                ],
             )
         deadline = time.monotonic() + timeout
         while not self._node_online(node_id):

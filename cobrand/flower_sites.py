@@ -6,8 +6,9 @@ the tests run is what the sites run: the SuperLink with TLS, SuperNode authentic
 installing of app dependencies at run time, on loopback behind the Fleet-only front
 (`superlink_site_command`, `cobrand.fleet_front`); the SuperNode trusting the SuperLink's CA and
 authenticated by its own key, and, where its ClientApp is pinned, in process isolation so that it
-never runs the code of a bundle it received (``isolated=True``; the partner's own runner executes
-its tasks). Every Flower process gets the same offline environment (`flower_environment`):
+never runs the code of a bundle it received: the partner's own runner executes its tasks, and
+only it, as it holds the secret the SuperNode demands for taking one (`write_runner_secret`).
+Every Flower process gets the same offline environment (`flower_environment`):
 telemetry and the update check off, a local ``FLWR_HOME``.
 """
 
@@ -15,10 +16,13 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from cobrand.durable import write_new
 
 __all__ = [
     "SuperLinkTls",
@@ -28,6 +32,7 @@ __all__ = [
     "superlink_site_command",
     "supernode_command",
     "toml_string",
+    "write_runner_secret",
 ]
 
 
@@ -128,7 +133,7 @@ def supernode_command(
     port: int,
     node_config: Mapping[str, str],
     *,
-    isolated: bool = False,
+    runner_secret: Path | None = None,
 ) -> list[str]:
     """The partner's SuperNode, dialling `superlink` (host:port of its Fleet API).
 
@@ -144,10 +149,10 @@ def supernode_command(
         The SuperNode's own ClientAppIo port on loopback.
     node_config : mapping of str to str
         What the partner's ClientApp reads (``partner_node.flower_client``).
-    isolated : bool
-        ``--isolation process``: the SuperNode starts no ClientApp (so never loads a received
-        bundle's code); a runner of the partner's own dials its runtime API on loopback `port`
-        and executes each task.
+    runner_secret : Path, optional
+        Given, ``--isolation process``: the SuperNode starts no ClientApp (so never loads a
+        received bundle's code), and hands its tasks on its runtime API (loopback `port`) only
+        to a runner holding the secret in this file (Flower's SuperExec authentication).
     """
     config = " ".join(f"{key}={toml_string(value)}" for key, value in node_config.items())
     return [
@@ -162,5 +167,20 @@ def supernode_command(
         str(port),
         "--node-config",
         config,
-        *(["--isolation", "process"] if isolated else []),
+        *(
+            ["--isolation", "process", "--superexec-auth-secret-file", str(runner_secret)]
+            if runner_secret is not None
+            else []
+        ),
     ]
+
+
+def write_runner_secret(path: Path) -> bytes:
+    """A new secret shared by a SuperNode and its ClientApp runner, in `path` (mode 0600).
+
+    A secret of an earlier start at `path` is replaced: each start has its own.
+    """
+    secret = secrets.token_bytes(32)
+    path.unlink(missing_ok=True)
+    write_new(path, secret, mode=0o600)
+    return secret

@@ -25,7 +25,7 @@ from cobrand.commands.exits import cli_errors
 from cobrand.commands.progress import ProgressBars
 from cobrand.durable import write_atomically
 from cobrand.errors import ConfigError
-from cobrand.flower_sites import flower_environment, supernode_command
+from cobrand.flower_sites import flower_environment, supernode_command, write_runner_secret
 from cobrand.settings import load_settings
 from partner_node.config import PartnerNodeConfig
 from partner_node.server import PartnerNode
@@ -118,11 +118,20 @@ def supernode(
                 "key": settings.tls.key,
             }
         )
+        flwr_home = Path(os.environ["FLWR_HOME"])
+        flwr_home.mkdir(parents=True, exist_ok=True)
+        secret_file = flwr_home / "clientapp-runner.secret"
+        secret = write_runner_secret(secret_file)
         command = supernode_command(
-            superlink, root_certificates, auth_key, port, hand_off.node_config(), isolated=True
+            superlink,
+            root_certificates,
+            auth_key,
+            port,
+            hand_off.node_config(),
+            runner_secret=secret_file,
         )
         run_supernode_with_runner(
-            command, flower_environment(Path(os.environ["FLWR_HOME"])), f"{_LOOPBACK}:{port}"
+            command, flower_environment(flwr_home), f"{_LOOPBACK}:{port}", secret
         )
 
 

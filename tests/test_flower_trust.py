@@ -81,15 +81,17 @@ def trust(tmp_path_factory: pytest.TempPathFactory, throwaway_pki: ThrowAwayPki)
         node.stop(grace=None)
 
 
-def _post(address: str, path: str, ca_cert: Path) -> int:
-    """The HTTP status of an empty protobuf POST to `path` at `address`, over verified TLS."""
-    request = urllib.request.Request(
-        f"https://{address}{path}",
+def _post(address: str, path: str, ca_cert: Path | None) -> int:
+    """The HTTP status of an empty protobuf POST to `path` at `address`, over TLS verified with
+    `ca_cert` (plain HTTP without)."""
+    scheme = "http" if ca_cert is None else "https"
+    request = urllib.request.Request(  # noqa: S310 -- http(s) only, an address built here
+        f"{scheme}://{address}{path}",
         data=b"",
         headers={"content-type": "application/protobuf"},
         method="POST",
     )
-    context = ssl.create_default_context(cafile=str(ca_cert))
+    context = None if ca_cert is None else ssl.create_default_context(cafile=str(ca_cert))
     try:
         with urllib.request.urlopen(request, context=context, timeout=10) as reply:  # noqa: S310
             status: int = reply.status
@@ -161,6 +163,16 @@ def test_the_partner_facing_address_serves_the_fleet_api_and_refuses_control_and
     # The SuperLink itself listens on loopback only, not on the partner-facing address.
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((PARTNER_FACING, trust.federation.control_port), timeout=5)
+
+
+def test_the_partners_supernode_hands_its_tasks_to_no_process_without_the_runners_secret(
+    trust: Trust,
+) -> None:
+    runtime = f"127.0.0.1:{trust.federation.supernode_runtime_port}"
+
+    taken = _post(runtime, "/v1/runtime/acquire-task", None)
+
+    assert taken == 401
 
 
 def test_the_flwr_cli_pointed_at_the_partner_facing_address_cannot_list_or_start_runs(

@@ -16,10 +16,12 @@ names that ClientApp (`PINNED_CLIENT_APP`); a bundle naming another is answered 
 ``INVALID_FAB`` error and nothing of it runs. Running every task in this one long-lived process
 also spares Flower's new ClientApp process per message (about 1.8 s each).
 
-``cobrand partner supernode`` runs the SuperNode and this runner together
-(`run_supernode_with_runner`); ``python -m partner_node.flower_client.runner --supernode
-127.0.0.1:PORT`` runs the runner alone, beside a SuperNode started otherwise
-(`cobrand.flower_local.LocalFederation`).
+The SuperNode hands a task only to a runner signing its request with the secret both were
+started with (Flower's SuperExec authentication), so no other process on the partner's host can
+take the bank's messages from it. ``cobrand partner supernode`` runs the SuperNode and this
+runner together (`run_supernode_with_runner`); ``python -m partner_node.flower_client.runner
+--supernode 127.0.0.1:PORT --auth-secret-file PATH`` runs the runner alone, beside a SuperNode
+started otherwise (`cobrand.flower_local.LocalFederation`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import signal
 import subprocess
 import threading
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Annotated, Any, Final
 
 import httpx
@@ -43,6 +46,7 @@ from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_htt
 from flwr.supercore.interceptors import (
     RuntimeTokenHttpInterceptor,
     RuntimeVersionHttpInterceptor,
+    SuperExecAuthHttpInterceptor,
 )
 from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
@@ -62,16 +66,22 @@ PINNED_CLIENT_APP: Final = "partner_node.flower_client.client_app:app"
 """The one ClientApp a bundle may name (``[tool.flwr.app.components] clientapp``)."""
 
 _POLL_S: Final = 0.1
+# The SuperNode's method that hands out a task: signed with the secret it shares with the runner.
+_ACQUIRE_TASK: Final = "/flwr.proto.Runtime/AcquireTask"
 _STOP_GRACE_S: Final = 10.0
 
 
-def serve_tasks(supernode: str, stop: threading.Event, app: ClientApp | None = None) -> None:
+def serve_tasks(
+    supernode: str, secret: bytes, stop: threading.Event, app: ClientApp | None = None
+) -> None:
     """Run the SuperNode's ClientApp tasks with `app` until `stop` is set.
 
     Parameters
     ----------
     supernode : str
         ``host:port`` of the SuperNode's runtime API (loopback, plain HTTP: Flower's default).
+    secret : bytes
+        The secret the SuperNode was started with (``--superexec-auth-secret-file``).
     stop : threading.Event
     app : ClientApp, optional
         Default: the partner's installed ClientApp.
@@ -80,7 +90,10 @@ def serve_tasks(supernode: str, stop: threading.Event, app: ClientApp | None = N
         server_address=supernode,
         insecure=True,
         root_certificates=None,
-        interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
+        interceptors=[
+            RuntimeVersionHttpInterceptor(component_name="SuperExec"),
+            SuperExecAuthHttpInterceptor(master_secret=secret, protected_methods={_ACQUIRE_TASK}),
+        ],
     )
     try:
         while not stop.is_set():
@@ -167,7 +180,7 @@ def _answer(app: ClientApp, message: Message, context: Context) -> Message:
 
 
 def run_supernode_with_runner(
-    supernode_command: Sequence[str], env: Mapping[str, str], runtime_address: str
+    supernode_command: Sequence[str], env: Mapping[str, str], runtime_address: str, secret: bytes
 ) -> None:
     """Run the SuperNode (process isolation) and this runner for its tasks until either stops.
 
@@ -177,10 +190,13 @@ def run_supernode_with_runner(
     Parameters
     ----------
     supernode_command : sequence of str
-        ``flower-supernode ... --isolation process`` (`cobrand.flower_sites.supernode_command`).
+        ``flower-supernode ... --isolation process`` (`cobrand.flower_sites.supernode_command`
+        with a ``runner_secret``).
     env : mapping of str to str
     runtime_address : str
         ``127.0.0.1:PORT``, the SuperNode's runtime API (its ``--port``).
+    secret : bytes
+        The secret in the SuperNode's ``--superexec-auth-secret-file``.
     """
     stop = _stop_on_signals()
     supernode = subprocess.Popen(list(supernode_command), env=dict(env))  # noqa: S603
@@ -191,7 +207,7 @@ def run_supernode_with_runner(
 
     threading.Thread(target=stop_when_supernode_exits, daemon=True).start()
     try:
-        serve_tasks(runtime_address, stop)
+        serve_tasks(runtime_address, secret, stop)
     finally:
         if supernode.poll() is None:
             supernode.terminate()
@@ -213,10 +229,13 @@ def main(
     supernode: Annotated[
         str, typer.Option(help="host:port of the SuperNode's runtime API (loopback).")
     ],
+    auth_secret_file: Annotated[
+        Path, typer.Option(help="The secret file the SuperNode was started with.")
+    ],
 ) -> None:
     """Run the partner's ClientApp for its SuperNode's tasks until SIGTERM or SIGINT."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    serve_tasks(supernode, _stop_on_signals())
+    serve_tasks(supernode, auth_secret_file.read_bytes(), _stop_on_signals())
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ def _run(monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[Any, list[str], d
     executed: list[tuple[list[str], dict[str, str]]] = []
     monkeypatch.setattr(
         "partner_node.flower_client.runner.run_supernode_with_runner",
-        lambda argv, env, runtime: executed.append(([*argv, "--runner", runtime], dict(env))),
+        lambda argv, env, runtime, _: executed.append(([*argv, "--runner", runtime], dict(env))),
     )
     result = CliRunner().invoke(app, ["partner", "supernode", *args])
     argv, env = executed[0] if executed else ([], {})
@@ -68,6 +69,10 @@ def test_the_isolated_supernode_tells_its_clientapp_to_reach_this_node_with_its_
     # It starts no ClientApp of a bundle's: its tasks go to the partner's runner on loopback.
     assert argv[argv.index("--isolation") + 1] == "process"
     assert argv[argv.index("--runner") + 1] == f"127.0.0.1:{argv[argv.index('--port') + 1]}"
+    # Only the runner holds the secret the SuperNode demands for a task.
+    secret = Path(argv[argv.index("--superexec-auth-secret-file") + 1])
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert len(secret.read_bytes()) == 32
     assert _node_config(argv) == {
         "partner-node": "127.0.0.1:7443",
         "ca-bundle": str(tls.ca_bundle),
