@@ -8,7 +8,9 @@ So `PartnerClient.embedding` never raises for the partner's sake; it returns a `
 - A `CircuitBreaker` per gateway process stops calling a partner that keeps failing: after
   ``failures`` consecutive failures it opens for ``cool_down_s`` (every call ``UNAVAILABLE``
   at once, costing the application nothing), then lets one trial call through (half-open):
-  its success closes the breaker, its failure opens it again.
+  its success closes the breaker, its failure opens it again. A partner whose connection
+  dropped is reconnected to at once and, once it has loaded the versions in use again, its
+  breaker is closed without waiting for the cool-down (`gateway.partner_reconnect`).
 - A reply is used only if it is for the version asked (a gateway never combines two versions'
   embeddings), has the version's embedding width and holds finite values; anything else
   counts as a failure of the partner.
@@ -34,6 +36,7 @@ from cobrand.errors import ConfigError, Unavailable
 from cobrand.psi import JOIN_KEY_BYTES
 from cobrand.v1 import consented_lookup_pb2, embedding_pb2, embedding_pb2_grpc
 from gateway.audit_record import PartnerSliceStatus
+from gateway.partner_reconnect import Reconnector
 
 __all__ = [
     "BreakerState",
@@ -45,6 +48,9 @@ __all__ = [
 ]
 
 _LOG = logging.getLogger(__name__)
+
+# Time for a partner that has just come back to load a version (it loads on first use).
+_REWARM_TIMEOUT_S = 10.0
 
 
 class BreakerState(enum.Enum):
@@ -158,6 +164,9 @@ class PartnerClient:
         self._stub: Any = embedding_pb2_grpc.PartnerEmbeddingServiceStub(channel)  # type: ignore[no-untyped-call]
         self._deadline_s = deadline_s
         self.breaker = breaker
+        # The versions asked for, which a restarted partner is made to load before use.
+        self._versions: set[str] = set()
+        self._reconnector = Reconnector(channel, self._rewarm, breaker.succeeded)
 
     def embedding(
         self, request_id: str, model_version: str, join_key: bytes, width: int
@@ -182,6 +191,7 @@ class PartnerClient:
             ``UNAVAILABLE`` otherwise (unreachable, an error, an unusable reply, or the breaker
             open).
         """
+        self._versions.add(model_version)
         request = embedding_pb2.GetEmbeddingRequest(
             request_id=request_id, model_version=model_version, join_key=join_key
         )
@@ -243,12 +253,18 @@ class PartnerClient:
             return PartnerSlice(PartnerSliceStatus.UNKNOWN_APPLICANT)
         return PartnerSlice(PartnerSliceStatus.USED, found)
 
-    def warm_up(self, model_version: str, timeout_s: float) -> None:
+    def warm_up(self, model_version: str, timeout_s: float) -> bool:
         """Have the partner load `model_version` now, so the first applications need not wait.
 
         The partner loads a version on its first lookup; this one asks for a key no alignment
         holds (all zeros) with a deadline long enough for the load. A failure is only logged.
+
+        Returns
+        -------
+        bool
+            Whether the partner answered.
         """
+        self._versions.add(model_version)
         request = embedding_pb2.GetEmbeddingRequest(
             request_id="warm-up", model_version=model_version, join_key=bytes(JOIN_KEY_BYTES)
         )
@@ -259,6 +275,12 @@ class PartnerClient:
             _LOG.warning(
                 "[PartnerClient] warming model version %s up failed: %s", model_version, code
             )
+            return False
+        return True
+
+    def _rewarm(self) -> bool:
+        """Warm every version asked for up again (at a partner that has just come back)."""
+        return all([self.warm_up(version, _REWARM_TIMEOUT_S) for version in sorted(self._versions)])
 
     def describe(self, model_version: str, timeout_s: float) -> tuple[str, bytes]:
         """The version the partner answers for and its manifest digest (for `verify_peer`).
