@@ -56,6 +56,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from bank_node.config import BankNodeConfig
 from bank_node.model_registry import load_bank_version
+from cobrand.denials import GATEWAY_DENIAL_LOG
 from cobrand.errors import CobrandError, FailedPrecondition
 from cobrand.model_store import ModelStore
 from cobrand.party_files import load_own_table
@@ -269,6 +270,7 @@ def start_gateway(settings: GatewaySettings) -> Gateway:
                 settings.tls,
                 insecure=settings.insecure,
                 server_name=settings.partner.server_name,
+                server_party=Party.PARTNER,
             )
         )
         breaker = settings.partner.breaker
@@ -306,6 +308,7 @@ def start_gateway(settings: GatewaySettings) -> Gateway:
             settings.tls,
             insecure=settings.insecure,
             allowed_roles={**SCORING_ROLES, **OPERATIONS_ROLES},
+            denial_log=settings.denial_log or bank.data_dir / GATEWAY_DENIAL_LOG,
             max_message_bytes=settings.max_message_bytes,
             max_workers=settings.max_workers,
         )

@@ -9,6 +9,7 @@ gateway the embeddings of its published model versions (PartnerEmbeddingService,
 ``gateway``), at most ``embedding.unknown_key_lookups_per_minute`` of them per caller for keys
 outside the alignment (refusals audited in ``<data_dir>/probe_audit.jsonl``). Torch, the
 partner bottom and the aligned rows stay in this process from one round to the next.
+Every call refused to its caller's certificate is recorded in ``<data_dir>/denials.jsonl``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import grpc
 
 from cobrand.alignment_protocol import Progress
+from cobrand.denials import DENIAL_LOG
 from cobrand.party_files import load_own_table
 from cobrand.pki import Party
 from cobrand.rpc import create_server
@@ -94,6 +96,7 @@ def start_partner_node(config: PartnerNodeConfig, progress: Progress | None = No
         config.listen,
         config.tls,
         insecure=config.insecure,
+        denial_log=config.data_dir / DENIAL_LOG,
         allowed_roles={**ALIGNMENT_ROLES, **DATAPLANE_ROLES, **ROUNDS_ROLES, **EMBEDDING_ROLES},
     )
     server.start()
