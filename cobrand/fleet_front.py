@@ -195,8 +195,8 @@ def run_superlink_behind_front(
     Unavailable
         The SuperLink did not listen within a minute.
     """
-    # uvicorn re-raises the signal it stopped on once it has stopped: as SystemExit here, so
-    # the SuperLink is still stopped below (the default action would leave it running).
+    # uvicorn re-raises the signal it stopped on once it has stopped: here a SystemExit (a stop
+    # asked for), so the SuperLink is still stopped below; the default action would orphan it.
     signal.signal(signal.SIGTERM, _exit)
     output = log_file.open("ab") if log_file is not None else None
     try:
@@ -235,8 +235,8 @@ def run_superlink_behind_front(
         _stop(superlink)
 
 
-def _exit(signum: int, _frame: object) -> None:
-    sys.exit(128 + signum)
+def _exit(_signum: int, _frame: object) -> None:
+    sys.exit(0)
 
 
 def _wait_listening(process: subprocess.Popen[bytes], port: int, timeout: float = 60.0) -> None:

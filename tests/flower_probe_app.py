@@ -1,4 +1,5 @@
-"""A probe Flower app for the trust tests, shipped in the bundle as ``probe_app.py``.
+"""A probe Flower app for the trust tests, shipped in the bundle as ``probe_app.py``
+(`write_probe_app` writes a bundle directory around this file).
 
 Its ServerApp sends the partner's SuperNode one ``query.status`` message (the hand-off's
 GetStatus for run ``probe``) and writes what came back to the run config's ``result-file``: the
@@ -9,6 +10,7 @@ bank could ship in a bundle: if it ever ran at the partner it would write ``cana
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -17,9 +19,10 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from cobrand.flower_rounds import REQUEST, RESPONSE, STATUS_MESSAGE, payload, with_payload
+from cobrand.flower_sites import toml_string
 from cobrand.v1 import rounds_pb2
 
-__all__ = ["hostile", "server"]
+__all__ = ["hostile", "server", "write_probe_app"]
 
 _NODE_WAIT_S = 60.0
 
@@ -55,3 +58,29 @@ def _first_node(grid: Grid) -> int:
             raise TimeoutError("no SuperNode connected")
         time.sleep(0.2)
     return nodes[0]
+
+
+def write_probe_app(directory: Path, client_app: str) -> Path:
+    """A bundle directory whose ServerApp probes the partner and which names `client_app`."""
+    directory.mkdir()
+    shutil.copy(__file__, directory / "probe_app.py")
+    (directory / "pyproject.toml").write_text(
+        "[build-system]\n"
+        'requires = ["hatchling"]\n'
+        'build-backend = "hatchling.build"\n\n'
+        "[project]\n"
+        f"name = {toml_string(directory.name)}\n"
+        'version = "1.0.0"\n'
+        'dependencies = ["flwr==1.41.0"]\n\n'
+        "[tool.flwr.app]\n"
+        'publisher = "cobrand-tests"\n'
+        'fab-include = ["probe_app.py"]\n\n'
+        "[tool.flwr.app.components]\n"
+        'serverapp = "probe_app:server"\n'
+        f"clientapp = {toml_string(client_app)}\n\n"
+        "[tool.flwr.app.config]\n"
+        'result-file = ""\n'
+        'canary-file = ""\n',
+        encoding="utf-8",
+    )
+    return directory

@@ -12,10 +12,8 @@ test_client_app_reach.py``).
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import ssl
-import subprocess
 import sys
 import time
 import urllib.error
@@ -27,18 +25,19 @@ from pathlib import Path
 import pytest
 
 from cobrand import pki
-from cobrand.flower_local import CONNECTION, LocalFederation
-from cobrand.flower_sites import SuperLinkTls, flower_environment, flower_program, toml_string
+from cobrand.flower_local import LocalFederation
+from cobrand.flower_sites import SuperLinkTls
 from partner_node.flower_client.client_app import HandOffSettings
 from partner_node.flower_client.runner import PINNED_CLIENT_APP
 from partner_node.server import start_partner_node
 from tests.conftest import ThrowAwayPki
+from tests.flower_probe_app import write_probe_app
+from tests.flwr_cli import FlwrCli
 from tests.training_sites import write_training_sites
 
 pytestmark = pytest.mark.slow
 
 PARTNER_FACING = "127.0.0.2"
-PROBE_SOURCE = Path(__file__).with_name("flower_probe_app.py")
 RUN_TIMEOUT_S = 60.0
 
 
@@ -100,35 +99,9 @@ def _post(address: str, path: str, ca_cert: Path | None) -> int:
     return status
 
 
-def _probe_app(directory: Path, client_app: str) -> Path:
-    """A bundle directory whose ServerApp probes the partner and which names `client_app`."""
-    directory.mkdir()
-    shutil.copy(PROBE_SOURCE, directory / "probe_app.py")
-    (directory / "pyproject.toml").write_text(
-        "[build-system]\n"
-        'requires = ["hatchling"]\n'
-        'build-backend = "hatchling.build"\n\n'
-        "[project]\n"
-        f"name = {toml_string(directory.name)}\n"
-        'version = "1.0.0"\n'
-        'dependencies = ["flwr==1.41.0"]\n\n'
-        "[tool.flwr.app]\n"
-        'publisher = "cobrand-tests"\n'
-        'fab-include = ["probe_app.py"]\n\n'
-        "[tool.flwr.app.components]\n"
-        'serverapp = "probe_app:server"\n'
-        f"clientapp = {toml_string(client_app)}\n\n"
-        "[tool.flwr.app.config]\n"
-        'result-file = ""\n'
-        'canary-file = ""\n',
-        encoding="utf-8",
-    )
-    return directory
-
-
 def _run_probe(trust: Trust, name: str, client_app: str) -> tuple[dict[str, object], Path]:
     """Run a probe bundle naming `client_app`; what its ServerApp got back, and the canary path."""
-    app = _probe_app(trust.work / name, client_app)
+    app = write_probe_app(trust.work / name, client_app)
     result, canary = trust.work / f"{name}.json", trust.work / f"{name}.canary"
     run_id = trust.federation.run(app, {"result-file": str(result), "canary-file": str(canary)})
     status = trust.federation.wait_finished(run_id, RUN_TIMEOUT_S)
@@ -179,27 +152,12 @@ def test_the_flwr_cli_pointed_at_the_partner_facing_address_cannot_list_or_start
     trust: Trust,
 ) -> None:
     # The partner's view: a connection to the address it dials, trusting the bank's CA.
-    home = trust.work / "partner-flwr-home"
-    home.mkdir()
-    (home / "config.toml").write_text(
-        f"[superlink]\ndefault = {toml_string(CONNECTION)}\n\n[superlink.{CONNECTION}]\n"
-        f"address = {toml_string(f'{PARTNER_FACING}:{trust.federation.fleet_port}')}\n"
-        f"root-certificates = {toml_string(str(trust.ca_cert))}\n",
-        encoding="utf-8",
+    flwr = FlwrCli(
+        trust.work / "partner-flwr-home",
+        f"{PARTNER_FACING}:{trust.federation.fleet_port}",
+        trust.ca_cert,
     )
-    app = _probe_app(trust.work / "partner-run", PINNED_CLIENT_APP)
-
-    def flwr(*args: str) -> dict[str, object]:
-        done = subprocess.run(
-            [flower_program("flwr"), *args, CONNECTION, "--format", "json"],
-            env=flower_environment(home),
-            cwd=trust.work,
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-        answer: dict[str, object] = json.loads(done.stdout)
-        return answer
+    app = write_probe_app(trust.work / "partner-run", PINNED_CLIENT_APP)
 
     runs_before = trust.federation.flwr("ls")["runs"]
     listed, started = flwr("ls"), flwr("run", str(app))
