@@ -1,8 +1,10 @@
 """The partner's ClientApp: relays ``query.status``, ``train.round`` and ``train.publish`` to
 partner_node.
 
-Flower starts this in a new process for every message (``notes/flower-1.41.md``), so it holds
-no state and loads nothing heavy: it opens a mutual-TLS channel to the partner's own node with
+At the partner's site it runs in the partner's ClientApp runner (`partner_node.flower_client.
+runner`, imported from the partner's installation, never from the bundle); a stock SuperNode
+would start it in a new process for every message (``notes/flower-1.41.md``). Either way it
+holds no state and loads nothing heavy: it opens a mutual-TLS channel to the partner's own node with
 the partner's ClientApp certificate (role ``partner``, the only role PartnerRounds admits),
 hands over the message's request bytes (``cobrand.flower_rounds``) and returns the node's reply
 bytes. The node decodes, checks and acts; a refusal comes back as a Flower error naming the
