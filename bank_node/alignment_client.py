@@ -137,7 +137,11 @@ def align_with_partner(
     )
     partner = config.partner
     with create_channel(
-        partner.address, config.tls, insecure=config.insecure, server_name=partner.server_name
+        partner.address,
+        config.tls,
+        insecure=config.insecure,
+        server_name=partner.server_name,
+        server_party=Party.PARTNER,
     ) as channel:
         client = AlignmentClient(channel, partner.call_timeout_s, partner.stream_timeout_s)
         return run_alignment(federation, table.ids, client, config.data_dir, config.psi, progress)

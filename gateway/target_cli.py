@@ -92,6 +92,7 @@ def run(
                 settings.tls,
                 insecure=settings.insecure,
                 server_name=partner.server_name,
+                server_party=Party.PARTNER,
             ) as channel,
             ProgressBars() as bars,
         ):
