@@ -28,22 +28,25 @@ def test_an_open_breaker_closes_once_the_restarted_partner_is_connected_and_warm
     port = node.port
     # A cool-down far past the test: only the reconnection can close the breaker in time.
     breaker = CircuitBreaker(failures=1, cool_down_s=600.0)
-    with create_channel(f"127.0.0.1:{port}", throwaway_pki.tls("gateway")) as channel:
+    channel = create_channel(f"127.0.0.1:{port}", throwaway_pki.tls("gateway"))
+    try:
         client = PartnerClient(channel, 5.0, breaker)
         before = client.embedding("before", version_id, key, PARTNER_WIDTH)
         node.stop(grace=None)
         down = client.embedding("down", version_id, key, PARTNER_WIDTH)
         opened = breaker.state
         node = start_partner_node(config.model_copy(update={"listen": f"127.0.0.1:{port}"}))
-        try:
-            restarted_at = time.monotonic()
-            while breaker.state is not BreakerState.CLOSED:
-                assert time.monotonic() - restarted_at < BACK_WITHIN_S, "breaker still open"
-                time.sleep(0.02)
-            back_after_s = time.monotonic() - restarted_at
-            after = client.embedding("after", version_id, key, PARTNER_WIDTH)
-        finally:
-            node.stop(grace=None)
+        restarted_at = time.monotonic()
+        while breaker.state is not BreakerState.CLOSED:
+            assert time.monotonic() - restarted_at < BACK_WITHIN_S, "breaker still open"
+            time.sleep(0.02)
+        back_after_s = time.monotonic() - restarted_at
+        after = client.embedding("after", version_id, key, PARTNER_WIDTH)
+    finally:
+        # The channel first: closed while a reconnection is pending, gRPC's connectivity
+        # thread would trip over it.
+        channel.close()
+        node.stop(grace=None)
 
     assert before.status is PartnerSliceStatus.USED
     assert down.status is PartnerSliceStatus.UNAVAILABLE
