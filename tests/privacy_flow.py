@@ -1,0 +1,186 @@
+"""Test helper (no tests): the whole co-brand flow on a small planted set, every process capturing
+its wire traffic.
+
+As ``cobrand demo`` runs it: both parties set up on loopback with their own CAs, the partner
+node as its own process (`local_sites`); alignment by ECDH-PSI (`align_sites`); one federated
+training run through Flower and the data plane, ending with the model published at both sides
+(`train_aligned`); the bank's gateway serving that version in this process and deciding an
+aligned customer's and a bank-only customer's applications (both consenting to a partner
+lookup); and ``cobrand target`` ranking the aligned base through the partner's bulk embeddings.
+``COBRAND_WIRE_CAPTURE_DIR`` is set for all of it, so this process and every child (the partner
+node, the SuperLink, SuperNode, ServerApp and ClientApp processes) capture (`cobrand.wire_capture`).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy.typing as npt
+import pytest
+from typer.testing import CliRunner
+
+from bank_node.training_job import TrainingSection
+from cobrand import pki
+from cobrand.aligned_rows import aligned_table
+from cobrand.alignment_protocol import PsiSettings
+from cobrand.alignment_store import AlignmentStore
+from cobrand.cli import app
+from cobrand.commands.align import LocalSites, align_sites, local_sites, tls_files, write_settings
+from cobrand.commands.train import train_aligned
+from cobrand.party_files import load_own_table
+from cobrand.pki import Party
+from cobrand.rpc import create_channel
+from cobrand.settings import load_settings
+from cobrand.synth import SynthConfig, write_dataset
+from cobrand.tables import PartyTable
+from cobrand.v1 import scoring_pb2, scoring_pb2_grpc
+from cobrand.wire_capture import CAPTURE_DIR_ENV
+from gateway.audit_log import AuditSettings
+from gateway.pseudonyms import MIN_KEY_BYTES
+from gateway.server import start_gateway
+from gateway.settings import GatewaySettings, PartnerSettings
+from tests.gateway.synth_version import EXAMPLES
+from tests.privacy_canaries import Needles, plant_canaries
+
+__all__ = ["Flow", "run_flow"]
+
+_CUSTOMERS: Final = 400
+_SEED: Final = 5
+_LOOPBACK: Final = "127.0.0.1"
+# Small batches: several data-plane steps, each with its gradient, in the one round.
+_TRAINING: Final = {"rounds": 1, "batch_size": 32}
+# Generous: the machine is shared, and the aligned application must get its partner slice.
+_PARTNER_DEADLINE_MS: Final = 2000.0
+_CALL_TIMEOUT_S: Final = 10.0
+
+
+@dataclass(frozen=True)
+class Flow:
+    """What the flow left behind.
+
+    Attributes
+    ----------
+    capture : Path
+        The capture directory of every process.
+    needles : Needles
+        The planted canaries, label strings and identifiers to look for.
+    sites : LocalSites
+        Both parties' settings (their data directories hold the alignment).
+    aligned_labels : dict of str to numpy.ndarray
+        The bank's labels per task over the aligned customers, in alignment order (aligned
+        position i is row i).
+    partner_slices : tuple of str
+        The partner slice status of each application decided (aligned first).
+    """
+
+    capture: Path
+    needles: Needles
+    sites: LocalSites
+    aligned_labels: dict[str, npt.NDArray[Any]]
+    partner_slices: tuple[str, ...]
+
+
+def run_flow(directory: Path, monkeypatch: pytest.MonkeyPatch) -> Flow:
+    """Run the whole flow under `directory`, capturing into ``directory/capture``."""
+    capture = directory / "capture"
+    monkeypatch.setenv(CAPTURE_DIR_ENV, str(capture))
+    config = SynthConfig(customers=_CUSTOMERS, seed=_SEED, table_format="parquet")
+    files, tables = write_dataset(config, directory / "data")
+    needles = plant_canaries(files, tables)
+    with local_sites(files, directory / "work", PsiSettings(workers=0)) as sites:
+        outcome = align_sites(sites)
+        report = train_aligned(
+            sites, outcome.summary, TrainingSection.model_validate(_TRAINING), directory / "out"
+        )
+        settings = _gateway_settings(sites, report["model_version"])
+        slices = _score_applications(sites, settings)
+        _target(settings, directory / "campaign.csv")
+    with AlignmentStore(sites.bank.data_dir) as alignment:
+        labels = aligned_table(_bank_table(sites), alignment).labels
+    return Flow(capture, needles, sites, labels, slices)
+
+
+def _gateway_settings(sites: LocalSites, version_id: str) -> Path:
+    """The gateway's settings file, as ``cobrand demo`` writes it, with its own key and CA."""
+    work, bank_tls = sites.work, sites.bank.tls
+    assert bank_tls is not None
+    bank_ca = bank_tls.ca_bundle.parent
+    key_file = work / "pseudonym.key"
+    key_file.write_bytes(secrets.token_bytes(MIN_KEY_BYTES))
+    key_file.chmod(0o600)
+    return write_settings(
+        work / "gateway.yaml",
+        GatewaySettings(
+            listen=f"{_LOOPBACK}:0",
+            tls=tls_files(bank_ca, pki.issue(bank_ca, pki.Role.GATEWAY, "gateway", (_LOOPBACK,))),
+            bank=work / "bank.yaml",
+            model_version=version_id,
+            decision_config=EXAMPLES / "cobrand_synth.yaml",
+            pseudonym_key=key_file,
+            partner=PartnerSettings(
+                address=f"{_LOOPBACK}:{sites.partner_port}", deadline_ms=_PARTNER_DEADLINE_MS
+            ),
+            audit=AuditSettings(backend="sqlite", path=work / "audit.db"),
+        ),
+    )
+
+
+def _score_applications(sites: LocalSites, settings: Path) -> tuple[str, ...]:
+    """Decide an aligned and a bank-only customer's applications through the gateway; their
+    partner slice statuses."""
+    gateway = start_gateway(load_settings(GatewaySettings, settings))
+    try:
+        bank_tls = sites.bank.tls
+        assert bank_tls is not None
+        bank_ca = bank_tls.ca_bundle.parent
+        app_tls = tls_files(bank_ca, pki.issue(bank_ca, pki.Role.APP, "privacy-review-app"))
+        with create_channel(f"{_LOOPBACK}:{gateway.port}", app_tls) as channel:
+            stub: Any = scoring_pb2_grpc.ScoringGatewayStub(channel)  # type: ignore[no-untyped-call]
+            statuses = []
+            for number, identifier in enumerate(_aligned_and_bank_only(sites), start=1):
+                reply = stub.ScoreApplication(
+                    scoring_pb2.ScoreApplicationRequest(
+                        application_id=f"PRIVACY-{number}",
+                        channel=scoring_pb2.APPLICATION_CHANNEL_BANK,
+                        identifier_kind="mobile_cn",
+                        identifier=identifier,
+                        partner_lookup_consent=True,
+                    ),
+                    timeout=_CALL_TIMEOUT_S,
+                )
+                statuses.append(scoring_pb2.PartnerSliceStatus.Name(reply.slices.partner_status))
+    finally:
+        gateway.stop()
+    return tuple(statuses)
+
+
+def _aligned_and_bank_only(sites: LocalSites) -> tuple[str, str]:
+    """The bank's first customer in the alignment and its first outside it (canonical ids)."""
+    table = _bank_table(sites)
+    found: dict[bool, str] = {}
+    with AlignmentStore(sites.bank.data_dir) as alignment:
+        for canonical in map(str, table.ids):
+            found.setdefault(alignment.join_key(canonical) is not None, canonical)
+    return found[True], found[False]
+
+
+def _bank_table(sites: LocalSites) -> PartyTable:
+    _, table = load_own_table(
+        Party.BANK, sites.bank.federation, sites.bank.schema_file, sites.bank.table
+    )
+    return table
+
+
+def _target(settings: Path, output: Path) -> None:
+    """Run ``cobrand target`` over the aligned base."""
+    result = CliRunner().invoke(
+        app,
+        [
+            *("target", "--config", str(settings), "--task", "rights_package", "--top", "50"),
+            *("--output", str(output), "--batch-keys", "64"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
