@@ -17,6 +17,7 @@ A line looks like::
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import threading
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from cobrand.durable import fsync_path
+from cobrand.durable import append_line, fsync_path
 from cobrand.errors import ConfigError
 
 __all__ = ["DENIAL_LOG", "GATEWAY_DENIAL_LOG", "Denial", "DenialLog"]
@@ -102,7 +103,9 @@ class DenialLog:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             created = not path.exists()
-            os.close(self._open())
+            path.touch(mode=0o600)  # owner-only: the file names callers and their addresses
+            if not os.access(path, os.W_OK):
+                raise PermissionError(errno.EACCES, "permission denied")
             if created:
                 fsync_path(path.parent)
         except OSError as exc:
@@ -116,16 +119,6 @@ class DenialLog:
         OSError
             If the write or the flush fails (the caller is refused all the same).
         """
-        line = (denial.to_json() + "\n").encode("ascii")
         with self._lock:
             # Opened per record: denials are rare, and a rotated file is picked up at once.
-            descriptor = self._open()
-            try:
-                os.write(descriptor, line)
-                os.fsync(descriptor)
-            finally:
-                os.close(descriptor)
-
-    def _open(self) -> int:
-        # Owner-only: the file names callers and their addresses.
-        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            append_line(self.path, denial.to_json())

@@ -4,7 +4,8 @@ A file written to a temporary name, flushed and renamed over its final name surv
 only once its bytes and the directory entry of the rename are on disk: `fsync_path` flushes
 either (a directory is opened read-only, as POSIX allows for fsync), and `write_atomically` does
 the whole sequence for a small file. A secret is written by `write_new` instead: created with its
-permissions, never over an existing file.
+permissions, never over an existing file. Append-only audit trails (refused callers, probes)
+grow by `append_line`: one whole line, on disk before the refusal it records is answered.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from cobrand.errors import AlreadyExists
 
-__all__ = ["fsync_path", "write_atomically", "write_new"]
+__all__ = ["append_line", "fsync_path", "write_atomically", "write_new"]
 
 
 def fsync_path(path: Path) -> None:
@@ -64,3 +65,25 @@ def write_new(path: Path, data: bytes, *, mode: int) -> None:
         raise AlreadyExists(f"{path} already exists; refusing to overwrite it") from exc
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append `line` and a newline to `path`, on disk (with a new file's entry) when this returns.
+
+    The file is created owner-only: audit trails name callers. Concurrent writers of one file
+    must serialise their calls; one call writes its line with a single ``write`` in append mode.
+
+    Raises
+    ------
+    OSError
+        If the file cannot be opened, written or flushed.
+    """
+    created = not path.exists()
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(descriptor, (line + "\n").encode("utf-8"))
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    if created:
+        fsync_path(path.parent)

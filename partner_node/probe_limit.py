@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import grpc
 
+from cobrand.durable import append_line
 from cobrand.errors import CertificateError, ConfigError, ResourceExhausted
 from cobrand.pki.identity import URN_PREFIX
 from cobrand.rpc import caller
@@ -150,7 +150,4 @@ class ProbeLimiter:
             "caller_refusals": denials,
         }
         self.audit_file.parent.mkdir(parents=True, exist_ok=True)
-        with self.audit_file.open("a", encoding="utf-8") as out:
-            out.write(json.dumps(record, sort_keys=True) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
+        append_line(self.audit_file, json.dumps(record, sort_keys=True))

@@ -1,5 +1,5 @@
-"""Atomic, durable file replacement: old or new, whole, and no partial left behind; and new files
-created with their permissions (keys)."""
+"""Atomic, durable file replacement: old or new, whole, and no partial left behind; new files
+created with their permissions (keys); and lines appended durably to audit trails."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cobrand.durable import write_atomically, write_new
+from cobrand.durable import append_line, write_atomically, write_new
 from cobrand.errors import AlreadyExists
 
 
@@ -68,3 +68,12 @@ def test_a_new_file_never_overwrites_an_existing_one(tmp_path: Path) -> None:
         write_new(path, b"other", mode=0o600)
 
     assert path.read_bytes() == b"key in use"
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_appended_lines_follow_each_other_in_an_owner_only_file(tmp_path: Path) -> None:
+    path = tmp_path / "probes.jsonl"
+    append_line(path, '{"n": 1}')
+    append_line(path, '{"n": 2}')
+    assert path.read_text(encoding="utf-8") == '{"n": 1}\n{"n": 2}\n'
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
