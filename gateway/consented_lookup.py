@@ -14,10 +14,15 @@ its one deadline (the second call gets what the first left), and their failures 
 same slice statuses (`PartnerClient.guarded`): the partner's lookup limit (RESOURCE_EXHAUSTED)
 is an unknown applicant, scored bank-only. The consent reference is the application id, which
 both sides' records carry. Logs name a lookup by its request id, never the identifier or y.
+
+The partner builds its index of every user by lookup output on its first consented lookup
+(``partner_node.oprf_index``); `ConsentedLookupClient.warm_up` has it built when the gateway
+starts, as `PartnerClient.warm_up` has the version loaded.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -36,6 +41,8 @@ from gateway.partner_client import (
 )
 
 __all__ = ["ConsentedLookupClient"]
+
+_LOG = logging.getLogger(__name__)
 
 
 class ConsentedLookupClient:
@@ -114,3 +121,19 @@ class ConsentedLookupClient:
             return checked_embedding(reply, model_version, width)
 
         return partner.guarded(request_id, lookup)
+
+    def warm_up(self, model_version: str, timeout_s: float) -> None:
+        """Have the partner build its index of users now, so the first consenting applicants
+        need not wait: asks for an output no user has (all zeros), with a deadline long enough
+        for the build. A failure is only logged (the partner goes on building)."""
+        request = consented_lookup_pb2.GetConsentedEmbeddingRequest(
+            request_id="warm-up",
+            consent_reference="warm-up",
+            model_version=model_version,
+            oprf_output=bytes(oprf.OUTPUT_BYTES),
+        )
+        try:
+            self._stub.GetConsentedEmbedding(request, timeout=timeout_s)
+        except grpc.RpcError as err:
+            code = err.code() if isinstance(err, grpc.Call) else None
+            _LOG.warning("[ConsentedLookup] warming the partner's lookup index up failed: %s", code)

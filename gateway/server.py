@@ -13,7 +13,9 @@ At start, `start_gateway`
    partner load the version (`PartnerClient.warm_up`, `gateway.partner_check`); a partner that
    holds other files stops the start, while an unreachable one is only logged: the gateway
    serves from the bank's slice alone (``UNAVAILABLE``) and keeps asking in the background,
-   using the partner from the moment the check passes;
+   using the partner from the moment the check passes; consenting applicants outside the
+   alignment are looked up over the same channel (`gateway.consented_lookup`), whose index
+   at the partner a reachable partner is asked to build at once;
 4. opens the audit log and starts serving ScoringGateway (with Prometheus metrics,
    `gateway.metrics`, when ``metrics_listen`` is set), the standard gRPC health service
    (``grpc.health.v1.Health``: SERVING from the moment it serves, for the whole server and for
@@ -56,6 +58,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from bank_node.config import BankNodeConfig
 from bank_node.model_registry import load_bank_version
+from cobrand import oprf
 from cobrand.denials import GATEWAY_DENIAL_LOG
 from cobrand.errors import CobrandError, FailedPrecondition
 from cobrand.model_store import ModelStore
@@ -74,6 +77,7 @@ from gateway.applicants import ApplicantDirectory, JoinKeyIndex
 from gateway.application import stored_features_of
 from gateway.audit_log import AuditLog, open_audit_log
 from gateway.config import load_decision_config
+from gateway.consented_lookup import ConsentedLookupClient
 from gateway.metrics import GatewayMetrics, MeasuredScoringServicer, serve_metrics
 from gateway.partner_check import PartnerCheck
 from gateway.partner_client import CircuitBreaker, PartnerClient
@@ -284,7 +288,10 @@ def start_gateway(settings: GatewaySettings) -> Gateway:
             settings.partner.verify_timeout_s,
             settings.partner.verify_retry_s,
         )
-        if not partner.check():
+        consented = ConsentedLookupClient(channel, oprf.context_string(federation))
+        if partner.check():
+            consented.warm_up(version.manifest.version_id, settings.partner.verify_timeout_s)
+        else:
             partner.keep_checking()
         resources.callback(partner.stop)
         audit = resources.enter_context(open_audit_log(settings.audit))
@@ -295,6 +302,7 @@ def start_gateway(settings: GatewaySettings) -> Gateway:
             partner,
             audit,
             metrics=metrics,
+            consented_lookup=consented,
         )
         metrics_port = None
         if settings.metrics_listen is not None:

@@ -1,4 +1,4 @@
-"""Starting the partner node: load its table once, serve its four services over mutual TLS.
+"""Starting the partner node: load its table once, serve its services over mutual TLS.
 
 The node is long-lived; it loads the partner's table when it starts (a table that does not
 load stops it there, with the file, column and row named) and, until it is told to stop,
@@ -7,7 +7,9 @@ its Flower ClientApp hands over (PartnerRounds, role ``partner``) and streams th
 planned with the bank's trainer (TrainingDataPlane, role ``bank-trainer``), and gives the bank's
 gateway the embeddings of its published model versions (PartnerEmbeddingService, role
 ``gateway``), at most ``embedding.unknown_key_lookups_per_minute`` of them per caller for keys
-outside the alignment (refusals audited in ``<data_dir>/probe_audit.jsonl``). Torch, the
+outside the alignment (refusals audited in ``<data_dir>/probe_audit.jsonl``), and looks up
+applicants outside the alignment who consented, by oblivious PRF (ConsentedLookup, role
+``gateway``; its index of every user is built in the background on the first lookup). Torch, the
 partner bottom and the aligned rows stay in this process from one round to the next.
 Every call refused to its caller's certificate is recorded in ``<data_dir>/denials.jsonl``.
 """
@@ -30,6 +32,10 @@ from cobrand.rpc import create_server
 from cobrand.schema import load_party_schema
 from partner_node.alignment_service import ALIGNMENT_ROLES, alignment_service
 from partner_node.config import PartnerNodeConfig
+from partner_node.consented_lookup_service import (
+    CONSENTED_LOOKUP_ROLES,
+    consented_lookup_service,
+)
 from partner_node.dataplane_service import ALLOWED_ROLES as DATAPLANE_ROLES
 from partner_node.dataplane_service import DataPlaneService
 from partner_node.embedding_service import EMBEDDING_ROLES, embedding_service
@@ -92,12 +98,19 @@ def start_partner_node(config: PartnerNodeConfig, progress: Progress | None = No
             dataplane.adder(),
             rounds_service(runs),
             embedding_service(serving, probes),
+            consented_lookup_service(config, federation, schema.identifier.kind, table, serving),
         ],
         config.listen,
         config.tls,
         insecure=config.insecure,
         denial_log=config.data_dir / DENIAL_LOG,
-        allowed_roles={**ALIGNMENT_ROLES, **DATAPLANE_ROLES, **ROUNDS_ROLES, **EMBEDDING_ROLES},
+        allowed_roles={
+            **ALIGNMENT_ROLES,
+            **DATAPLANE_ROLES,
+            **ROUNDS_ROLES,
+            **EMBEDDING_ROLES,
+            **CONSENTED_LOOKUP_ROLES,
+        },
     )
     server.start()
     _LOG.info("[PartnerNode] serving %d identifiers on port %d", len(table), port)

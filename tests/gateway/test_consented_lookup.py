@@ -73,24 +73,8 @@ def node(
     throwaway_pki: ThrowAwayPki, sites: TrainingSites, version_id: str
 ) -> Iterator[PartnerNode]:
     started = start_partner_node(sites.partner_node_config(throwaway_pki.tls("partner")))
-    _build_index(throwaway_pki, started, version_id)
     yield started
     started.stop(grace=None)
-
-
-def _build_index(pki: ThrowAwayPki, node: PartnerNode, version_id: str) -> None:
-    """Have the node build its index (on its first lookup) before the tests' deadlines run."""
-    channel, stub = _lookup_stub(pki, node.port, "gateway")
-    with channel:
-        stub.GetConsentedEmbedding(
-            consented_lookup_pb2.GetConsentedEmbeddingRequest(
-                request_id="warm-up",
-                consent_reference="warm-up",
-                model_version=version_id,
-                oprf_output=bytes(oprf.OUTPUT_BYTES),
-            ),
-            timeout=60.0,
-        )
 
 
 @pytest.fixture(scope="module")
@@ -274,7 +258,6 @@ def limited_node(
         update={"consented_lookup": ConsentedLookupSettings(lookups_per_minute=LIMIT)}
     )
     started = start_partner_node(config)
-    _build_index(throwaway_pki, started, version_id)
     yield started
     started.stop(grace=None)
 
@@ -327,3 +310,13 @@ def test_past_the_partners_limit_the_lookup_is_refused_and_the_gateway_answers_b
             timeout=TIMEOUT,
         )
     assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_the_gateway_has_the_partner_build_its_index_when_it_starts(
+    gateway: Gateway, sites: TrainingSites, version_id: str
+) -> None:
+    warm_up = _partner_records(sites, "warm-up")
+
+    assert [c["call"] for c in warm_up][:1] == ["GetConsentedEmbedding"]
+    assert warm_up[0]["found"] is False
+    assert warm_up[0]["model_version"] == version_id
