@@ -74,7 +74,7 @@ class Needles:
 
     def add(self, kind: str, needles: Iterable[Needle]) -> None:
         """Add `needles` under `kind`."""
-        self.by_kind.setdefault(kind, []).extend(needles)
+        self.by_kind[kind] = [*self.by_kind.get(kind, []), *needles]
 
     def count(self, kind: str) -> int:
         """How many patterns of `kind` there are."""
