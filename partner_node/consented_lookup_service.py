@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import threading
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from typing import Final
 import grpc
 
 from cobrand import oprf
+from cobrand.durable import append_line
 from cobrand.errors import InvalidRequest
 from cobrand.federation import Federation
 from cobrand.pki import Role
@@ -93,13 +93,10 @@ class ConsentAudit:
             "consent_reference": consent,
             **facts,
         }
-        line = json.dumps(record, sort_keys=True) + "\n"
+        line = json.dumps(record, sort_keys=True)
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as out:
-                out.write(line)
-                out.flush()
-                os.fsync(out.fileno())
+            append_line(self.path, line)
 
 
 class ConsentedLookupServicer(consented_lookup_pb2_grpc.ConsentedLookupServicer):

@@ -32,7 +32,8 @@ import numpy as np
 import numpy.typing as npt
 
 from cobrand import oprf
-from cobrand.errors import ConfigError
+from cobrand.durable import fsync_path, write_new
+from cobrand.errors import AlreadyExists, ConfigError
 from partner_node.serving_models import BackgroundBuild
 
 __all__ = ["OPRF_KEY_FILE", "OprfIndex", "OprfIndexBuild", "build_index", "load_or_create_key"]
@@ -55,19 +56,17 @@ def load_or_create_key(path: Path) -> bytes:
     ConfigError
         Naming the file: unreadable, readable by group or others, or not a key.
     """
+    key = oprf.new_scalar()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+        write_new(path, key, mode=0o600)
+        # A key lost to a crash would change every user's output: on disk before it is used.
+        fsync_path(path)
+        fsync_path(path.parent)
+    except AlreadyExists:
         return _read_key(path)
     except OSError as err:
         raise ConfigError(f"{path}: cannot create the OPRF key: {err.strerror}") from err
-    key = oprf.new_scalar()
-    try:
-        os.write(descriptor, key)
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
     _LOG.info("[OprfIndex] made a new OPRF key in %s", path)
     return key
 
