@@ -120,7 +120,16 @@ class ConsentedLookupClient:
             )
             return checked_embedding(reply, model_version, width)
 
-        return partner.guarded(request_id, lookup)
+        found = partner.guarded(request_id, lookup)
+        # The bank's side of the partner's consent audit: the same request id and reference.
+        _LOG.info(
+            "[ConsentedLookup] request %s consent %r version %s: %s",
+            request_id,
+            consent_reference,
+            model_version,
+            found.status.value,
+        )
+        return found
 
     def warm_up(self, model_version: str, timeout_s: float) -> None:
         """Have the partner build its index of users now, so the first consenting applicants

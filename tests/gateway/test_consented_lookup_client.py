@@ -3,6 +3,7 @@ ConsentedLookup server on loopback, evaluating with a key of its own or answerin
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -85,15 +86,19 @@ def _lookup(channel: grpc.Channel, breaker: CircuitBreaker) -> PartnerSlice:
 
 
 def test_the_partner_sees_a_blinded_element_and_the_output_is_its_keys_prf_of_the_applicant(
-    stand_in: StandIn, channel: grpc.Channel
+    stand_in: StandIn, channel: grpc.Channel, caplog: pytest.LogCaptureFixture
 ) -> None:
-    found = _lookup(channel, CircuitBreaker(1, 30.0))
+    with caplog.at_level(logging.INFO, logger="gateway.consented_lookup"):
+        found = _lookup(channel, CircuitBreaker(1, 30.0))
 
     assert found.status is PartnerSliceStatus.USED
     assert found.embedding is not None
     assert found.embedding.tolist() == [0.5] * WIDTH
     assert stand_in.outputs == [oprf.evaluate_directly(stand_in.key, X, CONTEXT)]
     assert stand_in.blinded[0] != oprf.hash_to_group(X, CONTEXT)
+    # Logged with its request id and consent reference, never the identifier.
+    assert "request r-1 consent 'APP-1' version v1: used" in caplog.text
+    assert "13800138000" not in caplog.text
     # A second lookup of the same applicant sends another blinded element, the same output.
     _lookup(channel, CircuitBreaker(1, 30.0))
     assert stand_in.blinded[0] != stand_in.blinded[1]
