@@ -302,6 +302,12 @@ def test_no_canary_label_or_identifier_crosses_and_every_message_is_allowed(
         f"{len(crossing)} messages crossed ({sum(len(s.message.data) for s in crossing):,} bytes); "
         f"patterns checked in each: {patterns}"
     )
+    people = Counter(n.what for n in needles.by_kind["identifier"])
+    bank, partner = (people[f"{party} canonical identifier"] for party in ("bank", "partner"))
+    print(
+        f"identifiers among them: {bank} bank and {partner} partner customers, "
+        f"{bank + partner - 2 * aligned} of them outside the intersection"
+    )
     print(
         f"off the allow-list: {len(refused)}; crossings (canary, label or identifier): "
         f"{len(crossings)}"
