@@ -336,6 +336,22 @@ def test_every_allowed_call_of_the_flow_was_captured_both_ways(seen: list[Seen])
 
 
 @pytest.mark.slow
+def test_flower_delivers_each_apps_messages_with_the_content_it_sent(seen: list[Seen]) -> None:
+    # What the partner's ClientApp got is what the bank's ServerApp sent, and the other way:
+    # Flower added nothing to the content on the way (its own metadata aside).
+    def contents(where: str, direction: str) -> list[bytes]:
+        return sorted(
+            FlowerMessage.FromString(s.message.data).content.SerializeToString(deterministic=True)
+            for s in seen
+            if s.where == where and s.message.direction == direction
+        )
+
+    assert contents("bank ServerApp", SENT) == contents("partner ClientApp", RECEIVED)
+    assert contents("partner ClientApp", SENT) == contents("bank ServerApp", RECEIVED)
+    assert contents("bank ServerApp", SENT)
+
+
+@pytest.mark.slow
 def test_a_planted_leak_and_a_message_off_the_allow_list_are_caught(
     flow: Flow, needles: Needles
 ) -> None:
