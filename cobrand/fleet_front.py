@@ -38,7 +38,7 @@ import uvicorn
 from fastapi.routing import APIRoute
 from flwr.superlink.routers.fleet.router import router as _flower_fleet_router
 
-from cobrand.errors import FailedPrecondition, Unavailable
+from cobrand.errors import ConfigError, FailedPrecondition, Unavailable
 from cobrand.flower_sites import SuperLinkTls, superlink_command
 
 __all__ = ["FLEET_PATHS", "FleetFront", "main", "run_superlink_behind_front"]
@@ -190,11 +190,17 @@ def run_superlink_behind_front(
 
     Raises
     ------
+    ConfigError
+        `fleet_port` and `control_port` are the same.
     FailedPrecondition
         The SuperLink exited before it listened.
     Unavailable
         The SuperLink did not listen within a minute.
     """
+    if fleet_port == control_port:
+        raise ConfigError(
+            f"the Fleet-only front's port and the SuperLink's own port are both {fleet_port}"
+        )
     # uvicorn re-raises the signal it stopped on once it has stopped: here a SystemExit (a stop
     # asked for), so the SuperLink is still stopped below; the default action would orphan it.
     signal.signal(signal.SIGTERM, _exit)

@@ -119,3 +119,20 @@ def test_a_mistaken_trainer_settings_file_is_refused_before_the_superlink_starts
     assert result.exit_code == 2
     assert "run_dir" in result.output
     assert argv == []
+
+
+def test_the_fleet_fronts_port_and_the_superlinks_own_port_must_differ(tmp_path: Path) -> None:
+    trainer = tmp_path / "trainer.yaml"
+    trainer.write_text(yaml.safe_dump({"bank": "bank.yaml", "runs_dir": "runs"}), encoding="utf-8")
+
+    result = CliRunner().invoke(
+        app,
+        [
+            *("bank", "superlink", "--trainer-config", str(trainer)),
+            *("--ca-cert", "/srv/ca.crt", "--cert", "/srv/sl.crt", "--key", "/srv/sl.key"),
+            *("--port", "9192", "--control-port", "9192"),
+        ],
+    )
+
+    assert result.exit_code == 2
+    assert "port and the SuperLink's own port are both 9192" in result.output
