@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from cobrand.alignment_store import AlignmentStore
 from partner_node.server import PartnerNode, start_partner_node
 from tests.conftest import ThrowAwayPki
 from tests.gateway.gateway_sites import Applicants, applicants_of, publish_both_sides
@@ -62,6 +63,14 @@ def version_id(sites: TrainingSites) -> str:
 def people(sites: TrainingSites) -> Applicants:
     """The set's aligned customers and the bank's customers outside the alignment."""
     return applicants_of(sites)
+
+
+@pytest.fixture(scope="package")
+def aligned_key(sites: TrainingSites) -> bytes:
+    """The join key of a customer in the alignment of `sites`."""
+    with AlignmentStore(sites.partner_data) as store:
+        keys, _ = next(store.members())
+    return bytes(keys[0].tobytes())
 
 
 @pytest.fixture(scope="package")

@@ -24,12 +24,16 @@ import grpc
 from google.protobuf.message import Message
 from hypothesis import strategies as st
 
+from cobrand.rpc import TlsFiles, create_channel
+
 __all__ = [
     "CALL_TIMEOUT_S",
+    "VERSION_LIKE",
     "Tally",
     "binary",
     "enum_numbers",
     "floats",
+    "hostile_channel",
     "mutated",
     "raw_bytes",
     "send_raw",
@@ -47,6 +51,16 @@ _HUGE: Final = (129, 1_025, 70_000, 300_000, 3_000_000)
 _TRACE: Final = re.compile(r"Traceback \(most recent call last\)|File \"/[^\"]+\", line \d+")
 
 OK: Final = grpc.StatusCode.OK
+# Above every server's limit (16 MiB at most), so the server's limit is what refuses.
+_CLIENT_MAX_BYTES: Final = 64 * 1024 * 1024
+
+VERSION_LIKE: Final = st.text("0123456789abcdef", min_size=16, max_size=16)
+"""Well-formed model version ids (16 lower-case hex digits), almost all unknown."""
+
+
+def hostile_channel(port: int, tls: TlsFiles) -> grpc.Channel:
+    """A mutual-TLS channel to a loopback server that sends messages of any size."""
+    return create_channel(f"127.0.0.1:{port}", tls, max_message_bytes=_CLIENT_MAX_BYTES)
 
 
 def texts() -> st.SearchStrategy[str]:

@@ -26,7 +26,7 @@ from bank_node.psi_initiator import run_alignment
 from cobrand import psi
 from cobrand.alignment_protocol import PsiSettings
 from cobrand.alignment_store import AlignmentStore
-from cobrand.rpc import create_channel, create_server
+from cobrand.rpc import create_server
 from cobrand.v1 import alignment_pb2, alignment_pb2_grpc
 from partner_node.alignment_service import ALIGNMENT_ROLES, alignment_service
 from partner_node.psi_responder import PsiResponder
@@ -37,6 +37,7 @@ from tests.robustness.hostile import (
     CALL_TIMEOUT_S,
     Tally,
     binary,
+    hostile_channel,
     mutated,
     raw_bytes,
     send_raw,
@@ -66,7 +67,6 @@ _SAID: Final = {
     "sequence": ("chunk", "sequence"),
     "last": ("last", "chunk"),
 }
-_CLIENT_MAX_BYTES: Final = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -99,9 +99,7 @@ def partner(
 
 @pytest.fixture(scope="module")
 def channel(throwaway_pki: ThrowAwayPki, partner: Partner) -> Iterator[grpc.Channel]:
-    with create_channel(
-        f"127.0.0.1:{partner.port}", throwaway_pki.tls("bank"), max_message_bytes=_CLIENT_MAX_BYTES
-    ) as made:
+    with hostile_channel(partner.port, throwaway_pki.tls("bank")) as made:
         yield made
 
 

@@ -17,7 +17,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cobrand.federation import load_federation
-from cobrand.rpc import create_channel
 from cobrand.schema import load_party_schema
 from cobrand.v1 import scoring_pb2, scoring_pb2_grpc
 from gateway.server import Gateway, start_gateway
@@ -27,9 +26,11 @@ from tests.gateway.gateway_sites import Applicants, gateway_settings
 from tests.robustness.conftest import Figures
 from tests.robustness.hostile import (
     CALL_TIMEOUT_S,
+    VERSION_LIKE,
     Tally,
     enum_numbers,
     floats,
+    hostile_channel,
     mutated,
     raw_bytes,
     send_raw,
@@ -85,12 +86,8 @@ def gateway(
 
 @pytest.fixture(scope="module")
 def channels(throwaway_pki: ThrowAwayPki, gateway: Gateway) -> Iterator[dict[str, grpc.Channel]]:
-    # The client's own limit above the gateway's, so the gateway's limit is what refuses.
     made = {
-        holder: create_channel(
-            f"127.0.0.1:{gateway.port}", throwaway_pki.tls(holder), max_message_bytes=64 << 20
-        )
-        for holder in _CHANNEL_OF
+        holder: hostile_channel(gateway.port, throwaway_pki.tls(holder)) for holder in _CHANNEL_OF
     }
     yield made
     for channel in made.values():
@@ -131,7 +128,7 @@ def _applications(
             "fields": st.dictionaries(
                 st.one_of(st.sampled_from(feature_names), texts()), _field_values(), max_size=4
             ),
-            "model_version": st.text("0123456789abcdef", min_size=16, max_size=16) | texts(),
+            "model_version": VERSION_LIKE | texts(),
         },
     )
 

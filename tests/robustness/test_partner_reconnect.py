@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 
-from cobrand.alignment_store import AlignmentStore
 from cobrand.rpc import create_channel
 from gateway.audit_record import PartnerSliceStatus
 from gateway.partner_client import BreakerState, CircuitBreaker, PartnerClient
@@ -18,11 +17,8 @@ BACK_WITHIN_S = 5.0
 
 
 def test_an_open_breaker_closes_once_the_restarted_partner_is_connected_and_warmed(
-    throwaway_pki: ThrowAwayPki, sites: TrainingSites, version_id: str
+    throwaway_pki: ThrowAwayPki, sites: TrainingSites, version_id: str, aligned_key: bytes
 ) -> None:
-    with AlignmentStore(sites.partner_data) as store:
-        keys, _ = next(store.members())
-    key = bytes(keys[0].tobytes())
     config = sites.partner_node_config(throwaway_pki.tls("partner"))
     node = start_partner_node(config)
     port = node.port
@@ -31,9 +27,9 @@ def test_an_open_breaker_closes_once_the_restarted_partner_is_connected_and_warm
     channel = create_channel(f"127.0.0.1:{port}", throwaway_pki.tls("gateway"))
     try:
         client = PartnerClient(channel, 5.0, breaker)
-        before = client.embedding("before", version_id, key, PARTNER_WIDTH)
+        before = client.embedding("before", version_id, aligned_key, PARTNER_WIDTH)
         node.stop(grace=None)
-        down = client.embedding("down", version_id, key, PARTNER_WIDTH)
+        down = client.embedding("down", version_id, aligned_key, PARTNER_WIDTH)
         opened = breaker.state
         node = start_partner_node(config.model_copy(update={"listen": f"127.0.0.1:{port}"}))
         restarted_at = time.monotonic()
@@ -41,7 +37,7 @@ def test_an_open_breaker_closes_once_the_restarted_partner_is_connected_and_warm
             assert time.monotonic() - restarted_at < BACK_WITHIN_S, "breaker still open"
             time.sleep(0.02)
         back_after_s = time.monotonic() - restarted_at
-        after = client.embedding("after", version_id, key, PARTNER_WIDTH)
+        after = client.embedding("after", version_id, aligned_key, PARTNER_WIDTH)
     finally:
         # The channel first: closed while a reconnection is pending, gRPC's connectivity
         # thread would trip over it.

@@ -15,7 +15,6 @@ from typing import Any
 import grpc
 import pytest
 
-from cobrand.alignment_store import AlignmentStore
 from cobrand.errors import FailedPrecondition
 from cobrand.rpc import create_channel
 from cobrand.v1 import embedding_pb2, embedding_pb2_grpc
@@ -63,18 +62,16 @@ def test_a_partner_node_refuses_a_tampered_model_file_naming_it_and_serves_its_o
     version_id: str,
     tampered: str,
     partner_node: PartnerNode,
+    aligned_key: bytes,
 ) -> None:
     _flip_last_byte(sites.partner_data / "models" / tampered / "partner_bottom.pt")
-    with AlignmentStore(sites.partner_data) as store:
-        keys, _ = next(store.members())
-    key = bytes(keys[0].tobytes())
 
     with create_channel(f"127.0.0.1:{partner_node.port}", throwaway_pki.tls("gateway")) as channel:
         stub: Any = embedding_pb2_grpc.PartnerEmbeddingServiceStub(channel)  # type: ignore[no-untyped-call]
 
         def lookup(version: str) -> Any:
             request = embedding_pb2.GetEmbeddingRequest(
-                request_id="tamper-check", model_version=version, join_key=key
+                request_id="tamper-check", model_version=version, join_key=aligned_key
             )
             return stub.GetEmbedding(request, timeout=TIMEOUT)
 
