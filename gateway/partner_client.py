@@ -34,6 +34,7 @@ import numpy.typing as npt
 
 from cobrand.errors import ConfigError, Unavailable
 from cobrand.psi import JOIN_KEY_BYTES
+from cobrand.rpc import REASON_METADATA_KEY
 from cobrand.v1 import consented_lookup_pb2, embedding_pb2, embedding_pb2_grpc
 from gateway.audit_record import PartnerSliceStatus
 from gateway.partner_reconnect import Reconnector
@@ -237,7 +238,12 @@ class PartnerClient:
                     request_id,
                 )
                 return PartnerSlice(PartnerSliceStatus.UNKNOWN_APPLICANT)
-            self.breaker.failed()
+            if _refused_by_partner(err):
+                # A healthy partner refusing this one lookup (e.g. its consented-lookup index
+                # still building): no reason to stop asking it about everyone else.
+                self.breaker.succeeded()
+            else:
+                self.breaker.failed()
             _LOG.warning(
                 "[PartnerClient] request %s: the partner call failed: %s", request_id, code
             )
@@ -303,6 +309,18 @@ class PartnerClient:
                 f"the partner could not describe model version {model_version}: {detail}"
             ) from None
         return str(reply.model_version), bytes(reply.manifest_sha256)
+
+
+def _refused_by_partner(err: grpc.RpcError) -> bool:
+    """Whether the partner's own handler answered `err` (not transport, deadline or a crash).
+
+    Its interceptor marks every refusal with a reason (``cobrand.rpc.REASON_METADATA_KEY``);
+    a failure on the way, or an internal error at the partner, is not a reasoned refusal.
+    """
+    if not isinstance(err, grpc.Call):
+        return False
+    reasons = [v for k, v in err.trailing_metadata() or () if k == REASON_METADATA_KEY]
+    return bool(reasons) and reasons[0] != "INTERNAL"
 
 
 def checked_embedding(

@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from cobrand import oprf
+from cobrand.errors import Unavailable
 from cobrand.rpc import create_channel, create_server
 from cobrand.v1 import consented_lookup_pb2, consented_lookup_pb2_grpc, embedding_pb2
 from gateway.audit_record import PartnerSliceStatus
@@ -31,6 +32,7 @@ class StandIn(consented_lookup_pb2_grpc.ConsentedLookupServicer):
 
     key: bytes = field(default_factory=oprf.new_scalar)
     evaluated: bytes | None = None
+    evaluate_error: Exception | None = None
     evaluate_delay_s: float = 0.0
     embedding_delay_s: float = 0.0
     blinded: list[bytes] = field(default_factory=list)
@@ -41,6 +43,8 @@ class StandIn(consented_lookup_pb2_grpc.ConsentedLookupServicer):
     ) -> consented_lookup_pb2.BlindEvaluateResponse:
         time.sleep(self.evaluate_delay_s)
         self.blinded.append(request.blinded_element)
+        if self.evaluate_error is not None:
+            raise self.evaluate_error
         answer = self.evaluated or oprf.evaluate(self.key, request.blinded_element)
         return consented_lookup_pb2.BlindEvaluateResponse(
             request_id=request.request_id, evaluated_element=answer
@@ -135,3 +139,26 @@ def test_an_open_breaker_makes_no_call(stand_in: StandIn, channel: grpc.Channel)
 
     assert _lookup(channel, breaker).status is PartnerSliceStatus.UNAVAILABLE
     assert stand_in.blinded == []
+
+
+def test_a_partner_refusing_a_lookup_itself_keeps_the_breaker_closed(
+    stand_in: StandIn, channel: grpc.Channel
+) -> None:
+    # As while its index of every user is still building: the partner answers, promptly.
+    stand_in.evaluate_error = Unavailable("the consented lookup index is still loading")
+    breaker = CircuitBreaker(1, 30.0)
+
+    refused = _lookup(channel, breaker)
+
+    assert refused.status is PartnerSliceStatus.UNAVAILABLE
+    assert breaker.state is BreakerState.CLOSED
+
+
+def test_a_partner_failing_with_an_internal_error_opens_the_breaker(
+    stand_in: StandIn, channel: grpc.Channel
+) -> None:
+    stand_in.evaluate_error = RuntimeError("a bug at the partner")
+    breaker = CircuitBreaker(1, 30.0)
+
+    assert _lookup(channel, breaker).status is PartnerSliceStatus.UNAVAILABLE
+    assert breaker.state is BreakerState.OPEN
