@@ -53,6 +53,7 @@ bench: install
 	$(BIN)/python -m bench.training_time
 	$(BIN)/python -m bench.cached_embeddings
 	$(BIN)/python -m bench.embedding_lookup
+	$(BIN)/python -m bench.consented_lookup
 	$(BIN)/python -m bench.audit_log
 	$(BIN)/python -m bench.targeting
 	$(BIN)/python -m bench.scoring_path

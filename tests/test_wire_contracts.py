@@ -2,10 +2,18 @@
 
 from google.protobuf.descriptor import FileDescriptor
 
-from cobrand.v1 import alignment_pb2, embedding_pb2, rounds_pb2, scoring_pb2, training_pb2
+from cobrand.v1 import (
+    alignment_pb2,
+    consented_lookup_pb2,
+    embedding_pb2,
+    rounds_pb2,
+    scoring_pb2,
+    training_pb2,
+)
 
 CONTRACTS: list[FileDescriptor] = [
     alignment_pb2.DESCRIPTOR,
+    consented_lookup_pb2.DESCRIPTOR,
     embedding_pb2.DESCRIPTOR,
     rounds_pb2.DESCRIPTOR,
     scoring_pb2.DESCRIPTOR,
