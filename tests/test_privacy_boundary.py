@@ -220,7 +220,8 @@ def _flower_problems(entry: Seen, expected: str) -> list[str]:
 
 
 def _payload_problems(type_name: str, data: bytes) -> list[str]:
-    """Whether `data` holds fields its type does not declare (smuggled past the contract)."""
+    """What is wrong with `data` as a `type_name`: not one, or fields the type does not declare
+    (bytes smuggled past the contract)."""
     message = GetMessageClass(descriptor_pool.Default().FindMessageTypeByName(type_name))()
     try:
         message.ParseFromString(data)
@@ -368,12 +369,19 @@ def test_a_planted_leak_and_a_message_off_the_allow_list_are_caught(
         {RECORD: ConfigRecord({REQUEST: b""}), "extra": MetricRecord({"default_rate": 0.08})}
     )
     flower = FlowerMessage(content=recorddict_to_proto(with_metrics))
+    # Field 99 (length-delimited), which DescribeVersionResponse does not declare.
+    undeclared = b"\x9a\x06\x05hello"
 
     found = violations(
         [
             _partner_node_sent("/cobrand.v1.PartnerEmbeddingService/GetEmbedding", lookup),
             _partner_node_sent("/cobrand.v1.TrainingDataPlane/Exchange", labelled),
             _partner_node_sent("/cobrand.v1.ScoringGateway/ScoreApplication", lookup),
+            _partner_node_sent(
+                "/cobrand.v1.PartnerEmbeddingService/DescribeVersion",
+                embedding_pb2.DescribeVersionResponse(model_version="v1"),
+                undeclared,
+            ),
             place(
                 CapturedMessage(
                     "flwr-serverapp",
@@ -397,10 +405,12 @@ def test_a_planted_leak_and_a_message_off_the_allow_list_are_caught(
     assert "carries aligned risk labels [0:" in joined
     assert "ScoreApplication (cobrand.v1.GetEmbeddingResponse): not allowed here" in joined
     assert "train.round (flwr.proto.Message): array or metric records" in joined
+    assert "fields cobrand.v1.DescribeVersionResponse does not declare" in joined
 
 
-def _partner_node_sent(call: str, message: ProtoMessage) -> Seen:
-    """`message` as the partner node's capture would hold a response it sent on `call`."""
+def _partner_node_sent(call: str, message: ProtoMessage, smuggled: bytes = b"") -> Seen:
+    """`message` (followed by `smuggled` bytes) as the partner node's capture would hold a
+    response it sent on `call`."""
     captured = CapturedMessage(
         _PARTNER_PROCESS,
         1,
@@ -408,6 +418,6 @@ def _partner_node_sent(call: str, message: ProtoMessage) -> Seen:
         call,
         SENT,
         message.DESCRIPTOR.full_name,
-        message.SerializeToString(),
+        message.SerializeToString() + smuggled,
     )
     return place(captured, this_process=-1)
