@@ -20,7 +20,7 @@
 
 What the reply holds depends on the caller: the bank's application flow gets everything; the
 partner's channel the decision, the limit band and the packages (`gateway.scoring.partner_view`),
-never the score, probability, reasons or limit amount. Errors reach callers through
+never the score, probability, reasons, policy rules or limit amount. Errors reach callers through
 ``cobrand.rpc`` as a status and a message, never a stack trace.
 """
 
@@ -367,6 +367,8 @@ def _reply(
     reply.risk.score_band = result.score_band
     for reason in result.reasons:
         reply.risk.reasons.add(code=reason.code, text=reason.text, points=reason.points)
+    for hit in result.rule_hits:
+        reply.risk.policy_rules.add(code=hit.code, text=hit.text, outcome=_DECISIONS[hit.outcome])
     _add_packages(reply, result.packages)
     if result.instalment is not None:
         reply.instalment.propensity = result.instalment.propensity

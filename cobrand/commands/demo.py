@@ -206,7 +206,8 @@ class _Applications:
         )
         status = scoring_pb2.PartnerSliceStatus.Name(reply.slices.partner_status)
         typer.echo(
-            f"      reasons {' '.join(r.code for r in risk.reasons) or 'none'}; slices bank"
+            f"      reasons {' '.join(r.code for r in risk.reasons) or 'none'}, policy rules "
+            f"{' '.join(r.code for r in risk.policy_rules) or 'none'}; slices bank"
             f"{' + partner' if reply.slices.partner else ' only'}, partner slice "
             f"{status.removeprefix('PARTNER_SLICE_STATUS_')}; request {reply.request_id}"
         )

@@ -342,6 +342,29 @@ def test_the_partners_channel_sees_the_decision_limit_band_and_packages_only(
     assert recorded.result.reasons, "the bank's reasons are recorded, just not shown"
 
 
+def test_the_bank_sees_the_hard_rules_an_application_triggered_and_the_partner_does_not(
+    bank_app: Any, partner_app: Any, people: Applicants
+) -> None:
+    # H01 (under 18) declines whatever the model says; the example configuration's rule.
+    under_age = bank_app.ScoreApplication(
+        request("APP-minor-1", people.bank_only[1], age=17), timeout=TIMEOUT
+    )
+    adult = bank_app.ScoreApplication(
+        request("APP-adult-1", people.bank_only[2], age=40), timeout=TIMEOUT
+    )
+    seen_by_partner = partner_app.ScoreApplication(
+        request("APP-minor-2", people.bank_only[3], channel=PARTNER, age=17), timeout=TIMEOUT
+    )
+
+    assert under_age.decision == scoring_pb2.DECISION_DECLINE
+    rules = [(r.code, r.outcome) for r in under_age.risk.policy_rules]
+    assert rules == [("H01", scoring_pb2.DECISION_DECLINE)]
+    assert under_age.risk.policy_rules[0].text == "The applicant is under 18"
+    assert "H01" not in [r.code for r in adult.risk.policy_rules]
+    assert seen_by_partner.decision == scoring_pb2.DECISION_DECLINE
+    assert not seen_by_partner.HasField("risk")
+
+
 @pytest.mark.parametrize(
     ("holder", "channel"),
     [("partner-app", BANK), ("app", PARTNER), ("gateway", BANK)],
