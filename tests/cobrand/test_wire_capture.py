@@ -123,6 +123,6 @@ def test_a_flower_handler_captures_the_message_it_gets_and_the_reply_it_returns(
         (wire_capture.FLOWER_CLIENT_APP, "train.round", direction, "flwr.proto.Message")
         for direction in (wire_capture.RECEIVED, wire_capture.SENT)
     ]
-    decoded = message_from_proto(ProtoMessage.FromString(got.data))
-    assert decoded.content.config_records["q"]["question"] == b"six times seven"
-    assert b"42" in replied.data
+    question, answer = (message_from_proto(ProtoMessage.FromString(m.data)) for m in (got, replied))
+    assert question.content.config_records["q"]["question"] == b"six times seven"
+    assert answer.content.config_records["r"]["answer"] == b"42"
