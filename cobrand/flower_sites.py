@@ -25,6 +25,7 @@ from pathlib import Path
 from cobrand.durable import write_new
 
 __all__ = [
+    "PARTNER_CLIENT_APP_RUNNER",
     "SuperLinkTls",
     "flower_environment",
     "flower_program",
@@ -34,6 +35,10 @@ __all__ = [
     "toml_string",
     "write_runner_secret",
 ]
+
+
+PARTNER_CLIENT_APP_RUNNER = (sys.executable, "-m", "partner_node.flower_client.runner")
+"""The partner's own ClientApp runner (a module path: this package imports no party's code)."""
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from bank_node.run_journal import read_journal
 from bank_node.trainer_config import TRAINER_CONFIG_ENV, TrainerConfig
 from cobrand.cli import app
 from cobrand.flower_local import LocalFederation
-from cobrand.flower_sites import SuperLinkTls
+from cobrand.flower_sites import PARTNER_CLIENT_APP_RUNNER, SuperLinkTls
 from cobrand.model_store import ModelStore
 from cobrand.rounds_serde import status_from_proto
 from cobrand.rpc import create_channel
@@ -129,7 +129,8 @@ def sites(tmp_path_factory: pytest.TempPathFactory, throwaway_pki: ThrowAwayPki)
                 "ca-bundle": str(partner_app.ca_bundle),
                 "cert": str(partner_app.cert),
                 "key": str(partner_app.key),
-            }
+            },
+            client_app_runner=PARTNER_CLIENT_APP_RUNNER,
         )
         yield Sites(
             federation,

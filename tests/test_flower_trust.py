@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import socket
 import ssl
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -26,7 +25,7 @@ import pytest
 
 from cobrand import pki
 from cobrand.flower_local import LocalFederation
-from cobrand.flower_sites import SuperLinkTls
+from cobrand.flower_sites import PARTNER_CLIENT_APP_RUNNER, SuperLinkTls
 from partner_node.flower_client.client_app import HandOffSettings
 from partner_node.flower_client.runner import PINNED_CLIENT_APP
 from partner_node.server import start_partner_node
@@ -72,7 +71,7 @@ def trust(tmp_path_factory: pytest.TempPathFactory, throwaway_pki: ThrowAwayPki)
         federation.start_superlink()
         federation.start_supernode(
             hand_off.node_config(),
-            client_app_runner=[sys.executable, "-m", "partner_node.flower_client.runner"],
+            client_app_runner=PARTNER_CLIENT_APP_RUNNER,
         )
         yield Trust(federation, work, tls.ca_cert)
     finally:

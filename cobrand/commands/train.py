@@ -49,7 +49,7 @@ from cobrand.commands.exits import cli_errors
 from cobrand.commands.progress import ProgressBars
 from cobrand.errors import FailedPrecondition
 from cobrand.flower_local import LocalFederation
-from cobrand.flower_sites import SuperLinkTls
+from cobrand.flower_sites import PARTNER_CLIENT_APP_RUNNER, SuperLinkTls
 from cobrand.rpc import TlsFiles
 
 __all__ = ["run", "train_aligned", "train_locally"]
@@ -148,7 +148,10 @@ def train_aligned(
         superlink_env={TRAINER_CONFIG_ENV: str(trainer_settings)},
     ) as federation:
         federation.start_superlink()
-        federation.start_supernode(_node_config(sites.partner_port, partner_tls))
+        federation.start_supernode(
+            _node_config(sites.partner_port, partner_tls),
+            client_app_runner=PARTNER_CLIENT_APP_RUNNER,
+        )
         run_id = federation.run(_APP, training.run_config)
         _follow(federation, run_id, work / "runs", training.rounds, progress)
     return write_run_reports(work / "runs", str(run_id), alignment, out)
