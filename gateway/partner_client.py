@@ -50,7 +50,7 @@ __all__ = [
 
 _LOG = logging.getLogger(__name__)
 
-# Time for a partner that has just come back to load a version (it loads on first use).
+# Time for a partner to come back and load a version (it loads on first use).
 _REWARM_TIMEOUT_S = 10.0
 
 
@@ -259,11 +259,15 @@ class PartnerClient:
             return PartnerSlice(PartnerSliceStatus.UNKNOWN_APPLICANT)
         return PartnerSlice(PartnerSliceStatus.USED, found)
 
-    def warm_up(self, model_version: str, timeout_s: float) -> bool:
+    def warm_up(
+        self, model_version: str, timeout_s: float, *, wait_for_ready: bool = False
+    ) -> bool:
         """Have the partner load `model_version` now, so the first applications need not wait.
 
         The partner loads a version on its first lookup; this one asks for a key no alignment
         holds (all zeros) with a deadline long enough for the load. A failure is only logged.
+        With `wait_for_ready`, the call waits (within its deadline) for a connection to the
+        partner instead of failing at once while there is none.
 
         Returns
         -------
@@ -275,7 +279,7 @@ class PartnerClient:
             request_id="warm-up", model_version=model_version, join_key=bytes(JOIN_KEY_BYTES)
         )
         try:
-            self._stub.GetEmbedding(request, timeout=timeout_s)
+            self._stub.GetEmbedding(request, timeout=timeout_s, wait_for_ready=wait_for_ready)
         except grpc.RpcError as err:
             code = err.code() if isinstance(err, grpc.Call) else None
             _LOG.warning(
@@ -285,8 +289,11 @@ class PartnerClient:
         return True
 
     def _rewarm(self) -> bool:
-        """Warm every version asked for up again (at a partner that has just come back)."""
-        return all([self.warm_up(version, _REWARM_TIMEOUT_S) for version in sorted(self._versions)])
+        """Once reconnected, warm every version asked for up again; False with none asked, as
+        nothing then shows the partner is back."""
+        versions = sorted(self._versions)
+        warmed = [self.warm_up(v, _REWARM_TIMEOUT_S, wait_for_ready=True) for v in versions]
+        return bool(warmed) and all(warmed)
 
     def describe(self, model_version: str, timeout_s: float) -> tuple[str, bytes]:
         """The version the partner answers for and its manifest digest (for `verify_peer`).

@@ -8,10 +8,11 @@ the breaker for another cool-down. So a partner restarted under load would go un
 more cool-downs.
 
 `Reconnector` watches the channel instead. Once it has been connected and the connection drops,
-it asks gRPC to reconnect right away (retrying with the channel's capped backoff, see
-``cobrand.rpc``), and once connected again it runs `rewarm` (have the partner load the versions
-in use, under a deadline long enough for the load) on a thread of its own; if that succeeds the
-partner is back, and `on_back` is called (the partner client closes its breaker).
+it runs `rewarm` on a thread of its own: a call that waits for the channel to be ready (so gRPC
+reconnects at once, retrying with the channel's capped backoff, see ``cobrand.rpc``) and has
+the partner load the versions in use, under a deadline long enough for the load. If that
+succeeds the partner is back, and `on_back` is called (the partner client closes its breaker);
+if the partner is still away, the channel's next change of state starts another attempt.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class Reconnector:
     channel : grpc.Channel
         To the partner; watched for as long as it is open.
     rewarm : callable
-        Has the partner load what the gateway uses; True when it did.
+        Waits for the channel to be ready and has the partner load what the gateway uses;
+        True when it did. Raises ValueError once the channel is closed (as gRPC does).
     on_back : callable
         Called once the partner is connected and rewarmed.
     """
@@ -45,7 +47,6 @@ class Reconnector:
     def __init__(
         self, channel: grpc.Channel, rewarm: Callable[[], bool], on_back: Callable[[], None]
     ) -> None:
-        self._channel = channel
         self._rewarm = rewarm
         self._on_back = on_back
         self._lock = threading.Lock()
@@ -62,20 +63,16 @@ class Reconnector:
             if state not in _DROPPED or not self._connected_once or self._reconnecting:
                 return
             self._reconnecting = True
-        _LOG.warning("[PartnerReconnect] the connection to the partner dropped: reconnecting")
-        # A future that asks for a connection and resolves once the channel is ready.
-        grpc.channel_ready_future(self._channel).add_done_callback(self._on_ready)
-
-    def _on_ready(self, future: grpc.Future[None]) -> None:
-        if future.cancelled() or future.exception() is not None:
-            return  # the channel closed: the gateway is stopping
         threading.Thread(target=self._back, name="partner-reconnect", daemon=True).start()
 
     def _back(self) -> None:
+        _LOG.warning("[PartnerReconnect] the connection to the partner dropped: reconnecting")
         try:
             if self._rewarm():
                 _LOG.info("[PartnerReconnect] the partner is connected again and warmed up")
                 self._on_back()
+        except ValueError:
+            pass  # gRPC refuses calls on a closed channel: the gateway is stopping
         finally:
             with self._lock:
                 self._reconnecting = False
