@@ -3,7 +3,8 @@
 `serving` runs a command as a child process until it writes the port it serves on; `interleaved`
 times two kinds of call made in turn by one client, `concurrent` many clients (threads) calling
 back to back for a while; `CpuMeter` reads the CPU time processes spent meanwhile (Linux,
-``/proc``), so a figure comes with what each process paid for it.
+``/proc``; a process's workers counted with it, `with_children`), so a figure comes with what
+each process paid for it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Call", "CpuMeter", "Sample", "Served", "concurrent", "interleaved", "serving"]
+__all__ = [
+    "Call",
+    "CpuMeter",
+    "Sample",
+    "Served",
+    "concurrent",
+    "interleaved",
+    "serving",
+    "with_children",
+]
 
 _START_TIMEOUT_S = 600.0
 _STOP_TIMEOUT_S = 30.0
@@ -90,18 +100,39 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class CpuMeter:
-    """CPU time the named processes spend from the meter's creation on, per call."""
+def with_children(pid: int) -> tuple[int, ...]:
+    """Process `pid` and its child processes now (a gateway and its workers)."""
+    children = (
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    )
+    return (pid, *children)
 
-    def __init__(self, pids: dict[str, int], names: tuple[str, ...]) -> None:
+
+class CpuMeter:
+    """CPU time the named processes spend from the meter's creation on, per call.
+
+    Parameters
+    ----------
+    pids : dict of str to tuple of int
+        The processes of each name (one, or a process and its workers: their sum is counted).
+    names : tuple of str
+        The names to meter.
+    """
+
+    def __init__(self, pids: dict[str, tuple[int, ...]], names: tuple[str, ...]) -> None:
         self._pids = {name: pids[name] for name in names}
-        self._before = {name: _cpu_seconds(pid) for name, pid in self._pids.items()}
+        self._before = {name: self._seconds(name) for name in names}
+
+    def _seconds(self, name: str) -> float:
+        return sum(_cpu_seconds(pid) for pid in self._pids[name])
 
     def per_call(self, calls: int) -> str:
         """Each process's CPU milliseconds per call, for `calls` calls since the start."""
         spent = (
-            f"{name} {(_cpu_seconds(pid) - self._before[name]) * 1e3 / calls:.2f}"
-            for name, pid in self._pids.items()
+            f"{name} {(self._seconds(name) - before) * 1e3 / calls:.2f}"
+            for name, before in self._before.items()
         )
         return "CPU ms per call: " + ", ".join(spent)
 

@@ -55,7 +55,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.closed_loop import Call, CpuMeter, Sample, concurrent, interleaved, serving
+from bench.closed_loop import (
+    Call,
+    CpuMeter,
+    Sample,
+    concurrent,
+    interleaved,
+    serving,
+    with_children,
+)
 from bench.echo_chain import ECHO_METHOD
 from cobrand.commands.align import write_settings
 from cobrand.pki import Party, Role, import_peer_ca, init_ca, issue
@@ -71,6 +79,8 @@ _CALL_TIMEOUT_S = 10.0
 _P99_GOAL_MS = 10.0
 _FALLBACK_GOAL = 0.01
 _PROFILE_S = 10.0
+# Gateway processes as deployed on the benchmark's machine (`cobrand gateway serve --workers`).
+WORKERS = 2
 # A call's stages by the frame that runs each (py-spy's names), in the order a call runs them.
 _STAGES = {
     "ScoreApplication in all": "ScoringServicer.ScoreApplication",
@@ -125,14 +135,15 @@ class Deployment:
         The echo chain's first hop.
     app : TlsFiles
         The bank's application flow's certificate (role ``app``).
-    pids : dict of str to int
-        Each process by name, this one (the client) included: whose CPU time is metered.
+    pids : dict of str to tuple of int
+        Each process by name, this one (the client) included, the gateway with its workers:
+        whose CPU time is metered.
     """
 
     gateway_port: int
     echo_port: int
     app: TlsFiles
-    pids: dict[str, int]
+    pids: dict[str, tuple[int, ...]]
 
 
 @contextmanager
@@ -166,7 +177,14 @@ def _deployment(work: Path, args: argparse.Namespace) -> Iterator[tuple[Deployme
         gateway_config = write_settings(work / "gateway.yaml", settings)
         cobrand = str(Path(sys.executable).with_name("cobrand"))
         gateway = stack.enter_context(
-            serving("gateway", [cobrand, "gateway", "serve", "--config", str(gateway_config)], work)
+            serving(
+                "gateway",
+                [
+                    *(cobrand, "gateway", "serve", "--config", str(gateway_config)),
+                    *("--workers", str(args.workers)),
+                ],
+                work,
+            )
         )
         print(
             f"partner node and gateway serving in {time.perf_counter() - started:.1f} s "
@@ -195,11 +213,11 @@ def _deployment(work: Path, args: argparse.Namespace) -> Iterator[tuple[Deployme
             )
         )
         pids = {
-            "client": os.getpid(),
-            "gateway": gateway.pid,
-            "partner": partner.pid,
-            "echo-first": first.pid,
-            "echo-second": second.pid,
+            "client": (os.getpid(),),
+            "gateway": with_children(gateway.pid),
+            "partner": (partner.pid,),
+            "echo-first": (first.pid,),
+            "echo-second": (second.pid,),
         }
         yield Deployment(gateway.port, first.port, pki.tls("app"), pids), aligned
 
@@ -300,6 +318,8 @@ def _profiled(py_spy: Path | None, pid: int, seconds: float, out: Path) -> Itera
         yield
         return
     command = [str(py_spy), "record", "--pid", str(pid), "--duration", str(int(seconds))]
+    # The gateway's workers are child processes of the one started.
+    command += ["--subprocesses"]
     command += ["--rate", "250", "--gil", "--nonblocking", "--format", "raw", "--output", str(out)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -329,6 +349,7 @@ def run(args: argparse.Namespace) -> None:
         with _deployment(work, args) as (deployment, aligned):
             request_bytes = application(f"{uuid.uuid4().hex}-0-0", aligned[0]).ByteSize()
             print(
+                f"gateway workers {args.workers}; "
                 f"partner deadline {args.deadline_ms:g} ms; ScoreApplication requests of about "
                 f"{request_bytes} B (the echo chain's the same, its replies the gateway's size); "
                 f"{os.cpu_count()} cores shared with other work"
@@ -342,7 +363,9 @@ def run(args: argparse.Namespace) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _one_client(callers: Callers, pids: dict[str, int], args: argparse.Namespace) -> None:
+def _one_client(
+    callers: Callers, pids: dict[str, tuple[int, ...]], args: argparse.Namespace
+) -> None:
     warm_up = max(1, args.calls // 10)
     echo_cpu = CpuMeter(pids, ("echo-first", "echo-second"))
     gateway_cpu = CpuMeter(pids, ("gateway", "partner"))
@@ -399,7 +422,7 @@ def _many_clients(
         seconds = min(args.seconds, _PROFILE_S)
         with (
             Callers(deployment, aligned, request_bytes) as callers,
-            _profiled(args.py_spy, pids["gateway"], seconds, profile),
+            _profiled(args.py_spy, pids["gateway"][0], seconds, profile),
         ):
             concurrent([callers.gateway(i) for i in range(args.clients)], seconds)
         print(f"  {args.clients} clients again for {seconds:g} s, under py-spy, not counted above:")
@@ -414,6 +437,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--deadline-ms", type=float, default=50.0)
+    parser.add_argument(
+        "--workers", type=int, default=WORKERS, help="Gateway processes (cobrand gateway serve)."
+    )
     parser.add_argument(
         "--py-spy", type=Path, help="py-spy executable: split the gateway's GIL time by stage."
     )

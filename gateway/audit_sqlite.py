@@ -4,8 +4,10 @@ Durability: ``journal_mode=WAL`` with ``synchronous=FULL``, so every commit fsyn
 before it returns; ``NORMAL`` would skip that sync and could lose the last commits on a power
 cut, which an audit log that acknowledges each decision cannot afford. Group commit (`AuditLog`)
 makes that one fsync per batch, not per decision. WAL lets the reader connection look records
-up while the writer commits. Only one process may write the file: several gateways need the
-PostgreSQL store.
+up while the writer commits. The worker processes of one gateway (`gateway.workers`) write the
+one file side by side: WAL's write lock takes their transactions one at a time (``BEGIN
+IMMEDIATE`` waits up to the busy timeout for it) and its shared memory needs them on one host;
+gateways on several hosts need the PostgreSQL store.
 """
 
 from __future__ import annotations

@@ -103,8 +103,12 @@ class GatewaySettings(ProcessSettings):
         The key file of applicants' keyed pseudonyms (`gateway.pseudonyms`).
     partner : PartnerSettings
     audit : AuditSettings
+    workers : int
+        Gateway processes serving `listen` side by side (`gateway.workers`: one port, shared
+        with ``SO_REUSEPORT``); 1 serves from the process started. Up to one per core: one
+        process runs Python on one core at a time.
     max_workers : int
-        Handler threads (concurrent calls in progress).
+        Handler threads of each process (concurrent calls in progress).
     max_message_bytes : int
         Largest request accepted; a larger one is refused before it is read.
     shutdown_grace_s : float
@@ -133,6 +137,7 @@ class GatewaySettings(ProcessSettings):
     pseudonym_key: Path
     partner: PartnerSettings
     audit: AuditSettings
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
     max_workers: Annotated[int, Field(ge=1, le=1024)] = 32
     max_message_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 256 * 1024
     shutdown_grace_s: Annotated[float, Field(ge=0, le=600)] = 10.0

@@ -1,0 +1,184 @@
+"""``cobrand gateway serve --workers 2``: two gateway processes on one port, each recording to the
+one audit file, both swapped by SIGHUP and stopped by SIGTERM; a worker's start error is the
+command's."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cobrand.rpc import create_channel
+from cobrand.v1 import scoring_pb2, scoring_pb2_grpc
+from gateway.audit_sqlite import SqliteAuditStore
+from gateway.settings import GatewaySettings
+from partner_node.server import PartnerNode, start_partner_node
+from tests.conftest import ThrowAwayPki
+from tests.gateway.gateway_sites import (
+    Applicants,
+    applicants_of,
+    gateway_settings,
+    publish_both_sides,
+)
+from tests.training_sites import TrainingSites, write_training_sites
+
+TIMEOUT = 30.0
+USED = scoring_pb2.PARTNER_SLICE_STATUS_USED
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory: pytest.TempPathFactory) -> TrainingSites:
+    return write_training_sites(tmp_path_factory.mktemp("sites"), customers=300, seed=43)
+
+
+@pytest.fixture(scope="module")
+def versions(sites: TrainingSites) -> tuple[str, str]:
+    return publish_both_sides(sites, seed=7), publish_both_sides(sites, seed=11)
+
+
+@pytest.fixture(scope="module")
+def people(sites: TrainingSites) -> Applicants:
+    return applicants_of(sites)
+
+
+@pytest.fixture(scope="module")
+def partner(throwaway_pki: ThrowAwayPki, sites: TrainingSites) -> Iterator[PartnerNode]:
+    started = start_partner_node(sites.partner_node_config(throwaway_pki.tls("partner")))
+    yield started
+    started.stop(grace=None)
+
+
+class Served:
+    """A ``cobrand gateway serve`` process and its stderr, line by line."""
+
+    def __init__(self, config: Path, port_file: Path, workers: int) -> None:
+        self.process = subprocess.Popen(
+            [
+                *(sys.executable, "-c", "from gateway.cli import app; app()", "serve"),
+                *("--config", str(config), "--port-file", str(port_file)),
+                *("--workers", str(workers)),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.put(line)
+
+    def logged(self, text: str, times: int = 1) -> list[str]:
+        """The next `times` lines of stderr holding `text`."""
+        found: list[str] = []
+        while len(found) < times:
+            line = self.lines.get(timeout=TIMEOUT)
+            self.seen.append(line)
+            if text in line:
+                found.append(line)
+        return found
+
+
+def _write(config: Path, settings: GatewaySettings, version_id: str) -> None:
+    update = {"model_version": version_id}
+    config.write_text(yaml.safe_dump(settings.model_copy(update=update).model_dump(mode="json")))
+
+
+def _score(pki: ThrowAwayPki, port: int, application_id: str, identifier: str) -> Any:
+    """One application on a channel (a connection) of its own: the kernel picks the worker."""
+    with create_channel(f"127.0.0.1:{port}", pki.tls("app")) as channel:
+        stub: Any = scoring_pb2_grpc.ScoringGatewayStub(channel)  # type: ignore[no-untyped-call]
+        request = scoring_pb2.ScoreApplicationRequest(
+            application_id=application_id,
+            channel=scoring_pb2.APPLICATION_CHANNEL_BANK,
+            identifier_kind="mobile_cn",
+            identifier=identifier,
+        )
+        return stub.ScoreApplication(request, timeout=TIMEOUT)
+
+
+def test_two_workers_serve_one_port_record_to_one_file_swap_on_sighup_and_stop_on_sigterm(
+    tmp_path: Path,
+    throwaway_pki: ThrowAwayPki,
+    sites: TrainingSites,
+    versions: tuple[str, str],
+    partner: PartnerNode,
+    people: Applicants,
+) -> None:
+    first, second = versions
+    settings = gateway_settings(
+        tmp_path, sites, throwaway_pki, first, partner.port, deadline_ms=2000
+    )
+    config, port_file = tmp_path / "gateway.yaml", tmp_path / "port"
+    _write(config, settings, first)
+    served = Served(config, port_file, workers=2)
+    try:
+        starts = served.logged("[Gateway] serving model version", times=2)
+        served.logged("2 workers serving on port")
+        deadline = time.monotonic() + TIMEOUT
+        while not port_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        port = int(port_file.read_text())
+        before = [_score(throwaway_pki, port, f"W-{i}", people.aligned[i]) for i in range(8)]
+        _write(config, settings, second)
+        served.process.send_signal(signal.SIGHUP)
+        swaps = served.logged(f"serving model version {second} in place of {first}", times=2)
+        after = [_score(throwaway_pki, port, f"W-after-{i}", people.aligned[i]) for i in range(8)]
+        served.process.send_signal(signal.SIGTERM)
+        served.process.wait(timeout=TIMEOUT)
+    finally:
+        if served.process.poll() is None:
+            served.process.kill()
+
+    assert all(f"on port {port} " in line for line in starts)
+    assert len(swaps) == 2
+    assert {reply.model_version for reply in before} == {first}
+    assert {reply.model_version for reply in after} == {second}
+    assert {reply.slices.partner_status for reply in before + after} == {USED}
+    assert served.process.returncode == 0, served.seen
+    assert settings.audit.path is not None
+    store = SqliteAuditStore(settings.audit.path)
+    try:
+        recorded = [store.get(reply.request_id) for reply in before + after]
+    finally:
+        store.close()
+    assert [r.application_id if r else None for r in recorded] == [
+        *(f"W-{i}" for i in range(8)),
+        *(f"W-after-{i}" for i in range(8)),
+    ]
+
+
+def test_a_workers_start_error_is_the_commands_one_line_and_exit_code_2(
+    tmp_path: Path,
+    throwaway_pki: ThrowAwayPki,
+    sites: TrainingSites,
+    versions: tuple[str, str],
+    partner: PartnerNode,
+) -> None:
+    settings = gateway_settings(tmp_path, sites, throwaway_pki, versions[0], partner.port)
+    config = tmp_path / "gateway.yaml"
+    _write(config, settings, "0123456789abcdef")
+    served = Served(config, tmp_path / "port", workers=2)
+    served.process.wait(timeout=120)
+    assert served.process.returncode == 2
+    assert served.process.stderr is not None
+    time.sleep(0.5)  # the reader thread drains what is left
+    text = "".join(list(served.lines.queue))
+    assert "0123456789abcdef" in text
+    assert "Traceback" not in text
+    assert not (tmp_path / "port").exists()
