@@ -34,6 +34,7 @@ from bank_node.trainer_config import TRAINER_CONFIG_ENV, TrainerConfig
 from bank_node.training_config import TrainingConfig
 from bank_node.training_set import load_training_set
 from cobrand.errors import ConfigError
+from cobrand.pki import Party
 from cobrand.rpc import create_channel
 from cobrand.settings import load_settings
 
@@ -77,6 +78,7 @@ def main(grid: Grid, context: Context) -> None:
             settings.tls,
             insecure=settings.insecure,
             server_name=node.partner.server_name,
+            server_party=Party.PARTNER,
         ) as channel,
     ):
         outcome = train_run(

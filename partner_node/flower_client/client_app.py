@@ -43,6 +43,7 @@ from cobrand.flower_rounds import (
     payload,
     with_payload,
 )
+from cobrand.pki import Party
 from cobrand.rpc import TlsFiles, create_channel
 from cobrand.settings import Section
 from cobrand.wire_capture import FLOWER_CLIENT_APP, captured_flower_handler
@@ -117,7 +118,10 @@ def _hand_off(message: Message, context: Context) -> Message:
     method = HAND_OFF_METHODS[message.metadata.message_type]
     request = payload(message, REQUEST)
     with create_channel(
-        settings.partner_node, settings.tls, server_name=settings.server_name
+        settings.partner_node,
+        settings.tls,
+        server_name=settings.server_name,
+        server_party=Party.PARTNER,
     ) as channel:
         call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
         try:
