@@ -14,7 +14,7 @@ headers are relayed unchanged and checked by the SuperLink.
 `run_superlink_behind_front` is what ``cobrand bank superlink`` and
 `cobrand.flower_local.LocalFederation` (``python -m cobrand.fleet_front``, this module's `main`)
 run: the SuperLink as a child process on loopback and the front in the foreground, each stopping
-the other.
+the other (a SIGKILLed front too: `cobrand.child_process.stop_with_parent`).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import uvicorn
 from fastapi.routing import APIRoute
 from flwr.superlink.routers.fleet.router import router as _flower_fleet_router
 
+from cobrand.child_process import stop_with_parent
 from cobrand.errors import ConfigError, FailedPrecondition, Unavailable
 from cobrand.flower_sites import SuperLinkTls, superlink_command
 
@@ -209,6 +210,7 @@ def run_superlink_behind_front(
         superlink = subprocess.Popen(  # noqa: S603 -- Flower's program, arguments built here
             superlink_command(tls, LOOPBACK, control_port),
             env=dict(env),
+            preexec_fn=stop_with_parent(),
             stdout=output,
             stderr=subprocess.STDOUT if output is not None else None,
         )

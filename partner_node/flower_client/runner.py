@@ -56,6 +56,7 @@ from flwr.supernode.runtime.run_clientapp import (
     push_task_output,
 )
 
+from cobrand.child_process import stop_with_parent
 from partner_node.flower_client.client_app import app as partner_client_app
 
 __all__ = ["PINNED_CLIENT_APP", "main", "run_supernode_with_runner", "run_task", "serve_tasks"]
@@ -199,7 +200,9 @@ def run_supernode_with_runner(
         The secret in the SuperNode's ``--superexec-auth-secret-file``.
     """
     stop = _stop_on_signals()
-    supernode = subprocess.Popen(list(supernode_command), env=dict(env))  # noqa: S603
+    supernode = subprocess.Popen(  # noqa: S603 -- Flower's program, arguments built here
+        list(supernode_command), env=dict(env), preexec_fn=stop_with_parent()
+    )
 
     def stop_when_supernode_exits() -> None:
         supernode.wait()

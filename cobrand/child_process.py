@@ -1,0 +1,37 @@
+"""Child processes that do not outlive the process that started them.
+
+A party's command that runs a Flower program beside its own loop (the bank's SuperLink behind its
+Fleet-only front, the partner's SuperNode beside its ClientApp runner) stops the child when it
+stops itself; `stop_with_parent` covers the case where it cannot, a SIGKILL: Linux then sends the
+child SIGTERM (``prctl(PR_SET_PDEATHSIG)``), so no SuperLink keeps listening without its front.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+from collections.abc import Callable
+
+__all__ = ["stop_with_parent"]
+
+_PR_SET_PDEATHSIG = 1
+
+
+def stop_with_parent() -> Callable[[], None]:
+    """A ``preexec_fn`` for `subprocess.Popen` giving the child SIGTERM when this process dies.
+
+    Call it in the process that starts the child, from the thread that stays alive as long as
+    the process (the main thread): Linux ties the signal to the thread that forked.
+    """
+    parent = os.getpid()
+
+    def in_child() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        # The parent may have died between the fork and the prctl: then nobody will signal.
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return in_child
