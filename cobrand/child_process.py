@@ -1,9 +1,10 @@
 """Child processes that do not outlive the process that started them.
 
-A party's command that runs a Flower program beside its own loop (the bank's SuperLink behind its
-Fleet-only front, the partner's SuperNode beside its ClientApp runner) stops the child when it
-stops itself; `stop_with_parent` covers the case where it cannot, a SIGKILL: Linux then sends the
-child SIGTERM (``prctl(PR_SET_PDEATHSIG)``), so no SuperLink keeps listening without its front.
+A party's command that runs a program beside its own loop (the bank's SuperLink behind its
+Fleet-only front, the partner's SuperNode beside its ClientApp runner, the partner node beside
+``cobrand align``) stops the child when it stops itself (`stop_child`: SIGTERM, a grace period,
+then SIGKILL); `stop_with_parent` covers the case where it cannot, a SIGKILL: Linux then sends
+the child SIGTERM (``prctl(PR_SET_PDEATHSIG)``), so no SuperLink keeps listening without its front.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import subprocess
 from collections.abc import Callable
+from typing import Any
 
-__all__ = ["stop_with_parent"]
+__all__ = ["stop_child", "stop_with_parent"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -35,3 +38,14 @@ def stop_with_parent() -> Callable[[], None]:
             os.kill(os.getpid(), signal.SIGTERM)
 
     return in_child
+
+
+def stop_child(process: subprocess.Popen[Any], grace_s: float) -> None:
+    """Ask `process` to stop (SIGTERM), and kill it if it has not within `grace_s` seconds."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

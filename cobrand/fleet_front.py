@@ -38,7 +38,7 @@ import uvicorn
 from fastapi.routing import APIRoute
 from flwr.superlink.routers.fleet.router import router as _flower_fleet_router
 
-from cobrand.child_process import stop_with_parent
+from cobrand.child_process import stop_child, stop_with_parent
 from cobrand.errors import ConfigError, FailedPrecondition, Unavailable
 from cobrand.flower_sites import SuperLinkTls, superlink_command
 
@@ -240,7 +240,8 @@ def run_superlink_behind_front(
         _LOG.info("[FleetFront] Fleet API on %s:%d", fleet_host, fleet_port)
         server.run()
     finally:
-        _stop(superlink)
+        # The SuperLink stops the ServerApp processes it started.
+        stop_child(superlink, _STOP_GRACE_S)
 
 
 def _exit(_signum: int, _frame: object) -> None:
@@ -259,17 +260,6 @@ def _wait_listening(process: subprocess.Popen[bytes], port: int, timeout: float 
             if time.monotonic() > deadline:
                 raise Unavailable(f"the SuperLink did not listen within {timeout:g} s") from None
             time.sleep(0.1)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """Stop the SuperLink; it stops the ServerApp processes it started."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=_STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def main(

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ from bank_node.psi_initiator import AlignmentOutcome
 from cobrand import pki
 from cobrand.alignment_protocol import Progress, PsiSettings
 from cobrand.alignment_store import AlignmentStore
+from cobrand.child_process import stop_child
 from cobrand.commands.exits import cli_errors
 from cobrand.commands.progress import ProgressBars
 from cobrand.errors import ConfigError, FailedPrecondition, Unavailable
@@ -244,7 +244,7 @@ def _partner_process(settings: Path, work: Path) -> Iterator[int]:
         try:
             yield _wait_for_port(process, port_file, log_path)
         finally:
-            _stop(process)
+            stop_child(process, _PARTNER_STOP_TIMEOUT_S)
 
 
 def _wait_for_port(process: subprocess.Popen[bytes], port_file: Path, log_path: Path) -> int:
@@ -262,16 +262,6 @@ def _wait_for_port(process: subprocess.Popen[bytes], port_file: Path, log_path: 
             )
         time.sleep(0.05)
     return int(port_file.read_text(encoding="utf-8"))
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(_PARTNER_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _last_line(log: Path) -> str:

@@ -56,7 +56,7 @@ from flwr.supernode.runtime.run_clientapp import (
     push_task_output,
 )
 
-from cobrand.child_process import stop_with_parent
+from cobrand.child_process import stop_child, stop_with_parent
 from partner_node.flower_client.client_app import app as partner_client_app
 
 __all__ = ["PINNED_CLIENT_APP", "main", "run_supernode_with_runner", "run_task", "serve_tasks"]
@@ -212,13 +212,7 @@ def run_supernode_with_runner(
     try:
         serve_tasks(runtime_address, secret, stop)
     finally:
-        if supernode.poll() is None:
-            supernode.terminate()
-            try:
-                supernode.wait(timeout=_STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                supernode.kill()
-                supernode.wait()
+        stop_child(supernode, _STOP_GRACE_S)
 
 
 def _stop_on_signals() -> threading.Event:
