@@ -1,7 +1,8 @@
 """One hop of a do-nothing echo chain on the gateway's stack: the floor of `bench.gateway_load`.
 
     python -m bench.echo_chain --ca-bundle TRUST --cert CRT --key KEY --allow ROLE
-                               [--forward HOST:PORT] [--reply-bytes N] --port-file FILE
+                               [--forward HOST:PORT] [--reply-bytes N] [--max-workers N]
+                               [--port P] --port-file FILE
 
 Serves one unary method, ``/bench.Echo/Echo``, with `cobrand.rpc.create_server` (mutual TLS,
 the role-checking interceptor, a thread pool) to callers of role ``--allow``. With
@@ -9,7 +10,9 @@ the role-checking interceptor, a thread pool) to callers of role ``--allow``. Wi
 as the gateway calls the partner) and returns that hop's reply; without, it returns the
 request padded to ``--reply-bytes``, so the chain's replies are as large as the gateway's.
 Started twice it is the chain client -> echo -> echo: the gateway's two hops with no work.
-The port is written to ``--port-file`` once serving; SIGTERM or SIGINT stops it.
+It serves on loopback, on ``--port`` (0: a free one); several started on one port share it
+as a gateway's worker processes do (gRPC binds with ``SO_REUSEPORT``). The port is written to
+``--port-file`` once serving; SIGTERM or SIGINT stops it.
 """
 
 from __future__ import annotations
@@ -66,13 +69,14 @@ def main() -> None:
     parser.add_argument("--forward", help="host:port of the next hop; none: the last hop.")
     parser.add_argument("--reply-bytes", type=int, default=0)
     parser.add_argument("--max-workers", type=int, default=10)
+    parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--port-file", type=Path, required=True)
     options = parser.parse_args()
     tls = TlsFiles(ca_bundle=options.ca_bundle, cert=options.cert, key=options.key)
     handler = _handler(options.forward, tls, options.reply_bytes)
     server, port = create_server(
         lambda s: s.add_generic_rpc_handlers((handler,)),
-        "127.0.0.1:0",
+        f"127.0.0.1:{options.port}",
         tls,
         allowed_roles={ECHO_METHOD: frozenset({options.allow})},
         max_workers=options.max_workers,

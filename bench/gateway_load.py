@@ -1,22 +1,25 @@
 """Load benchmark of the scoring gateway as deployed, beside a do-nothing two-hop echo chain.
 
     python -m bench.gateway_load [--customers 20000] [--calls 2000] [--clients 32]
-                                 [--seconds 20] [--deadline-ms 50] [--py-spy PATH]
+                                 [--seconds 20] [--deadline-ms 50] [--workers 2] [--threads 8]
+                                 [--py-spy PATH]
 
-As deployed, each its own process, all over mutual TLS on loopback: the partner node
-(``python -m partner_node serve --config partner.yaml``), the gateway (``cobrand gateway serve
---config gateway.yaml``, its audit log SQLite on disk, each decision durable before its reply)
-and this process, the client, holding the bank's application-flow certificate (role ``app``).
-The data: a synthetic co-brand set aligned at both parties (keys assigned directly) and one
-model version published at both sides (the gateway tests' seeded networks,
-`tests.gateway.gateway_sites.publish_both_sides`: the cost does not depend on the weights).
-Every application is an aligned customer the partner knows, cycling over them, each with a
-unique application id, so each call is a new decision: an encode, a partner lookup, a score
-and a durable audit record.
+As deployed, each its own process, all over mutual TLS on loopback: the partner node (``python
+-m partner_node serve --config partner.yaml``), the gateway (``cobrand gateway serve --config
+gateway.yaml --workers 2``: two processes on one port, 8 handler threads each, as deployed on a
+2-core machine; its audit log SQLite on disk, each decision durable before its reply, its
+breaker the settings' default) and this process, the client, holding the bank's
+application-flow certificate (role ``app``). The data: a synthetic co-brand set aligned at both
+parties (keys assigned directly) and one model version published at both sides (the gateway
+tests' seeded networks, `tests.gateway.gateway_sites.publish_both_sides`: the cost does not
+depend on the weights). Every application is an aligned customer the partner knows, cycling
+over them, each with a unique application id, so each call is a new decision: an encode, a
+partner lookup, a score and a durable audit record.
 
-The floor, in the same run: client -> echo -> echo (`bench.echo_chain`, two processes on the
-same stack, ``cobrand.rpc.create_server`` with mutual TLS and the role check, the first hop
-calling the second with the gateway's certificate), with requests and replies the size of
+The floor, in the same run: client -> echo -> echo (`bench.echo_chain` on the same stack,
+``cobrand.rpc.create_server`` with mutual TLS and the role check, the first hop calling the
+second with the gateway's certificate; the first hop as many processes on one port as the
+gateway has, with as many threads each), with requests and replies the size of
 ScoreApplication's. Both closed loops:
 
 - 1 client: ``--calls`` calls of each after a tenth as warm-up, the chain and the gateway in
@@ -26,16 +29,16 @@ ScoreApplication's. Both closed loops:
   throughput and p99.
 
 Beside every gateway figure, the share of replies that fell back to the bank slice
-(``slices.partner_status`` not USED), and each goal of issue 11 as met or NOT met. The
-partner deadline is the gateway's default, 50 ms, unless ``--deadline-ms`` says otherwise.
-What bounds a figure: each process's CPU milliseconds per call over the same stretch
-(`bench.closed_loop.CpuMeter`), and with ``--py-spy`` a further run of the many clients,
-not counted in the figures (sampling slows the gateway), during which py-spy samples the
-gateway thread holding the GIL: each stage's share of those samples (resolving the
-applicant, encoding, the partner call, scoring, the audit record...). The processes' logs
-are kept in ``--keep`` when given. The bench builds its sites with the
-tests' helpers (``tests.training_sites``, ``tests.gateway.gateway_sites``): run it from the
-repository root.
+(``slices.partner_status`` not USED), and each goal of issue 11 as met or NOT met. The partner
+deadline is the gateway's default, 50 ms, unless ``--deadline-ms`` says otherwise. What bounds
+a figure: each process's CPU milliseconds per call over the same stretch
+(`bench.closed_loop.CpuMeter`; a hop's or the gateway's processes summed), and with
+``--py-spy`` a further run of the many clients, not counted in the figures (sampling slows the
+gateway), during which py-spy samples the gateway's threads holding the GIL (its workers' too):
+each stage's share of those samples (resolving the applicant, encoding, the partner call,
+scoring, the audit record...). The processes' logs are kept in ``--keep`` when given. The bench
+builds its sites with the tests' helpers (``tests.training_sites``,
+``tests.gateway.gateway_sites``): run it from the repository root.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from bench.closed_loop import (
     Call,
     CpuMeter,
     Sample,
+    Served,
     concurrent,
     interleaved,
     serving,
@@ -69,6 +73,7 @@ from cobrand.commands.align import write_settings
 from cobrand.pki import Party, Role, import_peer_ca, init_ca, issue
 from cobrand.rpc import TlsFiles, create_channel
 from cobrand.v1 import scoring_pb2, scoring_pb2_grpc
+from gateway.settings import BreakerSettings
 from tests.conftest import ThrowAwayPki
 from tests.gateway.gateway_sites import applicants_of, gateway_settings, publish_both_sides
 from tests.training_sites import write_training_sites
@@ -79,8 +84,12 @@ _CALL_TIMEOUT_S = 10.0
 _P99_GOAL_MS = 10.0
 _FALLBACK_GOAL = 0.01
 _PROFILE_S = 10.0
-# Gateway processes as deployed on the benchmark's machine (`cobrand gateway serve --workers`).
+# As deployed on the benchmark's machine (2 cores): gateway processes (`cobrand gateway serve
+# --workers`) and handler threads in each (``max_workers``); fewer threads contend less for
+# each process's interpreter lock (about 1.65 against 2.05 ms of gateway CPU per call with 32
+# clients, 8 threads against 32), and 8 are more than a process keeps busy.
 WORKERS = 2
+THREADS = 8
 # A call's stages by the frame that runs each (py-spy's names), in the order a call runs them.
 _STAGES = {
     "ScoreApplication in all": "ScoringServicer.ScoreApplication",
@@ -172,8 +181,14 @@ def _deployment(work: Path, args: argparse.Namespace) -> Iterator[tuple[Deployme
             )
         )
         settings = gateway_settings(
-            work / "gateway", sites, pki, version_id, partner.port, deadline_ms=args.deadline_ms
-        )
+            work / "gateway",
+            sites,
+            pki,
+            version_id,
+            partner.port,
+            deadline_ms=args.deadline_ms,
+            breaker_failures=BreakerSettings().failures,
+        ).model_copy(update={"max_workers": args.threads})
         gateway_config = write_settings(work / "gateway.yaml", settings)
         cobrand = str(Path(sys.executable).with_name("cobrand"))
         gateway = stack.enter_context(
@@ -200,26 +215,25 @@ def _deployment(work: Path, args: argparse.Namespace) -> Iterator[tuple[Deployme
                 work,
             )
         )
-        first = stack.enter_context(
-            serving(
-                "echo-first",
-                _echo_command(
-                    pki.tls("gateway"),
-                    Role.APP,
-                    *("--forward", f"127.0.0.1:{second.port}"),
-                    *("--max-workers", str(settings.max_workers)),
-                ),
-                work,
+        # As many processes on one port as the gateway has workers, as many threads each.
+        first: list[Served] = []
+        for index in range(args.workers):
+            command = _echo_command(
+                pki.tls("gateway"),
+                Role.APP,
+                *("--forward", f"127.0.0.1:{second.port}"),
+                *("--max-workers", str(settings.max_workers)),
+                *("--port", str(first[0].port if first else 0)),
             )
-        )
+            first.append(stack.enter_context(serving(f"echo-first-{index}", command, work)))
         pids = {
             "client": (os.getpid(),),
             "gateway": with_children(gateway.pid),
             "partner": (partner.pid,),
-            "echo-first": (first.pid,),
+            "echo-first": tuple(hop.pid for hop in first),
             "echo-second": (second.pid,),
         }
-        yield Deployment(gateway.port, first.port, pki.tls("app"), pids), aligned
+        yield Deployment(gateway.port, first[0].port, pki.tls("app"), pids), aligned
 
 
 def _reply_bytes(port: int, app: TlsFiles, applicant: str) -> int:
@@ -349,7 +363,8 @@ def run(args: argparse.Namespace) -> None:
         with _deployment(work, args) as (deployment, aligned):
             request_bytes = application(f"{uuid.uuid4().hex}-0-0", aligned[0]).ByteSize()
             print(
-                f"gateway workers {args.workers}; "
+                f"gateway: {args.workers} processes x {args.threads} handler threads (the echo "
+                "chain's first hop the same); "
                 f"partner deadline {args.deadline_ms:g} ms; ScoreApplication requests of about "
                 f"{request_bytes} B (the echo chain's the same, its replies the gateway's size); "
                 f"{os.cpu_count()} cores shared with other work"
@@ -439,6 +454,9 @@ def main() -> None:
     parser.add_argument("--deadline-ms", type=float, default=50.0)
     parser.add_argument(
         "--workers", type=int, default=WORKERS, help="Gateway processes (cobrand gateway serve)."
+    )
+    parser.add_argument(
+        "--threads", type=int, default=THREADS, help="Handler threads in each gateway process."
     )
     parser.add_argument(
         "--py-spy", type=Path, help="py-spy executable: split the gateway's GIL time by stage."

@@ -14,7 +14,7 @@ Example::
     partner:
       address: partner.example.com:7443
       deadline_ms: 50
-      breaker: {failures: 5, cool_down_s: 5}
+      breaker: {failures: 64, cool_down_s: 5}
     audit: {backend: sqlite, path: /srv/cobrand/audit.db}
     metrics_listen: 127.0.0.1:9464           # Prometheus /metrics over HTTP; off when left out
 
@@ -44,12 +44,16 @@ class BreakerSettings(Section):
     Attributes
     ----------
     failures : int
-        Consecutive failed calls that open it.
+        Consecutive failed calls that open it: more than the calls a process has in flight
+        (``max_workers``), since one slow moment at the partner fails every call in flight at
+        once, which is no outage (with 5, under load, about 1% of lookups timing out opened it
+        again and again: 40% of applications scored bank-only). A partner that is down still
+        opens it after that many calls, each decided bank-only within the deadline.
     cool_down_s : float
         How long it stays open before one trial call.
     """
 
-    failures: Annotated[int, Field(ge=1, le=1000)] = 5
+    failures: Annotated[int, Field(ge=1, le=1000)] = 64
     cool_down_s: Annotated[float, Field(ge=0, le=3600)] = 5.0
 
 
