@@ -195,6 +195,7 @@ class Scorer:
         self._scaling = config.score_scaling or version.scaling
         self._classes = tuple(package_classes) if width is not None else ()
         self._references = version.reasons.bank
+        self._bank_codes = [ref.code for ref in self._references]
         self.forward_pass = BankForward(version.bottom, version.head)
         self.partner_width = self.forward_pass.partner_width
 
@@ -277,24 +278,28 @@ class Scorer:
             bank = np.concatenate([bank, bank[:1]])
             missing = np.zeros(rows + 1, dtype=np.bool_)
             missing[-1] = True
-            partner_rows = np.broadcast_to(partner, (rows + 1, self.partner_width))
+            partner_rows = np.repeat(partner[np.newaxis], rows + 1, axis=0)
         logits = self.forward_pass.logits(bank, partner_rows, missing)
         return {task: out.astype(np.float64) for task, out in logits.items()}
 
     def _reasons(
         self, row: BankRow, points: npt.NDArray[np.float64], *, partner_used: bool
     ) -> tuple[Reason, ...]:
-        texts = {
-            ref.code: ref.text.replace("{value}", _shown(row.values[ref.feature]))
-            for ref in self._references
-        }
         partner_reason = self.version.reasons.partner
-        if partner_used:
-            texts[partner_reason.code] = partner_reason.text
-        codes = list(texts)
-        gains = dict(zip(codes, points[1:] - points[0], strict=True))
+        codes = [*self._bank_codes, partner_reason.code] if partner_used else self._bank_codes
+        gains = points[1:] - points[0]
         chosen = adverse_reasons(float(points[0]), points[1:], codes, limit=MAX_REASONS)
-        return tuple(Reason(code=c, text=texts[c], points=float(gains[c])) for c in chosen)
+        reasons = []
+        for code in chosen:
+            position = codes.index(code)
+            if position < len(self._references):
+                # Only the chosen reasons' texts are written out, with the applicant's value.
+                reference = self._references[position]
+                text = reference.text.replace("{value}", _shown(row.values[reference.feature]))
+            else:
+                text = partner_reason.text
+            reasons.append(Reason(code=code, text=text, points=float(gains[position])))
+        return tuple(reasons)
 
 
 def sigmoid(logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
