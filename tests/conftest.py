@@ -26,6 +26,10 @@ from cryptography.x509.oid import NameOID
 from cobrand import pki as _pki
 from cobrand.rpc import TlsFiles
 
+# The run's shared published world, its partner node and gateway (`tests.gateway.shared_world`):
+# a plugin, as tests outside tests/gateway use them too.
+pytest_plugins = ["tests.gateway.shared_world"]
+
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(os.environ["FLWR_HOME"], ignore_errors=True)

@@ -8,11 +8,17 @@ whose files, preprocessing and networks are the real thing.
 
 `gateway_settings` writes the bank node's settings file the gateway reads its table and data
 directory from, and a fresh pseudonym key, and points the gateway at a partner node.
+
+`publish_world` is all of that for one synthetic set: its sites, one version published at both
+sides and who is who. `running_partner` and `running_gateway` start a server for the length of a
+``with`` block, as fixtures hold them.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,14 +36,25 @@ from cobrand.split_model import BottomModel, BottomSpec
 from cobrand.tables import PartyTable, load_party_table
 from cobrand.weights import weights_digest
 from gateway.audit_log import AuditSettings
+from gateway.server import Gateway, start_gateway
 from gateway.settings import BreakerSettings, GatewaySettings, PartnerSettings
 from partner_node.model_registry import publish
+from partner_node.server import PartnerNode, start_partner_node
 from tests.conftest import ThrowAwayPki
 from tests.gateway.synth_version import EXAMPLES, PARTNER_WIDTH, save_synth_bank_version
 from tests.partner_node.embedding_sites import partner_table
-from tests.training_sites import TrainingSites
+from tests.training_sites import TrainingSites, write_training_sites
 
-__all__ = ["Applicants", "applicants_of", "gateway_settings", "publish_both_sides"]
+__all__ = [
+    "Applicants",
+    "World",
+    "applicants_of",
+    "gateway_settings",
+    "publish_both_sides",
+    "publish_world",
+    "running_gateway",
+    "running_partner",
+]
 
 
 def publish_both_sides(
@@ -161,3 +178,56 @@ def gateway_settings(
         ),
         audit=AuditSettings(backend="sqlite", path=directory / "audit.db"),
     )
+
+
+@dataclass(frozen=True)
+class World:
+    """A synthetic set with one model version published at both parties.
+
+    Attributes
+    ----------
+    sites : TrainingSites
+        Both parties' files and data directories.
+    version_id : str
+        The version published at both sides (`publish_both_sides` with its default seed).
+    people : Applicants
+        Who the gateway knows and how.
+    """
+
+    sites: TrainingSites
+    version_id: str
+    people: Applicants
+
+
+def publish_world(directory: Path, customers: int, seed: int) -> World:
+    """Write a set of `customers` under `directory` and publish one version at both sides."""
+    sites = write_training_sites(directory, customers=customers, seed=seed)
+    version_id = publish_both_sides(sites)
+    people = applicants_of(sites)
+    assert people.aligned, "the set has no aligned customer"
+    assert people.bank_only, "the set has no bank customer outside the alignment"
+    return World(sites, version_id, people)
+
+
+@contextmanager
+def running_partner(
+    pki: ThrowAwayPki, sites: TrainingSites, **update: object
+) -> Iterator[PartnerNode]:
+    """The partner node of `sites` serving in this process; `update` changes its settings
+    (``listen`` to come back on a port, ``consented_lookup`` for another limit)."""
+    config = sites.partner_node_config(pki.tls("partner")).model_copy(update=update)
+    node = start_partner_node(config)
+    try:
+        yield node
+    finally:
+        node.stop(grace=None)
+
+
+@contextmanager
+def running_gateway(settings: GatewaySettings) -> Iterator[Gateway]:
+    """A gateway started with `settings` in this process, stopped at the end of the block."""
+    gateway = start_gateway(settings)
+    try:
+        yield gateway
+    finally:
+        gateway.stop()

@@ -1,6 +1,7 @@
 """The consented lookup end to end over mutual TLS on loopback: a partner node serving a version
 with its OPRF index of every user, the gateway looking consenting applicants outside the
-alignment up by oblivious PRF, and the partner's records of each call."""
+alignment up by oblivious PRF, and the partner's records of each call; on the run's shared world
+(`tests.gateway.shared_world`) but for the partner with a limit of its own."""
 
 from __future__ import annotations
 
@@ -17,97 +18,41 @@ import torch
 from cobrand import oprf
 from cobrand.model_store import ModelStore
 from cobrand.rpc import create_channel
-from cobrand.v1 import (
-    consented_lookup_pb2,
-    consented_lookup_pb2_grpc,
-    scoring_pb2,
-    scoring_pb2_grpc,
-)
+from cobrand.v1 import consented_lookup_pb2, consented_lookup_pb2_grpc, scoring_pb2
 from gateway.replay import replay, scorer_for
-from gateway.server import Gateway, start_gateway
+from gateway.server import Gateway
 from gateway.settings import GatewaySettings
 from partner_node.config import ConsentedLookupSettings
 from partner_node.consented_lookup_service import CONSENTED_LOOKUP_AUDIT_FILE
 from partner_node.model_registry import load_partner_version
 from partner_node.probe_limit import PROBE_AUDIT_FILE
-from partner_node.server import PartnerNode, start_partner_node
+from partner_node.server import PartnerNode
 from tests.conftest import ThrowAwayPki
-from tests.gateway.gateway_sites import applicants_of, gateway_settings, publish_both_sides
-from tests.gateway.test_service import TIMEOUT, request, spelt
+from tests.gateway.gateway_sites import (
+    World,
+    gateway_settings,
+    running_gateway,
+    running_partner,
+)
+from tests.gateway.scoring_calls import TIMEOUT, application, scoring_stub, spelt
+from tests.gateway.shared_world import STRANGERS
 from tests.partner_node.embedding_sites import partner_table
-from tests.training_sites import TrainingSites, write_training_sites
+from tests.training_sites import TrainingSites
 
 USED = scoring_pb2.PARTNER_SLICE_STATUS_USED
 UNKNOWN = scoring_pb2.PARTNER_SLICE_STATUS_UNKNOWN_APPLICANT
 NO_CONSENT = scoring_pb2.PARTNER_SLICE_STATUS_NO_CONSENT
-# Customers of neither party (the `outsiders` fixture checks).
-STRANGERS = ["+8619999999999", "+8619999999998", "+8619999999997"]
 # The identity element of edwards25519: of small order, refused.
 IDENTITY = (1).to_bytes(32, "little")
 
 
 @pytest.fixture(scope="module")
-def sites(tmp_path_factory: pytest.TempPathFactory) -> TrainingSites:
-    return write_training_sites(tmp_path_factory.mktemp("sites"), customers=400, seed=41)
-
-
-@pytest.fixture(scope="module")
-def version_id(sites: TrainingSites) -> str:
-    return publish_both_sides(sites)
-
-
-@pytest.fixture(scope="module")
-def outsiders(sites: TrainingSites) -> list[str]:
+def outsiders(world: World) -> list[str]:
     """Partner users the bank does not hold: outside the alignment, known to the partner."""
-    people = applicants_of(sites)
-    table, _ = partner_table(sites)
-    partner_only = sorted(set(np.asarray(table.ids, dtype=str)) - set(people.aligned))
+    table, _ = partner_table(world.sites)
+    partner_only = sorted(set(np.asarray(table.ids, dtype=str)) - set(world.people.aligned))
     assert len(partner_only) >= 3
-    everyone = set(partner_only) | set(people.aligned) | set(people.bank_only)
-    assert not everyone & set(STRANGERS)
     return partner_only
-
-
-@pytest.fixture(scope="module")
-def node(
-    throwaway_pki: ThrowAwayPki, sites: TrainingSites, version_id: str
-) -> Iterator[PartnerNode]:
-    started = start_partner_node(sites.partner_node_config(throwaway_pki.tls("partner")))
-    yield started
-    started.stop(grace=None)
-
-
-@pytest.fixture(scope="module")
-def settings(
-    tmp_path_factory: pytest.TempPathFactory,
-    throwaway_pki: ThrowAwayPki,
-    sites: TrainingSites,
-    version_id: str,
-    node: PartnerNode,
-) -> GatewaySettings:
-    # A lenient deadline: these tests are about what the lookup gives, on a shared machine.
-    return gateway_settings(
-        tmp_path_factory.mktemp("gateway"),
-        sites,
-        throwaway_pki,
-        version_id,
-        node.port,
-        deadline_ms=1000,
-    )
-
-
-@pytest.fixture(scope="module")
-def gateway(settings: GatewaySettings) -> Iterator[Gateway]:
-    started = start_gateway(settings)
-    assert started.partner.verified
-    yield started
-    started.stop(grace=None)
-
-
-@pytest.fixture(scope="module")
-def app(throwaway_pki: ThrowAwayPki, gateway: Gateway) -> Iterator[Any]:
-    with create_channel(f"127.0.0.1:{gateway.port}", throwaway_pki.tls("app")) as channel:
-        yield scoring_pb2_grpc.ScoringGatewayStub(channel)  # type: ignore[no-untyped-call]
 
 
 def _lookup_stub(pki: ThrowAwayPki, port: int, holder: str) -> Any:
@@ -137,15 +82,15 @@ def _partner_embedding(sites: TrainingSites, version_id: str, user: str) -> np.n
 
 
 def test_a_consenting_partner_user_outside_the_alignment_is_scored_with_their_embedding(
-    app: Any,
+    bank_app: Any,
     gateway: Gateway,
-    settings: GatewaySettings,
+    gateway_config: GatewaySettings,
     sites: TrainingSites,
     outsiders: list[str],
     version_id: str,
 ) -> None:
-    reply = app.ScoreApplication(
-        request(
+    reply = bank_app.ScoreApplication(
+        application(
             "APP-consent-1", spelt(outsiders[0]), consent=True, age=30.0, monthly_income=9000.0
         ),
         timeout=TIMEOUT,
@@ -163,7 +108,7 @@ def test_a_consenting_partner_user_outside_the_alignment_is_scored_with_their_em
         atol=1e-6,
     )
     # Replay recomputes the decision from the recorded embedding.
-    assert replay(recorded, scorer_for(settings, version_id)).matches
+    assert replay(recorded, scorer_for(gateway_config, version_id)).matches
     # The partner recorded both calls under the application's consent reference.
     calls = _partner_records(sites, "APP-consent-1")
     assert [c["call"] for c in calls] == ["BlindEvaluate", "GetConsentedEmbedding"]
@@ -176,10 +121,10 @@ def test_a_consenting_partner_user_outside_the_alignment_is_scored_with_their_em
 
 
 def test_a_consenting_applicant_the_partner_does_not_hold_is_unknown(
-    app: Any, sites: TrainingSites
+    bank_app: Any, sites: TrainingSites
 ) -> None:
-    reply = app.ScoreApplication(
-        request("APP-consent-2", STRANGERS[0], consent=True, age=41.0), timeout=TIMEOUT
+    reply = bank_app.ScoreApplication(
+        application("APP-consent-2", STRANGERS[0], consent=True, age=41.0), timeout=TIMEOUT
     )
 
     assert reply.slices.partner_status == UNKNOWN
@@ -189,14 +134,18 @@ def test_a_consenting_applicant_the_partner_does_not_hold_is_unknown(
 
 
 def test_without_consent_an_applicant_outside_the_alignment_causes_no_partner_call(
-    app: Any, sites: TrainingSites, outsiders: list[str]
+    bank_app: Any, sites: TrainingSites, outsiders: list[str]
 ) -> None:
     audit = sites.partner_data / CONSENTED_LOOKUP_AUDIT_FILE
     before = audit.read_text() if audit.exists() else ""
 
     replies = [
-        app.ScoreApplication(request("APP-no-consent-1", outsiders[1], age=30.0), timeout=TIMEOUT),
-        app.ScoreApplication(request("APP-no-consent-2", STRANGERS[1], age=52.0), timeout=TIMEOUT),
+        bank_app.ScoreApplication(
+            application("APP-no-consent-1", outsiders[1], age=30.0), timeout=TIMEOUT
+        ),
+        bank_app.ScoreApplication(
+            application("APP-no-consent-2", STRANGERS[1], age=52.0), timeout=TIMEOUT
+        ),
     ]
 
     assert [r.slices.partner_status for r in replies] == [NO_CONSENT, NO_CONSENT]
@@ -204,9 +153,9 @@ def test_without_consent_an_applicant_outside_the_alignment_causes_no_partner_ca
 
 
 def test_a_blinded_element_outside_the_group_is_refused_naming_the_field(
-    throwaway_pki: ThrowAwayPki, node: PartnerNode
+    throwaway_pki: ThrowAwayPki, partner_node: PartnerNode
 ) -> None:
-    channel, stub = _lookup_stub(throwaway_pki, node.port, "gateway")
+    channel, stub = _lookup_stub(throwaway_pki, partner_node.port, "gateway")
     with channel:
         for element in (IDENTITY, bytes(31)):
             with pytest.raises(grpc.RpcError) as refused:
@@ -221,9 +170,9 @@ def test_a_blinded_element_outside_the_group_is_refused_naming_the_field(
 
 
 def test_the_application_flow_may_not_call_the_consented_lookup(
-    throwaway_pki: ThrowAwayPki, node: PartnerNode
+    throwaway_pki: ThrowAwayPki, partner_node: PartnerNode
 ) -> None:
-    channel, stub = _lookup_stub(throwaway_pki, node.port, "app")
+    channel, stub = _lookup_stub(throwaway_pki, partner_node.port, "app")
     with channel:
         calls: list[Callable[[], Any]] = [
             lambda: stub.BlindEvaluate(
@@ -251,15 +200,10 @@ LIMIT = 2
 
 
 @pytest.fixture
-def limited_node(
-    throwaway_pki: ThrowAwayPki, sites: TrainingSites, version_id: str
-) -> Iterator[PartnerNode]:
-    config = sites.partner_node_config(throwaway_pki.tls("partner")).model_copy(
-        update={"consented_lookup": ConsentedLookupSettings(lookups_per_minute=LIMIT)}
-    )
-    started = start_partner_node(config)
-    yield started
-    started.stop(grace=None)
+def limited_node(throwaway_pki: ThrowAwayPki, sites: TrainingSites) -> Iterator[PartnerNode]:
+    limit = ConsentedLookupSettings(lookups_per_minute=LIMIT)
+    with running_partner(throwaway_pki, sites, consented_lookup=limit) as started:
+        yield started
 
 
 def test_past_the_partners_limit_the_lookup_is_refused_and_the_gateway_answers_bank_only(
@@ -273,22 +217,21 @@ def test_past_the_partners_limit_the_lookup_is_refused_and_the_gateway_answers_b
     settings = gateway_settings(
         tmp_path, sites, throwaway_pki, version_id, limited_node.port, deadline_ms=1000
     )
-    gateway = start_gateway(settings)
-    try:
-        with create_channel(f"127.0.0.1:{gateway.port}", throwaway_pki.tls("app")) as channel:
-            stub: Any = scoring_pb2_grpc.ScoringGatewayStub(channel)  # type: ignore[no-untyped-call]
-            replies = [
-                stub.ScoreApplication(
-                    request(f"APP-limit-{i}", outsiders[i], consent=True, age=35.0), timeout=TIMEOUT
-                )
-                for i in range(LIMIT + 1)
-            ]
+    with (
+        running_gateway(settings) as gateway,
+        scoring_stub(throwaway_pki, gateway.port) as stub,
+    ):
+        replies = [
+            stub.ScoreApplication(
+                application(f"APP-limit-{i}", outsiders[i], consent=True, age=35.0),
+                timeout=TIMEOUT,
+            )
+            for i in range(LIMIT + 1)
+        ]
         # The limit says nothing of the partner's health: the breaker stays closed.
         client = gateway.partner(version_id)
         assert client is not None
         assert client.breaker.state.value == "closed"
-    finally:
-        gateway.stop(grace=None)
 
     assert [r.slices.partner_status for r in replies] == [USED] * LIMIT + [UNKNOWN]
     assert not replies[-1].slices.partner

@@ -1,6 +1,7 @@
 """ScoreApplication end to end over mutual TLS on loopback: a version published at both sides, a
 real partner node serving its embeddings, the gateway server, and the bank's and the partner's
-application flows as callers."""
+application flows as callers; all but the partner-stopped cases on the run's shared world
+(`tests.gateway.shared_world`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import logging
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,131 +19,39 @@ import pytest
 
 from cobrand.alignment_store import AlignmentStore
 from cobrand.rpc import REASON_METADATA_KEY, create_channel
-from cobrand.v1 import embedding_pb2, embedding_pb2_grpc, scoring_pb2, scoring_pb2_grpc
+from cobrand.v1 import embedding_pb2, embedding_pb2_grpc, scoring_pb2
 from gateway.audit_record import PartnerSliceStatus
 from gateway.request_log import JsonLines
-from gateway.server import Gateway, start_gateway
-from partner_node.server import PartnerNode, start_partner_node
+from gateway.server import Gateway
+from partner_node.server import PartnerNode
 from tests.conftest import ThrowAwayPki
 from tests.gateway.gateway_sites import (
     Applicants,
-    applicants_of,
     gateway_settings,
-    publish_both_sides,
+    running_gateway,
+    running_partner,
 )
+from tests.gateway.scoring_calls import (
+    BANK,
+    PARTNER,
+    TIMEOUT,
+    application,
+    scoring_stub,
+    spelt,
+)
+from tests.gateway.shared_world import STRANGERS
 from tests.gateway.synth_version import PARTNER_WIDTH
-from tests.training_sites import TrainingSites, write_training_sites
+from tests.training_sites import TrainingSites
 
-TIMEOUT = 10.0
-BANK = scoring_pb2.APPLICATION_CHANNEL_BANK
-PARTNER = scoring_pb2.APPLICATION_CHANNEL_PARTNER
 USED = scoring_pb2.PARTNER_SLICE_STATUS_USED
-# A new applicant: not a customer of either party (the `people` fixture checks).
-NEW_APPLICANT = "+8619999999999"
-
-
-@pytest.fixture(scope="module")
-def sites(tmp_path_factory: pytest.TempPathFactory) -> TrainingSites:
-    return write_training_sites(tmp_path_factory.mktemp("sites"), customers=600, seed=31)
-
-
-@pytest.fixture(scope="module")
-def version_id(sites: TrainingSites) -> str:
-    return publish_both_sides(sites)
-
-
-@pytest.fixture(scope="module")
-def people(sites: TrainingSites) -> Applicants:
-    found = applicants_of(sites)
-    assert found.aligned
-    assert found.bank_only
-    assert NEW_APPLICANT not in found.aligned + found.bank_only
-    return found
-
-
-@pytest.fixture(scope="module")
-def node(
-    throwaway_pki: ThrowAwayPki, sites: TrainingSites, version_id: str
-) -> Iterator[PartnerNode]:
-    started = start_partner_node(sites.partner_node_config(throwaway_pki.tls("partner")))
-    yield started
-    started.stop(grace=None)
-
-
-@pytest.fixture(scope="module")
-def gateway(
-    tmp_path_factory: pytest.TempPathFactory,
-    throwaway_pki: ThrowAwayPki,
-    sites: TrainingSites,
-    version_id: str,
-    node: PartnerNode,
-) -> Iterator[Gateway]:
-    # A lenient deadline: these tests are about what a used slice gives, on a shared machine;
-    # the 50 ms deadline is tested with the partner stopped, below.
-    settings = gateway_settings(
-        tmp_path_factory.mktemp("gateway"),
-        sites,
-        throwaway_pki,
-        version_id,
-        node.port,
-        deadline_ms=500,
-    )
-    started = start_gateway(settings)
-    assert started.partner.verified
-    yield started
-    started.stop(grace=None)
-
-
-@contextmanager
-def _stub(pki: ThrowAwayPki, port: int, holder: str) -> Iterator[Any]:
-    with create_channel(f"127.0.0.1:{port}", pki.tls(holder)) as channel:
-        yield scoring_pb2_grpc.ScoringGatewayStub(channel)  # type: ignore[no-untyped-call]
-
-
-@pytest.fixture(scope="module")
-def bank_app(throwaway_pki: ThrowAwayPki, gateway: Gateway) -> Iterator[Any]:
-    with _stub(throwaway_pki, gateway.port, "app") as stub:
-        yield stub
+NEW_APPLICANT = STRANGERS[0]
+"""A new applicant: a customer of neither party."""
 
 
 @pytest.fixture(scope="module")
 def partner_app(throwaway_pki: ThrowAwayPki, gateway: Gateway) -> Iterator[Any]:
-    with _stub(throwaway_pki, gateway.port, "partner-app") as stub:
+    with scoring_stub(throwaway_pki, gateway.port, "partner-app") as stub:
         yield stub
-
-
-def request(
-    application_id: str,
-    identifier: str,
-    *,
-    consent: bool = False,
-    channel: int = BANK,
-    model_version: str = "",
-    **fields: float | str | None,
-) -> scoring_pb2.ScoreApplicationRequest:
-    """An application; a field given None is sent explicitly missing."""
-    message = scoring_pb2.ScoreApplicationRequest(
-        application_id=application_id,
-        channel=channel,  # type: ignore[arg-type]
-        identifier_kind="mobile_cn",
-        identifier=identifier,
-        partner_lookup_consent=consent,
-        model_version=model_version,
-    )
-    for name, value in fields.items():
-        if value is None:
-            message.fields[name].missing = True
-        elif isinstance(value, str):
-            message.fields[name].category = value
-        else:
-            message.fields[name].number = value
-    return message
-
-
-def spelt(canonical: str) -> str:
-    """A canonical +86 mobile number as an applicant types it: "138-0013-8000"."""
-    digits = canonical[3:]
-    return f"{digits[:3]}-{digits[3:7]}-{digits[7:]}"
 
 
 def refusal(stub: Any, message: scoring_pb2.ScoreApplicationRequest) -> Any:
@@ -155,14 +63,14 @@ def refusal(stub: Any, message: scoring_pb2.ScoreApplicationRequest) -> Any:
 def test_an_applicant_the_partner_knows_is_scored_with_the_partners_embedding(
     bank_app: Any,
     gateway: Gateway,
-    node: PartnerNode,
+    partner_node: PartnerNode,
     throwaway_pki: ThrowAwayPki,
     sites: TrainingSites,
     people: Applicants,
     version_id: str,
 ) -> None:
     reply = bank_app.ScoreApplication(
-        request("APP-known-1", spelt(people.aligned[0]), monthly_income=12000.0),
+        application("APP-known-1", spelt(people.aligned[0]), monthly_income=12000.0),
         timeout=TIMEOUT,
     )
 
@@ -180,7 +88,7 @@ def test_an_applicant_the_partner_knows_is_scored_with_the_partners_embedding(
     # The very embedding the partner holds for this applicant's join key.
     with AlignmentStore(sites.bank_data) as alignment:
         join_key = alignment.join_key(people.aligned[0])
-    with create_channel(f"127.0.0.1:{node.port}", throwaway_pki.tls("gateway")) as channel:
+    with create_channel(f"127.0.0.1:{partner_node.port}", throwaway_pki.tls("gateway")) as channel:
         direct = embedding_pb2_grpc.PartnerEmbeddingServiceStub(channel).GetEmbedding(  # type: ignore[no-untyped-call]
             embedding_pb2.GetEmbeddingRequest(
                 request_id="direct", model_version=version_id, join_key=join_key
@@ -199,7 +107,7 @@ def test_every_aligned_customer_is_scored_with_the_partners_slice(
 ) -> None:
     statuses = [
         bank_app.ScoreApplication(
-            request(f"APP-all-{i}", canonical), timeout=TIMEOUT
+            application(f"APP-all-{i}", canonical), timeout=TIMEOUT
         ).slices.partner_status
         for i, canonical in enumerate(people.aligned)
     ]
@@ -211,8 +119,10 @@ def test_the_same_person_in_another_spelling_is_the_same_pseudonymous_applicant(
     bank_app: Any, gateway: Gateway, people: Applicants
 ) -> None:
     canonical = people.aligned[1]
-    first = bank_app.ScoreApplication(request("APP-spell-1", canonical), timeout=TIMEOUT)
-    second = bank_app.ScoreApplication(request("APP-spell-2", spelt(canonical)), timeout=TIMEOUT)
+    first = bank_app.ScoreApplication(application("APP-spell-1", canonical), timeout=TIMEOUT)
+    second = bank_app.ScoreApplication(
+        application("APP-spell-2", spelt(canonical)), timeout=TIMEOUT
+    )
 
     records = [gateway.audit.get(reply.request_id) for reply in (first, second)]
     assert records[0] is not None
@@ -234,7 +144,7 @@ def test_a_bank_customer_the_partner_does_not_know_gets_a_bank_only_answer(
     logger.setLevel(logging.INFO)
     try:
         reply = bank_app.ScoreApplication(
-            request("APP-bank-only-1", people.bank_only[0], consent=True), timeout=TIMEOUT
+            application("APP-bank-only-1", people.bank_only[0], consent=True), timeout=TIMEOUT
         )
     finally:
         logger.removeHandler(handler)
@@ -258,7 +168,7 @@ def test_an_applicant_outside_the_alignment_without_consent_is_not_looked_up(
     bank_app: Any,
 ) -> None:
     reply = bank_app.ScoreApplication(
-        request("APP-new-1", NEW_APPLICANT, age=30.0, monthly_income=9000.0), timeout=TIMEOUT
+        application("APP-new-1", NEW_APPLICANT, age=30.0, monthly_income=9000.0), timeout=TIMEOUT
     )
 
     assert reply.slices.partner_status == scoring_pb2.PARTNER_SLICE_STATUS_NO_CONSENT
@@ -269,7 +179,7 @@ def test_an_applicant_outside_the_alignment_without_consent_is_not_looked_up(
 def test_the_same_application_sent_again_returns_the_recorded_decision(
     bank_app: Any, people: Applicants
 ) -> None:
-    sent = request("APP-retry-1", people.aligned[2], monthly_income=8000.0)
+    sent = application("APP-retry-1", people.aligned[2], monthly_income=8000.0)
     first = bank_app.ScoreApplication(sent, timeout=TIMEOUT)
 
     again = bank_app.ScoreApplication(sent, timeout=TIMEOUT)
@@ -280,7 +190,9 @@ def test_the_same_application_sent_again_returns_the_recorded_decision(
     assert again.decided_at == first.decided_at
     assert again.risk == first.risk
     assert again.decision == first.decision
-    changed = refusal(bank_app, request("APP-retry-1", people.aligned[2], monthly_income=8001.0))
+    changed = refusal(
+        bank_app, application("APP-retry-1", people.aligned[2], monthly_income=8001.0)
+    )
     assert changed.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "application_id" in changed.details()
 
@@ -288,7 +200,7 @@ def test_the_same_application_sent_again_returns_the_recorded_decision(
 def test_concurrent_retries_of_one_application_get_one_decision(
     bank_app: Any, people: Applicants
 ) -> None:
-    sent = request("APP-race-1", people.aligned[7], monthly_income=7000.0)
+    sent = application("APP-race-1", people.aligned[7], monthly_income=7000.0)
 
     with ThreadPoolExecutor(8) as pool:
         replies = list(
@@ -308,7 +220,7 @@ def test_many_applications_at_once_are_each_decided_and_recorded(
         replies = list(
             pool.map(
                 lambda i: bank_app.ScoreApplication(
-                    request(f"APP-burst-{i}", customers[i]), timeout=TIMEOUT
+                    application(f"APP-burst-{i}", customers[i]), timeout=TIMEOUT
                 ),
                 range(len(customers)),
             )
@@ -326,7 +238,7 @@ def test_the_partners_channel_sees_the_decision_limit_band_and_packages_only(
     partner_app: Any, gateway: Gateway, people: Applicants
 ) -> None:
     reply = partner_app.ScoreApplication(
-        request("APP-partner-1", people.aligned[3], channel=PARTNER), timeout=TIMEOUT
+        application("APP-partner-1", people.aligned[3], channel=PARTNER), timeout=TIMEOUT
     )
 
     assert reply.decision != scoring_pb2.DECISION_UNSPECIFIED
@@ -347,13 +259,13 @@ def test_the_bank_sees_the_hard_rules_an_application_triggered_and_the_partner_d
 ) -> None:
     # H01 (under 18) declines whatever the model says; the example configuration's rule.
     under_age = bank_app.ScoreApplication(
-        request("APP-minor-1", people.bank_only[1], age=17), timeout=TIMEOUT
+        application("APP-minor-1", people.bank_only[1], age=17), timeout=TIMEOUT
     )
     adult = bank_app.ScoreApplication(
-        request("APP-adult-1", people.bank_only[2], age=40), timeout=TIMEOUT
+        application("APP-adult-1", people.bank_only[2], age=40), timeout=TIMEOUT
     )
     seen_by_partner = partner_app.ScoreApplication(
-        request("APP-minor-2", people.bank_only[3], channel=PARTNER, age=17), timeout=TIMEOUT
+        application("APP-minor-2", people.bank_only[3], channel=PARTNER, age=17), timeout=TIMEOUT
     )
 
     assert under_age.decision == scoring_pb2.DECISION_DECLINE
@@ -372,8 +284,10 @@ def test_the_bank_sees_the_hard_rules_an_application_triggered_and_the_partner_d
 def test_each_caller_may_submit_only_on_its_own_channel(
     throwaway_pki: ThrowAwayPki, gateway: Gateway, people: Applicants, holder: str, channel: int
 ) -> None:
-    with _stub(throwaway_pki, gateway.port, holder) as stub:
-        refused = refusal(stub, request(f"APP-role-{holder}", people.aligned[0], channel=channel))
+    with scoring_stub(throwaway_pki, gateway.port, holder) as stub:
+        refused = refusal(
+            stub, application(f"APP-role-{holder}", people.aligned[0], channel=channel)
+        )
 
     assert refused.code() == grpc.StatusCode.PERMISSION_DENIED
 
@@ -399,7 +313,7 @@ def test_a_bad_request_is_refused_naming_the_field(
     bank_app: Any, people: Applicants, named: str, change: dict[str, Any]
 ) -> None:
     fields = change.pop("fields", {})
-    message = request(f"APP-bad-{named}", people.aligned[0], **fields)
+    message = application(f"APP-bad-{named}", people.aligned[0], **fields)
     for name, value in change.items():
         setattr(message, name, value)
 
@@ -412,7 +326,7 @@ def test_a_bad_request_is_refused_naming_the_field(
 
 
 def test_an_unknown_field_is_refused_rather_than_ignored(bank_app: Any, people: Applicants) -> None:
-    message = request("APP-unknown-field", people.aligned[0])
+    message = application("APP-unknown-field", people.aligned[0])
     # Field 99 of a newer contract as a varint of 1: tag (99 << 3) | 0 = 0x98 0x06, then 0x01.
     wire = message.SerializeToString() + b"\x98\x06\x01"
 
@@ -425,8 +339,12 @@ def test_an_unknown_field_is_refused_rather_than_ignored(bank_app: Any, people: 
 def test_an_oversized_request_is_refused_before_it_is_read(
     bank_app: Any, people: Applicants
 ) -> None:
-    long_category = refusal(bank_app, request("APP-long", people.aligned[0], occupation="x" * 1000))
-    oversized = refusal(bank_app, request("APP-huge", people.aligned[0], occupation="x" * 300_000))
+    long_category = refusal(
+        bank_app, application("APP-long", people.aligned[0], occupation="x" * 1000)
+    )
+    oversized = refusal(
+        bank_app, application("APP-huge", people.aligned[0], occupation="x" * 300_000)
+    )
 
     assert long_category.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "occupation" in long_category.details()
@@ -437,7 +355,7 @@ def test_an_unknown_model_version_is_not_found_naming_it(
     bank_app: Any, people: Applicants, version_id: str
 ) -> None:
     refused = refusal(
-        bank_app, request("APP-version", people.aligned[0], model_version="0123456789abcdef")
+        bank_app, application("APP-version", people.aligned[0], model_version="0123456789abcdef")
     )
 
     assert refused.code() == grpc.StatusCode.NOT_FOUND
@@ -451,9 +369,9 @@ def test_every_decision_is_recorded_with_its_version_and_slices(
     bank_app: Any, gateway: Gateway, people: Applicants, version_id: str
 ) -> None:
     sent = [
-        request("APP-audit-1", people.aligned[4]),
-        request("APP-audit-2", people.bank_only[1], consent=True),
-        request("APP-audit-3", people.bank_only[2]),
+        application("APP-audit-1", people.aligned[4]),
+        application("APP-audit-2", people.bank_only[1], consent=True),
+        application("APP-audit-3", people.bank_only[2]),
     ]
     replies = [bank_app.ScoreApplication(message, timeout=TIMEOUT) for message in sent]
 
@@ -479,12 +397,9 @@ COOL_DOWN_S = 30.0
 
 
 @pytest.fixture
-def own_partner(
-    throwaway_pki: ThrowAwayPki, sites: TrainingSites, version_id: str
-) -> Iterator[PartnerNode]:
-    started = start_partner_node(sites.partner_node_config(throwaway_pki.tls("partner")))
-    yield started
-    started.stop(grace=None)
+def own_partner(throwaway_pki: ThrowAwayPki, sites: TrainingSites) -> Iterator[PartnerNode]:
+    with running_partner(throwaway_pki, sites) as started:
+        yield started
 
 
 @pytest.fixture
@@ -505,9 +420,8 @@ def own_gateway(
         breaker_failures=2,
         breaker_cool_down_s=COOL_DOWN_S,
     )
-    started = start_gateway(settings)
-    yield started
-    started.stop(grace=None)
+    with running_gateway(settings) as started:
+        yield started
 
 
 def test_with_the_partner_stopped_applications_are_still_decided_within_the_deadline(
@@ -516,8 +430,8 @@ def test_with_the_partner_stopped_applications_are_still_decided_within_the_dead
     own_partner: PartnerNode,
     people: Applicants,
 ) -> None:
-    with _stub(throwaway_pki, own_gateway.port, "app") as app:
-        before = app.ScoreApplication(request("APP-down-0", people.aligned[5]), timeout=TIMEOUT)
+    with scoring_stub(throwaway_pki, own_gateway.port) as app:
+        before = app.ScoreApplication(application("APP-down-0", people.aligned[5]), timeout=TIMEOUT)
         assert before.slices.partner_status == USED
         own_partner.stop(grace=None)
 
@@ -525,11 +439,13 @@ def test_with_the_partner_stopped_applications_are_still_decided_within_the_dead
         for i in range(1, 5):
             started = time.perf_counter()
             replies.append(
-                app.ScoreApplication(request(f"APP-down-{i}", people.aligned[5]), timeout=TIMEOUT)
+                app.ScoreApplication(
+                    application(f"APP-down-{i}", people.aligned[5]), timeout=TIMEOUT
+                )
             )
             timings.append(time.perf_counter() - started)
         not_asked = app.ScoreApplication(
-            request("APP-down-new", people.bank_only[3]), timeout=TIMEOUT
+            application("APP-down-new", people.bank_only[3]), timeout=TIMEOUT
         )
 
     for reply in replies:
