@@ -1,5 +1,6 @@
-"""Who may call what, proven on the real servers: a started gateway and a started partner node,
-called over mutual TLS with the certificate of every role of both parties.
+"""Who may call what, proven on the real servers: the run's shared gateway and partner node
+(`tests.gateway.shared_world`), called over mutual TLS with the certificate of every role of both
+parties.
 
 `ADMITTED` below is the specification, written here and not read from the code's allow-lists:
 for each server, each method it serves and the certificates that may call it. Every method of
@@ -36,11 +37,10 @@ from cobrand.denials import DENIAL_LOG, GATEWAY_DENIAL_LOG
 from cobrand.rpc import REASON_METADATA_KEY, create_channel
 from cobrand.tensor_wire import EXCHANGE_METHOD
 from cobrand.v1 import scoring_pb2, training_pb2
-from gateway.server import Gateway, start_gateway
-from partner_node.server import PartnerNode, start_partner_node
+from gateway.server import Gateway
+from partner_node.server import PartnerNode
 from tests.conftest import ThrowAwayPki
-from tests.gateway.gateway_sites import gateway_settings, publish_both_sides
-from tests.training_sites import TrainingSites, write_training_sites
+from tests.gateway.gateway_sites import World
 
 TIMEOUT = 10.0
 RAW: dict[str, Any] = {"request_serializer": None, "response_deserializer": None}
@@ -129,38 +129,10 @@ class Deployment:
 
 
 @pytest.fixture(scope="module")
-def sites(tmp_path_factory: pytest.TempPathFactory) -> TrainingSites:
-    return write_training_sites(tmp_path_factory.mktemp("sites"), customers=300, seed=41)
-
-
-@pytest.fixture(scope="module")
-def node(throwaway_pki: ThrowAwayPki, sites: TrainingSites) -> Iterator[PartnerNode]:
-    started = start_partner_node(sites.partner_node_config(throwaway_pki.tls(PARTNER)))
-    yield started
-    started.stop(grace=None)
-
-
-@pytest.fixture(scope="module")
-def gateway(
-    tmp_path_factory: pytest.TempPathFactory,
-    throwaway_pki: ThrowAwayPki,
-    sites: TrainingSites,
-    node: PartnerNode,
-) -> Iterator[Gateway]:
-    version_id = publish_both_sides(sites)
-    settings = gateway_settings(
-        tmp_path_factory.mktemp("gateway"), sites, throwaway_pki, version_id, node.port
-    )
-    started = start_gateway(settings)
-    yield started
-    started.stop(grace=None)
-
-
-@pytest.fixture(scope="module")
 def deployment(
-    throwaway_pki: ThrowAwayPki, sites: TrainingSites, node: PartnerNode, gateway: Gateway
+    throwaway_pki: ThrowAwayPki, world: World, partner_node: PartnerNode, gateway: Gateway
 ) -> Iterator[Deployment]:
-    ports = {"gateway": gateway.port, "partner node": node.port}
+    ports = {"gateway": gateway.port, "partner node": partner_node.port}
     channels = {
         (server, holder): create_channel(f"127.0.0.1:{port}", throwaway_pki.tls(holder))
         for server, port in ports.items()
@@ -170,8 +142,8 @@ def deployment(
         channels,
         {
             # Where each server writes by default: beside the bank's and the partner's data.
-            "gateway": sites.bank_data / GATEWAY_DENIAL_LOG,
-            "partner node": sites.partner_data / DENIAL_LOG,
+            "gateway": world.sites.bank_data / GATEWAY_DENIAL_LOG,
+            "partner node": world.sites.partner_data / DENIAL_LOG,
         },
     )
     for channel in channels.values():
@@ -289,7 +261,8 @@ def test_the_data_plane_refuses_a_pass_for_a_run_the_supernode_never_handed_over
     opening = training_pb2.ExchangeRequest(
         open=training_pb2.PassOpen(run_id="run-never", round=3, kind=training_pb2.PASS_KIND_TRAIN)
     )
-    replies = deployment.channels["partner node", TRAINER].stream_stream(
+    # grpc-stubs types the call's reply stream as a CallIterator, which declares no __next__.
+    replies: Any = deployment.channels["partner node", TRAINER].stream_stream(
         EXCHANGE_METHOD,
         request_serializer=training_pb2.ExchangeRequest.SerializeToString,
         response_deserializer=training_pb2.ExchangeResponse.FromString,

@@ -2,8 +2,8 @@
 (SERVING once serving, NOT_SERVING as it stops) and server reflection, each open only to the
 roles its allow-list names, and the Prometheus metrics scraped over HTTP after real calls.
 
-The partner node is not started: the gateway serves the bank's slice alone, which is all these
-behaviours need.
+The gateway serves the run's shared world (`tests.gateway.shared_world`) without its partner
+node: it serves the bank's slice alone, which is all these behaviours need.
 """
 
 from __future__ import annotations
@@ -25,19 +25,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from cobrand.errors import ConfigError
 from cobrand.rpc import create_channel
 from cobrand.settings import load_settings
-from cobrand.v1 import scoring_pb2, scoring_pb2_grpc
+from cobrand.v1 import scoring_pb2
 from gateway.server import Gateway, start_gateway
 from gateway.settings import GatewaySettings
 from tests.conftest import ThrowAwayPki
-from tests.gateway.gateway_sites import (
-    Applicants,
-    applicants_of,
-    gateway_settings,
-    publish_both_sides,
-)
-from tests.training_sites import TrainingSites, write_training_sites
+from tests.gateway.gateway_sites import Applicants, World, gateway_settings, running_gateway
+from tests.gateway.scoring_calls import TIMEOUT, application, scoring_stub
 
-TIMEOUT = 10.0
 SCORING = "cobrand.v1.ScoringGateway"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -52,19 +46,14 @@ def _closed_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def sites(tmp_path_factory: pytest.TempPathFactory) -> TrainingSites:
-    return write_training_sites(tmp_path_factory.mktemp("sites"), customers=200, seed=43)
-
-
-@pytest.fixture(scope="module")
 def settings(
-    tmp_path_factory: pytest.TempPathFactory, throwaway_pki: ThrowAwayPki, sites: TrainingSites
+    tmp_path_factory: pytest.TempPathFactory, throwaway_pki: ThrowAwayPki, world: World
 ) -> GatewaySettings:
     settings = gateway_settings(
         tmp_path_factory.mktemp("gateway"),
-        sites,
+        world.sites,
         throwaway_pki,
-        publish_both_sides(sites),
+        world.version_id,
         _closed_port(),
         verify_retry_s=600,
     )
@@ -73,9 +62,8 @@ def settings(
 
 @pytest.fixture(scope="module")
 def gateway(settings: GatewaySettings) -> Iterator[Gateway]:
-    started = start_gateway(settings)
-    yield started
-    started.stop(grace=None)
+    with running_gateway(settings) as started:
+        yield started
 
 
 def _check(channel: grpc.Channel, service: str = "") -> Any:
@@ -176,30 +164,19 @@ def _scraped(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_metrics_count_latency_decisions_and_fallbacks_of_real_calls(
-    gateway: Gateway, throwaway_pki: ThrowAwayPki, sites: TrainingSites
+    gateway: Gateway, throwaway_pki: ThrowAwayPki, people: Applicants
 ) -> None:
-    people: Applicants = applicants_of(sites)
     assert gateway.metrics_port is not None
     before = _scraped(gateway.metrics_port)
 
-    def application(application_id: str, identifier: str) -> scoring_pb2.ScoreApplicationRequest:
-        return scoring_pb2.ScoreApplicationRequest(
-            application_id=application_id,
-            channel=scoring_pb2.APPLICATION_CHANNEL_BANK,
-            identifier_kind="mobile_cn",
-            identifier=identifier,
-        )
-
-    with create_channel(f"127.0.0.1:{gateway.port}", throwaway_pki.tls("app")) as channel:
-        stub = scoring_pb2_grpc.ScoringGatewayStub(channel)  # type: ignore[no-untyped-call]
+    with scoring_stub(throwaway_pki, gateway.port) as stub:
         # The partner is absent: an aligned customer falls back as UNAVAILABLE, a customer
         # outside the alignment without consent as NO_CONSENT.
         known = stub.ScoreApplication(application("OPS-1", people.aligned[0]), timeout=TIMEOUT)
         unknown = stub.ScoreApplication(application("OPS-2", people.bank_only[0]), timeout=TIMEOUT)
         retried = stub.ScoreApplication(application("OPS-1", people.aligned[0]), timeout=TIMEOUT)
         assert retried.replayed
-        bad = application("OPS-3", people.aligned[0])
-        bad.fields["monthly_income"].number = float("nan")
+        bad = application("OPS-3", people.aligned[0], monthly_income=float("nan"))
         assert _refused(lambda: stub.ScoreApplication(bad, timeout=TIMEOUT)) is (
             grpc.StatusCode.INVALID_ARGUMENT
         )
