@@ -1,16 +1,18 @@
 """``cobrand gateway serve --workers 2``: two gateway processes on one port, each recording to the
-one audit file, both swapped by SIGHUP and stopped by SIGTERM; a worker's start error is the
-command's."""
+one audit file and counting its own metrics, both swapped by SIGHUP and stopped by SIGTERM; a
+worker's start error is the command's."""
 
 from __future__ import annotations
 
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -112,6 +114,15 @@ def _score(pki: ThrowAwayPki, port: int, application_id: str, identifier: str) -
         return stub.ScoreApplication(request, timeout=TIMEOUT)
 
 
+def _decisions(metrics_port: int) -> float:
+    """New decisions one worker counted, of every outcome, from its /metrics."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=TIMEOUT) as reply:
+        text = reply.read().decode()
+    counts = re.findall(r"^cobrand_gateway_decisions_total\{[^}]*\} (\S+)$", text, re.MULTILINE)
+    return sum(float(count) for count in counts)
+
+
 def test_two_workers_serve_one_port_record_to_one_file_swap_on_sighup_and_stop_on_sigterm(
     tmp_path: Path,
     throwaway_pki: ThrowAwayPki,
@@ -123,7 +134,7 @@ def test_two_workers_serve_one_port_record_to_one_file_swap_on_sighup_and_stop_o
     first, second = versions
     settings = gateway_settings(
         tmp_path, sites, throwaway_pki, first, partner.port, deadline_ms=2000
-    )
+    ).model_copy(update={"metrics_listen": "127.0.0.1:0"})
     config, port_file = tmp_path / "gateway.yaml", tmp_path / "port"
     _write(config, settings, first)
     served = Served(config, port_file, workers=2)
@@ -139,6 +150,10 @@ def test_two_workers_serve_one_port_record_to_one_file_swap_on_sighup_and_stop_o
         served.process.send_signal(signal.SIGHUP)
         swaps = served.logged(f"serving model version {second} in place of {first}", times=2)
         after = [_score(throwaway_pki, port, f"W-after-{i}", people.aligned[i]) for i in range(8)]
+        metrics_ports = {
+            int(m) for line in starts for m in re.findall(r"metrics on port (\d+)", line)
+        }
+        decided = sum(_decisions(metrics_port) for metrics_port in metrics_ports)
         served.process.send_signal(signal.SIGTERM)
         served.process.wait(timeout=TIMEOUT)
     finally:
@@ -146,6 +161,8 @@ def test_two_workers_serve_one_port_record_to_one_file_swap_on_sighup_and_stop_o
             served.process.kill()
 
     assert all(f"on port {port} " in line for line in starts)
+    assert len(metrics_ports) == 2  # each worker's own /metrics
+    assert decided == len(before) + len(after)
     assert len(swaps) == 2
     assert {reply.model_version for reply in before} == {first}
     assert {reply.model_version for reply in after} == {second}
