@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -23,60 +22,39 @@ import yaml
 from cobrand.errors import FailedPrecondition
 from cobrand.model_manifest import manifest_digest
 from cobrand.model_store import ModelStore
-from cobrand.rpc import create_channel, create_server
-from cobrand.v1 import embedding_pb2, embedding_pb2_grpc, scoring_pb2, scoring_pb2_grpc
+from cobrand.rpc import create_server
+from cobrand.v1 import embedding_pb2, embedding_pb2_grpc, scoring_pb2
 from gateway.audit_log import AuditSettings, open_audit_log
 from gateway.audit_record import PartnerSliceStatus
 from gateway.server import start_gateway
-from partner_node.server import PartnerNode, start_partner_node
+from partner_node.server import PartnerNode
 from tests.conftest import ThrowAwayPki
 from tests.gateway.gateway_sites import (
     Applicants,
-    applicants_of,
+    World,
     gateway_settings,
     publish_both_sides,
+    publish_world,
+    running_gateway,
+    running_partner,
 )
+from tests.gateway.scoring_calls import TIMEOUT, application, scoring_stub
 from tests.gateway.synth_version import PARTNER_WIDTH
-from tests.training_sites import TrainingSites, write_training_sites
+from tests.training_sites import TrainingSites
 
-TIMEOUT = 10.0
 USED = scoring_pb2.PARTNER_SLICE_STATUS_USED
 
 
 @pytest.fixture(scope="module")
-def sites(tmp_path_factory: pytest.TempPathFactory) -> TrainingSites:
-    return write_training_sites(tmp_path_factory.mktemp("sites"), customers=400, seed=37)
-
-
-@pytest.fixture(scope="module")
-def version_id(sites: TrainingSites) -> str:
-    return publish_both_sides(sites)
-
-
-@pytest.fixture(scope="module")
-def people(sites: TrainingSites) -> Applicants:
-    return applicants_of(sites)
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    """A world of its own: a test here publishes a version whose partner files differ."""
+    return publish_world(tmp_path_factory.mktemp("sites"), customers=400, seed=37)
 
 
 @pytest.fixture
 def partner(throwaway_pki: ThrowAwayPki, sites: TrainingSites) -> Iterator[PartnerNode]:
-    started = start_partner_node(sites.partner_node_config(throwaway_pki.tls("partner")))
-    yield started
-    started.stop(grace=None)
-
-
-def _application(application_id: str, identifier: str) -> scoring_pb2.ScoreApplicationRequest:
-    return scoring_pb2.ScoreApplicationRequest(
-        application_id=application_id,
-        channel=scoring_pb2.APPLICATION_CHANNEL_BANK,
-        identifier_kind="mobile_cn",
-        identifier=identifier,
-    )
-
-
-def _app(pki: ThrowAwayPki, port: int) -> Any:
-    channel = create_channel(f"127.0.0.1:{port}", pki.tls("app"))
-    return channel, scoring_pb2_grpc.ScoringGatewayStub(channel)  # type: ignore[no-untyped-call]
+    with running_partner(throwaway_pki, sites) as started:
+        yield started
 
 
 def test_a_partner_holding_other_files_than_published_stops_the_start(
@@ -104,27 +82,19 @@ def test_a_gateway_started_without_its_partner_takes_it_up_once_it_answers(
     settings = gateway_settings(
         tmp_path, sites, throwaway_pki, version_id, port, verify_retry_s=0.2
     )
-    gateway = start_gateway(settings)
-    channel, app = _app(throwaway_pki, gateway.port)
-    try:
+    with (
+        running_gateway(settings) as gateway,
+        scoring_stub(throwaway_pki, gateway.port) as app,
+    ):
         assert not gateway.partner.verified
-        before = app.ScoreApplication(
-            _application("APP-cold-1", people.aligned[0]), timeout=TIMEOUT
-        )
-        config = sites.partner_node_config(throwaway_pki.tls("partner"))
-        back = start_partner_node(config.model_copy(update={"listen": f"127.0.0.1:{port}"}))
-        try:
+        before = app.ScoreApplication(application("APP-cold-1", people.aligned[0]), timeout=TIMEOUT)
+        with running_partner(throwaway_pki, sites, listen=f"127.0.0.1:{port}"):
             deadline = time.monotonic() + TIMEOUT
             while not gateway.partner.verified and time.monotonic() < deadline:
                 time.sleep(0.05)
             after = app.ScoreApplication(
-                _application("APP-cold-2", people.aligned[0]), timeout=TIMEOUT
+                application("APP-cold-2", people.aligned[0]), timeout=TIMEOUT
             )
-        finally:
-            back.stop(grace=None)
-    finally:
-        channel.close()
-        gateway.stop(grace=None)
 
     assert before.slices.partner_status == scoring_pb2.PARTNER_SLICE_STATUS_UNAVAILABLE
     assert before.decision != scoring_pb2.DECISION_UNSPECIFIED
@@ -176,22 +146,23 @@ def test_stopping_the_gateway_finishes_and_records_the_calls_in_progress(
     )
     server.start()
     settings = gateway_settings(tmp_path, sites, throwaway_pki, version_id, port, deadline_ms=5000)
-    gateway = start_gateway(settings)
-    channel, app = _app(throwaway_pki, gateway.port)
     try:
-        with ThreadPoolExecutor(1) as pool:
-            in_flight = pool.submit(
-                app.ScoreApplication,
-                _application("APP-in-flight", people.aligned[0]),
-                timeout=TIMEOUT,
-            )
-            assert slow.started.wait(TIMEOUT)
-            gateway.stop(grace=TIMEOUT)
-            reply = in_flight.result()
-        with pytest.raises(grpc.RpcError) as refused:
-            app.ScoreApplication(_application("APP-after-stop", people.aligned[1]), timeout=2)
+        with (
+            running_gateway(settings) as gateway,
+            scoring_stub(throwaway_pki, gateway.port) as app,
+        ):
+            with ThreadPoolExecutor(1) as pool:
+                in_flight = pool.submit(
+                    app.ScoreApplication,
+                    application("APP-in-flight", people.aligned[0]),
+                    timeout=TIMEOUT,
+                )
+                assert slow.started.wait(TIMEOUT)
+                gateway.stop(grace=TIMEOUT)
+                reply = in_flight.result()
+            with pytest.raises(grpc.RpcError) as refused:
+                app.ScoreApplication(application("APP-after-stop", people.aligned[1]), timeout=2)
     finally:
-        channel.close()
         server.stop(None).wait()
 
     assert reply.slices.partner_status == USED
@@ -235,11 +206,8 @@ def test_cobrand_gateway_serve_answers_until_sigterm_then_stops_cleanly(
         while not port_file.exists() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert port_file.exists(), process.communicate(timeout=5)
-        channel, app = _app(throwaway_pki, int(port_file.read_text()))
-        with channel:
-            reply = app.ScoreApplication(
-                _application("APP-cli", people.aligned[0]), timeout=TIMEOUT
-            )
+        with scoring_stub(throwaway_pki, int(port_file.read_text())) as app:
+            reply = app.ScoreApplication(application("APP-cli", people.aligned[0]), timeout=TIMEOUT)
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=30)
     finally:

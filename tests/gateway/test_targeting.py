@@ -30,9 +30,9 @@ from gateway.scoring import INSTALMENT, RIGHTS_PACKAGE, Scorer
 from gateway.target_cli import run
 from gateway.targeting import Ranked, target
 from partner_node.embedding_service import EMBEDDING_ROLES
-from partner_node.server import PartnerNode, start_partner_node
+from partner_node.server import PartnerNode
 from tests.conftest import ThrowAwayPki
-from tests.gateway.gateway_sites import gateway_settings
+from tests.gateway.gateway_sites import gateway_settings, running_partner
 from tests.gateway.synth_version import EXAMPLES
 from tests.gateway.targeting_sites import (
     BothSides,
@@ -77,9 +77,8 @@ def decisions() -> DecisionConfig:
 def node(
     throwaway_pki: ThrowAwayPki, sites: TrainingSites, pair: BothSides
 ) -> Iterator[PartnerNode]:
-    started = start_partner_node(sites.partner_node_config(throwaway_pki.tls("partner")))
-    yield started
-    started.stop(grace=None)
+    with running_partner(throwaway_pki, sites) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")

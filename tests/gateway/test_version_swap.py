@@ -24,49 +24,47 @@ import yaml
 
 from cobrand.errors import FailedPrecondition
 from cobrand.rpc import create_channel, create_server
-from cobrand.v1 import embedding_pb2, embedding_pb2_grpc, scoring_pb2, scoring_pb2_grpc
+from cobrand.v1 import embedding_pb2, embedding_pb2_grpc, scoring_pb2
 from gateway.applicants import JoinKeyIndex
 from gateway.partner_client import CircuitBreaker, PartnerClient
-from gateway.server import Gateway, start_gateway
+from gateway.server import Gateway
 from gateway.settings import GatewaySettings
-from partner_node.server import PartnerNode, start_partner_node
+from partner_node.server import PartnerNode
 from tests.conftest import ThrowAwayPki
 from tests.gateway.gateway_sites import (
     Applicants,
-    applicants_of,
+    World,
     gateway_settings,
     publish_both_sides,
+    publish_world,
+    running_gateway,
+    running_partner,
 )
+from tests.gateway.scoring_calls import TIMEOUT, application, scoring_stub
 from tests.gateway.synth_version import PARTNER_WIDTH
-from tests.training_sites import TrainingSites, write_training_sites
+from tests.training_sites import TrainingSites
 
-TIMEOUT = 10.0
 USED = scoring_pb2.PARTNER_SLICE_STATUS_USED
 
 
 @pytest.fixture(scope="module")
-def sites(tmp_path_factory: pytest.TempPathFactory) -> TrainingSites:
-    return write_training_sites(tmp_path_factory.mktemp("sites"), customers=400, seed=41)
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    """A world of its own: the tests here publish more versions and swap between them."""
+    return publish_world(tmp_path_factory.mktemp("sites"), customers=400, seed=41)
 
 
 @pytest.fixture(scope="module")
-def versions(sites: TrainingSites) -> tuple[str, str]:
+def versions(world: World) -> tuple[str, str]:
     """Two versions published at both sides, their partner bottoms seeded differently."""
-    first, second = publish_both_sides(sites, seed=7), publish_both_sides(sites, seed=11)
-    assert first != second
-    return first, second
+    second = publish_both_sides(world.sites, seed=11)
+    assert second != world.version_id
+    return world.version_id, second
 
 
 @pytest.fixture(scope="module")
-def people(sites: TrainingSites) -> Applicants:
-    return applicants_of(sites)
-
-
-@pytest.fixture(scope="module")
-def partner(throwaway_pki: ThrowAwayPki, sites: TrainingSites) -> Iterator[PartnerNode]:
-    started = start_partner_node(sites.partner_node_config(throwaway_pki.tls("partner")))
-    yield started
-    started.stop(grace=None)
+def partner(throwaway_pki: ThrowAwayPki, world: World) -> Iterator[PartnerNode]:
+    with running_partner(throwaway_pki, world.sites) as started:
+        yield started
 
 
 def _settings(
@@ -85,28 +83,10 @@ def gateway(
     versions: tuple[str, str],
     partner: PartnerNode,
 ) -> Iterator[Gateway]:
-    started = start_gateway(_settings(tmp_path, throwaway_pki, sites, versions[0], partner.port))
-    assert started.partner.verified
-    yield started
-    started.stop(grace=None)
-
-
-def _application(
-    application_id: str, identifier: str, model_version: str = ""
-) -> scoring_pb2.ScoreApplicationRequest:
-    return scoring_pb2.ScoreApplicationRequest(
-        application_id=application_id,
-        channel=scoring_pb2.APPLICATION_CHANNEL_BANK,
-        identifier_kind="mobile_cn",
-        identifier=identifier,
-        partner_lookup_consent=True,
-        model_version=model_version,
-    )
-
-
-def _app(pki: ThrowAwayPki, port: int) -> tuple[Any, Any]:
-    channel = create_channel(f"127.0.0.1:{port}", pki.tls("app"))
-    return channel, scoring_pb2_grpc.ScoringGatewayStub(channel)  # type: ignore[no-untyped-call]
+    settings = _settings(tmp_path, throwaway_pki, sites, versions[0], partner.port)
+    with running_gateway(settings) as started:
+        assert started.partner.verified
+        yield started
 
 
 def _partner_embeddings(
@@ -149,8 +129,7 @@ def test_a_swap_under_load_drops_no_call_and_never_combines_two_versions(
     lock = threading.Lock()
 
     def client(worker: int) -> None:
-        channel, app = _app(throwaway_pki, gateway.port)
-        with channel:
+        with scoring_stub(throwaway_pki, gateway.port) as app:
             # Each worker keeps sending until it has seen the swap, then sends a few more.
             after_swap = 0
             for call in range(400):
@@ -158,7 +137,7 @@ def test_a_swap_under_load_drops_no_call_and_never_combines_two_versions(
                 identifier = identifiers[call % len(identifiers)]
                 try:
                     reply = app.ScoreApplication(
-                        _application(application_id, identifier), timeout=TIMEOUT
+                        application(application_id, identifier, consent=True), timeout=TIMEOUT
                     )
                 except grpc.RpcError as err:
                     with lock:
@@ -198,13 +177,12 @@ def test_a_swap_under_load_drops_no_call_and_never_combines_two_versions(
     assert not np.allclose(
         expected[first, identifiers[0]], expected[second, identifiers[0]], atol=1e-6
     )
-    channel, app = _app(throwaway_pki, gateway.port)
-    with channel:
+    with scoring_stub(throwaway_pki, gateway.port) as app:
         after = app.ScoreApplication(
-            _application("APP-after-swap", identifiers[0]), timeout=TIMEOUT
+            application("APP-after-swap", identifiers[0], consent=True), timeout=TIMEOUT
         )
         named_previous = app.ScoreApplication(
-            _application("APP-names-previous", identifiers[0], model_version=first),
+            application("APP-names-previous", identifiers[0], model_version=first, consent=True),
             timeout=TIMEOUT,
         )
     assert after.model_version == second
@@ -260,23 +238,27 @@ def test_a_call_in_progress_during_the_swap_finishes_on_its_version(
         throwaway_pki.tls("partner"),
     )
     server.start()
-    gateway = start_gateway(_settings(tmp_path, throwaway_pki, sites, first, port))
-    channel, app = _app(throwaway_pki, gateway.port)
     try:
-        with ThreadPoolExecutor(1) as pool:
-            in_flight = pool.submit(
-                app.ScoreApplication, _application("APP-in-flight", identifier), timeout=TIMEOUT
-            )
-            assert holding.holding.wait(TIMEOUT)
-            gateway.swap(second)
-            after = app.ScoreApplication(_application("APP-after", identifier), timeout=TIMEOUT)
-            holding.release.set()
-            during = in_flight.result()
-        recorded = gateway.audit.get(during.request_id)
+        with (
+            running_gateway(_settings(tmp_path, throwaway_pki, sites, first, port)) as gateway,
+            scoring_stub(throwaway_pki, gateway.port) as app,
+        ):
+            with ThreadPoolExecutor(1) as pool:
+                in_flight = pool.submit(
+                    app.ScoreApplication,
+                    application("APP-in-flight", identifier, consent=True),
+                    timeout=TIMEOUT,
+                )
+                assert holding.holding.wait(TIMEOUT)
+                gateway.swap(second)
+                after = app.ScoreApplication(
+                    application("APP-after", identifier, consent=True), timeout=TIMEOUT
+                )
+                holding.release.set()
+                during = in_flight.result()
+            recorded = gateway.audit.get(during.request_id)
     finally:
         holding.release.set()
-        channel.close()
-        gateway.stop(grace=None)
         server.stop(None).wait()
         upstream.close()
 
@@ -306,10 +288,9 @@ def test_a_version_the_partner_does_not_hold_is_refused_and_the_served_one_stays
 
     assert gateway.versions.current == versions[0]
     assert gateway.partner.verified
-    channel, app = _app(throwaway_pki, gateway.port)
-    with channel:
+    with scoring_stub(throwaway_pki, gateway.port) as app:
         reply = app.ScoreApplication(
-            _application("APP-after-refusal", people.aligned[0]), timeout=TIMEOUT
+            application("APP-after-refusal", people.aligned[0], consent=True), timeout=TIMEOUT
         )
     assert reply.model_version == versions[0]
     assert reply.slices.partner_status == USED
@@ -372,17 +353,16 @@ def test_cobrand_gateway_serve_swaps_to_the_files_version_on_sighup_and_serves_o
         while not port_file.exists() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert port_file.exists(), list(lines.queue)
-        channel, app = _app(throwaway_pki, int(port_file.read_text()))
-        with channel:
+        with scoring_stub(throwaway_pki, int(port_file.read_text())) as app:
             before = app.ScoreApplication(
-                _application("APP-hup-before", people.aligned[0]), timeout=TIMEOUT
+                application("APP-hup-before", people.aligned[0], consent=True), timeout=TIMEOUT
             )
             name_in_file("0123456789abcdef")
             process.send_signal(signal.SIGHUP)
             # The refusal is logged as an error (stderr without a configured handler).
             refusal = logged("swap refused")
             refused = app.ScoreApplication(
-                _application("APP-hup-refused", people.aligned[0]), timeout=TIMEOUT
+                application("APP-hup-refused", people.aligned[0], consent=True), timeout=TIMEOUT
             )
             name_in_file(second)
             process.send_signal(signal.SIGHUP)
@@ -393,7 +373,7 @@ def test_cobrand_gateway_serve_swaps_to_the_files_version_on_sighup_and_serves_o
                 time.sleep(0.1)
                 call += 1
                 after = app.ScoreApplication(
-                    _application(f"APP-hup-{call}", people.aligned[0]), timeout=TIMEOUT
+                    application(f"APP-hup-{call}", people.aligned[0], consent=True), timeout=TIMEOUT
                 )
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
