@@ -1,5 +1,7 @@
-"""Fixtures of the hostile-input and fault tests: one synthetic set published at both parties,
-a partner node serving it in this process, and the figures each test reports.
+"""Fixtures of the hostile-input and fault tests: a published world of their own (they exhaust
+the partner's limits, tamper with a version's files and kill processes, so they never share the
+run's world of `tests.gateway.shared_world`), a partner node serving it in this process, and the
+figures each test reports.
 
 Every test here records what it tried and survived (`Figures.add`); the figures are printed in
 a section of their own at the end of the run, whether or not output is captured.
@@ -12,10 +14,9 @@ from collections.abc import Iterator
 import pytest
 
 from cobrand.alignment_store import AlignmentStore
-from partner_node.server import PartnerNode, start_partner_node
+from partner_node.server import PartnerNode
 from tests.conftest import ThrowAwayPki
-from tests.gateway.gateway_sites import Applicants, applicants_of, publish_both_sides
-from tests.training_sites import TrainingSites, write_training_sites
+from tests.gateway.gateway_sites import World, publish_world, running_partner
 
 _FIGURES = pytest.StashKey[list[str]]()
 
@@ -48,36 +49,21 @@ def pytest_terminal_summary(
 
 
 @pytest.fixture(scope="package")
-def sites(tmp_path_factory: pytest.TempPathFactory) -> TrainingSites:
-    """A synthetic set with the same alignment stored at both parties."""
-    return write_training_sites(tmp_path_factory.mktemp("sites"), customers=400, seed=43)
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    """A synthetic set with one version published at both parties, for these tests alone."""
+    return publish_world(tmp_path_factory.mktemp("sites"), customers=400, seed=43)
 
 
 @pytest.fixture(scope="package")
-def version_id(sites: TrainingSites) -> str:
-    """A model version published at both parties of `sites`."""
-    return publish_both_sides(sites)
-
-
-@pytest.fixture(scope="package")
-def people(sites: TrainingSites) -> Applicants:
-    """The set's aligned customers and the bank's customers outside the alignment."""
-    return applicants_of(sites)
-
-
-@pytest.fixture(scope="package")
-def aligned_key(sites: TrainingSites) -> bytes:
-    """The join key of a customer in the alignment of `sites`."""
-    with AlignmentStore(sites.partner_data) as store:
+def aligned_key(world: World) -> bytes:
+    """The join key of a customer in the alignment of `world`."""
+    with AlignmentStore(world.sites.partner_data) as store:
         keys, _ = next(store.members())
     return bytes(keys[0].tobytes())
 
 
 @pytest.fixture(scope="package")
-def partner_node(
-    throwaway_pki: ThrowAwayPki, sites: TrainingSites, version_id: str
-) -> Iterator[PartnerNode]:
-    """The partner node of `sites`, all four services, in this process."""
-    node = start_partner_node(sites.partner_node_config(throwaway_pki.tls("partner")))
-    yield node
-    node.stop(grace=None)
+def partner_node(throwaway_pki: ThrowAwayPki, world: World) -> Iterator[PartnerNode]:
+    """The partner node of `world`, all four services, in this process."""
+    with running_partner(throwaway_pki, world.sites) as node:
+        yield node

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Final
 
 import grpc
@@ -19,10 +18,10 @@ from hypothesis import strategies as st
 from cobrand.federation import load_federation
 from cobrand.schema import load_party_schema
 from cobrand.v1 import scoring_pb2, scoring_pb2_grpc
-from gateway.server import Gateway, start_gateway
+from gateway.server import Gateway
 from partner_node.server import PartnerNode
 from tests.conftest import ThrowAwayPki
-from tests.gateway.gateway_sites import Applicants, gateway_settings
+from tests.gateway.gateway_sites import Applicants, World, gateway_settings, running_gateway
 from tests.robustness.conftest import Figures
 from tests.robustness.hostile import (
     CALL_TIMEOUT_S,
@@ -70,18 +69,20 @@ _IDS = itertools.count()
 def gateway(
     tmp_path_factory: pytest.TempPathFactory,
     throwaway_pki: ThrowAwayPki,
-    sites: TrainingSites,
-    version_id: str,
+    world: World,
     partner_node: PartnerNode,
 ) -> Iterator[Gateway]:
-    directory: Path = tmp_path_factory.mktemp("gateway")
     settings_ = gateway_settings(
-        directory, sites, throwaway_pki, version_id, partner_node.port, deadline_ms=2000
+        tmp_path_factory.mktemp("gateway"),
+        world.sites,
+        throwaway_pki,
+        world.version_id,
+        partner_node.port,
+        deadline_ms=2000,
     )
-    started = start_gateway(settings_)
-    assert started.partner.verified
-    yield started
-    started.stop(grace=None)
+    with running_gateway(settings_) as started:
+        assert started.partner.verified
+        yield started
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from cobrand.v1 import embedding_pb2, embedding_pb2_grpc
 from gateway.server import start_gateway
 from partner_node.server import PartnerNode
 from tests.conftest import ThrowAwayPki
-from tests.gateway.gateway_sites import gateway_settings, publish_both_sides
+from tests.gateway.gateway_sites import World, gateway_settings, publish_both_sides
 from tests.training_sites import TrainingSites
 
 TIMEOUT = 30.0
@@ -33,9 +33,9 @@ def _flip_last_byte(path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def tampered(sites: TrainingSites) -> str:
+def tampered(world: World) -> str:
     """A version published at both sides after the shared one, whose files the tests alter."""
-    return publish_both_sides(sites, seed=9)
+    return publish_both_sides(world.sites, seed=9)
 
 
 def test_a_gateway_does_not_start_on_a_tampered_model_file_and_names_it(
