@@ -199,3 +199,43 @@ def test_a_workers_start_error_is_the_commands_one_line_and_exit_code_2(
     assert "0123456789abcdef" in text
     assert "Traceback" not in text
     assert not (tmp_path / "port").exists()
+
+
+def _workers_of(pid: int) -> list[int]:
+    """The gateway worker processes started by `pid` (spawned interpreters)."""
+    children = [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
+    return [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def test_a_worker_that_dies_stops_the_others_and_the_command_fails_naming_it(
+    tmp_path: Path,
+    throwaway_pki: ThrowAwayPki,
+    sites: TrainingSites,
+    versions: tuple[str, str],
+    partner: PartnerNode,
+) -> None:
+    settings = gateway_settings(tmp_path, sites, throwaway_pki, versions[0], partner.port)
+    config = tmp_path / "gateway.yaml"
+    _write(config, settings, versions[0])
+    served = Served(config, tmp_path / "port", workers=2)
+    try:
+        served.logged("2 workers serving on port")
+        workers = _workers_of(served.process.pid)
+        os.kill(workers[0], signal.SIGKILL)
+        served.process.wait(timeout=TIMEOUT)
+        failure = served.logged("exited with code")
+    finally:
+        if served.process.poll() is None:
+            served.process.kill()
+
+    assert len(workers) == 2
+    assert served.process.returncode == 2
+    assert "exited with code -9; the other workers were stopped" in failure[0]
+    assert (
+        not Path(f"/proc/{workers[1]}").exists()
+        or b"zombie" in Path(f"/proc/{workers[1]}/status").read_bytes().lower()
+    )
