@@ -40,8 +40,9 @@ from cobrand.v1 import scoring_pb2, scoring_pb2_grpc
 from cobrand.wire_capture import CAPTURE_DIR_ENV
 from gateway.audit_log import AuditSettings
 from gateway.pseudonyms import MIN_KEY_BYTES
-from gateway.server import start_gateway
 from gateway.settings import GatewaySettings, PartnerSettings
+from tests.gateway.gateway_sites import running_gateway
+from tests.gateway.scoring_calls import application
 from tests.gateway.synth_version import EXAMPLES
 from tests.privacy_canaries import Needles, plant_canaries
 
@@ -131,30 +132,23 @@ def _gateway_settings(sites: LocalSites, version_id: str) -> Path:
 def _score_applications(sites: LocalSites, settings: Path) -> tuple[str, ...]:
     """Decide an aligned and a bank-only customer's applications through the gateway; their
     partner slice statuses."""
-    gateway = start_gateway(load_settings(GatewaySettings, settings))
-    try:
-        bank_tls = sites.bank.tls
-        assert bank_tls is not None
-        bank_ca = bank_tls.ca_bundle.parent
-        app_tls = tls_files(bank_ca, pki.issue(bank_ca, pki.Role.APP, "privacy-review-app"))
-        with create_channel(f"{_LOOPBACK}:{gateway.port}", app_tls) as channel:
-            stub: Any = scoring_pb2_grpc.ScoringGatewayStub(channel)  # type: ignore[no-untyped-call]
-            statuses = []
-            for number, identifier in enumerate(_aligned_and_bank_only(sites), start=1):
-                reply = stub.ScoreApplication(
-                    scoring_pb2.ScoreApplicationRequest(
-                        application_id=f"PRIVACY-{number}",
-                        channel=scoring_pb2.APPLICATION_CHANNEL_BANK,
-                        identifier_kind="mobile_cn",
-                        identifier=identifier,
-                        partner_lookup_consent=True,
-                    ),
-                    timeout=_CALL_TIMEOUT_S,
-                )
-                statuses.append(scoring_pb2.PartnerSliceStatus.Name(reply.slices.partner_status))
-    finally:
-        gateway.stop()
-    return tuple(statuses)
+    bank_tls = sites.bank.tls
+    assert bank_tls is not None
+    bank_ca = bank_tls.ca_bundle.parent
+    app_tls = tls_files(bank_ca, pki.issue(bank_ca, pki.Role.APP, "privacy-review-app"))
+    with (
+        running_gateway(load_settings(GatewaySettings, settings)) as gateway,
+        create_channel(f"{_LOOPBACK}:{gateway.port}", app_tls) as channel,
+    ):
+        stub: Any = scoring_pb2_grpc.ScoringGatewayStub(channel)  # type: ignore[no-untyped-call]
+        replies = [
+            stub.ScoreApplication(
+                application(f"PRIVACY-{number}", identifier, consent=True),
+                timeout=_CALL_TIMEOUT_S,
+            )
+            for number, identifier in enumerate(_aligned_and_bank_only(sites), start=1)
+        ]
+    return tuple(scoring_pb2.PartnerSliceStatus.Name(r.slices.partner_status) for r in replies)
 
 
 def _aligned_and_bank_only(sites: LocalSites) -> tuple[str, str]:

@@ -4,11 +4,10 @@ them.
 
 `world` is a synthetic set with one model version published at both parties, built once per
 run; `sites`, `version_id` and `people` read it. `bank_app` calls `gateway` as the bank's
-application flow. A module or package that changes its world
-(stops the partner, publishes or swaps versions, kills processes, fuzzes the partner's limits)
-overrides `world` with one of its own, built by `tests.gateway.gateway_sites.publish_world`;
-asking for the shared `partner_node` or `gateway` there is then a scope error, never a silent
-mix of two worlds.
+application flow. A module or package that changes its world (stops the partner, publishes or
+swaps versions, kills processes, fuzzes the partner's limits) overrides `world` with one of its
+own, built by `tests.gateway.gateway_sites.publish_world`; asking for the shared `partner_node`
+or `gateway` there is then a scope error, never a silent mix of two worlds.
 
 The gateway's audit log is shared by every module that calls it and replays a repeated
 application id, so each module names its applications with its own prefix.
@@ -21,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
+# Every test run loads this plugin: the servers' modules (over a second to import) are imported
+# in the fixtures, so only runs that start a server pay for them.
 if TYPE_CHECKING:
     from gateway.server import Gateway
     from gateway.settings import GatewaySettings
@@ -28,9 +29,6 @@ if TYPE_CHECKING:
     from tests.conftest import ThrowAwayPki
     from tests.gateway.gateway_sites import Applicants, World
     from tests.training_sites import TrainingSites
-
-# Every test run loads this plugin: the servers' modules (over a second to import) are imported
-# in the fixtures, so only runs that start a server pay for them.
 
 STRANGERS: Final = ("+8619999999999", "+8619999999998", "+8619999999997")
 """Mobile numbers of neither party's customers in the shared world (`world` checks)."""
