@@ -26,6 +26,7 @@ from partner_node.server import PartnerNode, start_partner_node
 from tests.conftest import ThrowAwayPki
 from tests.flower_probe_app import write_probe_app
 from tests.flwr_cli import FlwrCli
+from tests.loopback import unused_port
 from tests.training_sites import write_training_sites
 
 pytestmark = pytest.mark.slow
@@ -33,13 +34,6 @@ pytestmark = pytest.mark.slow
 PARTNER_FACING = "127.0.0.2"
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _listening(host: str, port: int) -> bool:
@@ -101,7 +95,7 @@ def test_a_run_through_both_sites_commands_reaches_the_partner_node_and_both_sto
         ),
         "utf-8",
     )
-    fleet, control, runtime = _free_port(), _free_port(), _free_port()
+    fleet, control, runtime = unused_port(), unused_port(), unused_port()
     risk_team = FlwrCli(tmp_path / "bank-flwr", f"127.0.0.1:{control}", ca_cert)
     key = tmp_path / "supernode-key"
     write_ssh_key(key)

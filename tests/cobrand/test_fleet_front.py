@@ -5,7 +5,6 @@ closed loopback port, so a relayed request shows as 502 and a refused one never 
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 import httpx
@@ -15,13 +14,7 @@ from hypothesis import strategies as st
 
 from cobrand.fleet_front import FLEET_PATHS, FleetFront
 from tests.conftest import ThrowAwayPki
-
-
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
+from tests.loopback import unused_port
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +24,7 @@ def ca_cert(throwaway_pki: ThrowAwayPki) -> Path:
 
 def _status(ca_cert: Path, method: str, path: str, body: bytes = b"") -> int:
     async def call() -> int:
-        front = FleetFront(f"127.0.0.1:{_closed_port()}", ca_cert)
+        front = FleetFront(f"127.0.0.1:{unused_port()}", ca_cert)
         transport = httpx.ASGITransport(app=front)
         async with httpx.AsyncClient(transport=transport, base_url="https://front") as client:
             reply = await client.request(method, path, content=body)

@@ -8,7 +8,6 @@ node: it serves the bank's slice alone, which is all these behaviours need.
 
 from __future__ import annotations
 
-import socket
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -31,18 +30,11 @@ from gateway.settings import GatewaySettings
 from tests.conftest import ThrowAwayPki
 from tests.gateway.gateway_sites import Applicants, World, gateway_settings, running_gateway
 from tests.gateway.scoring_calls import TIMEOUT, application, scoring_stub
+from tests.loopback import unused_port
 
 SCORING = "cobrand.v1.ScoringGateway"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def _closed_port() -> int:
-    """A loopback port nothing listens on (the absent partner)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +46,7 @@ def settings(
         world.sites,
         throwaway_pki,
         world.version_id,
-        _closed_port(),
+        unused_port(),
         verify_retry_s=600,
     )
     return settings.model_copy(update={"metrics_listen": "127.0.0.1:0"})
