@@ -22,12 +22,12 @@ from cobrand import pki
 from cobrand.flower_local import _write_ssh_key as write_ssh_key
 from cobrand.flower_sites import flower_environment, flower_program
 from partner_node.flower_client.runner import PINNED_CLIENT_APP
-from partner_node.server import PartnerNode, start_partner_node
+from partner_node.server import PartnerNode
 from tests.conftest import ThrowAwayPki
 from tests.flower_probe_app import write_probe_app
 from tests.flwr_cli import FlwrCli
 from tests.loopback import unused_port
-from tests.training_sites import write_training_sites
+from tests.training_sites import running_partner, write_training_sites
 
 pytestmark = pytest.mark.slow
 
@@ -71,9 +71,8 @@ def node(
     tmp_path_factory: pytest.TempPathFactory, throwaway_pki: ThrowAwayPki
 ) -> Iterator[PartnerNode]:
     sites = write_training_sites(tmp_path_factory.mktemp("sites"), customers=300, seed=8)
-    started = start_partner_node(sites.partner_node_config(throwaway_pki.tls("partner")))
-    yield started
-    started.stop(grace=None)
+    with running_partner(throwaway_pki, sites) as started:
+        yield started
 
 
 def test_a_run_through_both_sites_commands_reaches_the_partner_node_and_both_stop_cleanly(

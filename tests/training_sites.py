@@ -1,4 +1,5 @@
-"""Both parties' files for a training run: a synthetic co-brand set and each side's alignment.
+"""Both parties' files for a training run: a synthetic co-brand set and each side's alignment,
+and the partner node serving them (`running_partner`).
 
 The alignment results are written here directly, by joining the two tables on canonical
 identifiers and giving each common customer a random join key, instead of running PSI: what a
@@ -9,8 +10,11 @@ rows; the product aligns through PSI and never pools them.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +31,10 @@ from cobrand.schema import load_party_schema
 from cobrand.synth import DatasetFiles, SynthConfig, write_dataset
 from cobrand.tables import load_party_table
 from partner_node.config import PartnerNodeConfig
+from partner_node.server import PartnerNode, start_partner_node
+
+if TYPE_CHECKING:
+    from tests.conftest import ThrowAwayPki
 
 
 @dataclass(frozen=True)
@@ -82,3 +90,17 @@ def write_training_sites(directory: Path, customers: int, seed: int) -> Training
         )
         write_alignment(data_dir, summary, keys.view(JOIN_KEY_DTYPE), members)
     return sites
+
+
+@contextmanager
+def running_partner(
+    pki: ThrowAwayPki, sites: TrainingSites, **update: object
+) -> Iterator[PartnerNode]:
+    """The partner node of `sites` serving in this process; `update` changes its settings
+    (``listen`` to come back on a port, ``consented_lookup`` for another limit)."""
+    config = sites.partner_node_config(pki.tls("partner")).model_copy(update=update)
+    node = start_partner_node(config)
+    try:
+        yield node
+    finally:
+        node.stop(grace=None)

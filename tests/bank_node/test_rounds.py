@@ -34,9 +34,9 @@ from cobrand.rounds_serde import (
 )
 from cobrand.rpc import create_channel
 from cobrand.v1 import rounds_pb2, rounds_pb2_grpc
-from partner_node.server import PartnerNode, start_partner_node
+from partner_node.server import PartnerNode
 from tests.conftest import ThrowAwayPki
-from tests.training_sites import TrainingSites, write_training_sites
+from tests.training_sites import TrainingSites, running_partner, write_training_sites
 
 CONFIG = TrainingConfig(max_rounds=2, patience=2, batch_size=128, head_hidden=16)
 
@@ -67,9 +67,8 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> TrainingSites:
 
 @pytest.fixture(scope="module")
 def node(throwaway_pki: ThrowAwayPki, sites: TrainingSites) -> Iterator[PartnerNode]:
-    started = start_partner_node(sites.partner_node_config(throwaway_pki.tls("partner")))
-    yield started
-    started.stop(grace=None)
+    with running_partner(throwaway_pki, sites) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ whose files, preprocessing and networks are the real thing.
 directory from, and a fresh pseudonym key, and points the gateway at a partner node.
 
 `publish_world` is all of that for one synthetic set: its sites, one version published at both
-sides and who is who. `running_partner` and `running_gateway` start a server for the length of a
-``with`` block, as fixtures hold them.
+sides and who is who. `running_gateway` starts a gateway for the length of a ``with`` block, as
+`tests.training_sites.running_partner` does a partner node.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from gateway.audit_log import AuditSettings
 from gateway.server import Gateway, start_gateway
 from gateway.settings import BreakerSettings, GatewaySettings, PartnerSettings
 from partner_node.model_registry import publish
-from partner_node.server import PartnerNode, start_partner_node
 from tests.conftest import ThrowAwayPki
 from tests.gateway.synth_version import EXAMPLES, PARTNER_WIDTH, save_synth_bank_version
 from tests.partner_node.embedding_sites import partner_table
@@ -53,7 +52,6 @@ __all__ = [
     "publish_both_sides",
     "publish_world",
     "running_gateway",
-    "running_partner",
 ]
 
 
@@ -207,20 +205,6 @@ def publish_world(directory: Path, customers: int, seed: int) -> World:
     assert people.aligned, "the set has no aligned customer"
     assert people.bank_only, "the set has no bank customer outside the alignment"
     return World(sites, version_id, people)
-
-
-@contextmanager
-def running_partner(
-    pki: ThrowAwayPki, sites: TrainingSites, **update: object
-) -> Iterator[PartnerNode]:
-    """The partner node of `sites` serving in this process; `update` changes its settings
-    (``listen`` to come back on a port, ``consented_lookup`` for another limit)."""
-    config = sites.partner_node_config(pki.tls("partner")).model_copy(update=update)
-    node = start_partner_node(config)
-    try:
-        yield node
-    finally:
-        node.stop(grace=None)
 
 
 @contextmanager

@@ -70,7 +70,7 @@ def people(world: World) -> Applicants:
 @pytest.fixture(scope="session")
 def partner_node(throwaway_pki: ThrowAwayPki, world: World) -> Iterator[PartnerNode]:
     """The partner node of `world`, all its services, in this process."""
-    from tests.gateway.gateway_sites import running_partner
+    from tests.training_sites import running_partner
 
     with running_partner(throwaway_pki, world.sites) as node:
         yield node

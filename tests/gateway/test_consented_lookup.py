@@ -32,12 +32,11 @@ from tests.gateway.gateway_sites import (
     World,
     gateway_settings,
     running_gateway,
-    running_partner,
 )
 from tests.gateway.scoring_calls import TIMEOUT, application, scoring_stub, spelt
 from tests.gateway.shared_world import STRANGERS
 from tests.partner_node.embedding_sites import partner_table
-from tests.training_sites import TrainingSites
+from tests.training_sites import TrainingSites, running_partner
 
 USED = scoring_pb2.PARTNER_SLICE_STATUS_USED
 UNKNOWN = scoring_pb2.PARTNER_SLICE_STATUS_UNKNOWN_APPLICANT

@@ -29,7 +29,6 @@ from tests.gateway.gateway_sites import (
     Applicants,
     gateway_settings,
     running_gateway,
-    running_partner,
 )
 from tests.gateway.scoring_calls import (
     BANK,
@@ -41,7 +40,7 @@ from tests.gateway.scoring_calls import (
 )
 from tests.gateway.shared_world import STRANGERS
 from tests.gateway.synth_version import PARTNER_WIDTH
-from tests.training_sites import TrainingSites
+from tests.training_sites import TrainingSites, running_partner
 
 USED = scoring_pb2.PARTNER_SLICE_STATUS_USED
 NEW_APPLICANT = STRANGERS[0]

@@ -32,7 +32,7 @@ from gateway.targeting import Ranked, target
 from partner_node.embedding_service import EMBEDDING_ROLES
 from partner_node.server import PartnerNode
 from tests.conftest import ThrowAwayPki
-from tests.gateway.gateway_sites import gateway_settings, running_partner
+from tests.gateway.gateway_sites import gateway_settings
 from tests.gateway.synth_version import EXAMPLES
 from tests.gateway.targeting_sites import (
     BothSides,
@@ -41,7 +41,7 @@ from tests.gateway.targeting_sites import (
     bank_only_version,
     both_sides,
 )
-from tests.training_sites import TrainingSites, write_training_sites
+from tests.training_sites import TrainingSites, running_partner, write_training_sites
 
 DECISIONS = EXAMPLES / "cobrand_synth.yaml"
 BANK_ONLY = 9

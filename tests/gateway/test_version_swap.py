@@ -38,11 +38,10 @@ from tests.gateway.gateway_sites import (
     publish_both_sides,
     publish_world,
     running_gateway,
-    running_partner,
 )
 from tests.gateway.scoring_calls import TIMEOUT, application, scoring_stub
 from tests.gateway.synth_version import PARTNER_WIDTH
-from tests.training_sites import TrainingSites
+from tests.training_sites import TrainingSites, running_partner
 
 USED = scoring_pb2.PARTNER_SLICE_STATUS_USED
 

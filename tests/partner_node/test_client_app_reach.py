@@ -16,9 +16,9 @@ from partner_node.dataplane_service import ALLOWED_ROLES as DATAPLANE_ROLES
 from partner_node.embedding_service import EMBEDDING_ROLES
 from partner_node.flower_client.client_app import HandOffSettings
 from partner_node.rounds_service import ROUNDS_ROLES
-from partner_node.server import PartnerNode, start_partner_node
+from partner_node.server import PartnerNode
 from tests.conftest import ThrowAwayPki
-from tests.training_sites import write_training_sites
+from tests.training_sites import running_partner, write_training_sites
 
 # Every method the node serves other than the hand-off (PartnerRounds).
 OTHER_METHODS = sorted({**ALIGNMENT_ROLES, **DATAPLANE_ROLES, **EMBEDDING_ROLES})
@@ -29,9 +29,8 @@ def node(
     tmp_path_factory: pytest.TempPathFactory, throwaway_pki: ThrowAwayPki
 ) -> Iterator[PartnerNode]:
     sites = write_training_sites(tmp_path_factory.mktemp("sites"), customers=300, seed=3)
-    started = start_partner_node(sites.partner_node_config(throwaway_pki.tls("partner")))
-    yield started
-    started.stop(grace=None)
+    with running_partner(throwaway_pki, sites) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")

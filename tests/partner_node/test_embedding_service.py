@@ -21,14 +21,14 @@ from cobrand.model_store import ModelStore
 from cobrand.rpc import REASON_METADATA_KEY, create_channel
 from cobrand.v1 import embedding_pb2, embedding_pb2_grpc
 from partner_node.embedding_service import MAX_BATCH_KEYS
-from partner_node.server import PartnerNode, start_partner_node
+from partner_node.server import PartnerNode
 from tests.conftest import ThrowAwayPki
 from tests.partner_node.embedding_sites import (
     PublishedVersion,
     aligned_customers,
     publish_version,
 )
-from tests.training_sites import TrainingSites, write_training_sites
+from tests.training_sites import TrainingSites, running_partner, write_training_sites
 
 TIMEOUT = 30.0
 WIDTH = 5
@@ -48,9 +48,8 @@ def version(sites: TrainingSites) -> PublishedVersion:
 def node(
     throwaway_pki: ThrowAwayPki, sites: TrainingSites, version: PublishedVersion
 ) -> Iterator[PartnerNode]:
-    started = start_partner_node(sites.partner_node_config(throwaway_pki.tls("partner")))
-    yield started
-    started.stop(grace=None)
+    with running_partner(throwaway_pki, sites) as started:
+        yield started
 
 
 @contextmanager

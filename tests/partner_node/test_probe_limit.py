@@ -23,14 +23,14 @@ from cobrand.rpc import REASON_METADATA_KEY, TlsFiles, create_channel
 from cobrand.v1 import embedding_pb2, embedding_pb2_grpc
 from partner_node.config import EmbeddingSettings
 from partner_node.probe_limit import PROBE_AUDIT_FILE, ProbeLimiter
-from partner_node.server import PartnerNode, start_partner_node
+from partner_node.server import PartnerNode
 from tests.conftest import ThrowAwayPki
 from tests.partner_node.embedding_sites import (
     PublishedVersion,
     aligned_customers,
     publish_version,
 )
-from tests.training_sites import TrainingSites, write_training_sites
+from tests.training_sites import TrainingSites, running_partner, write_training_sites
 
 TIMEOUT = 30.0
 LIMIT = 5
@@ -53,12 +53,9 @@ def node(
 ) -> Iterator[PartnerNode]:
     """A fresh node per test, so every test starts with full budgets and an empty audit file."""
     (sites.partner_data / PROBE_AUDIT_FILE).unlink(missing_ok=True)
-    config = sites.partner_node_config(throwaway_pki.tls("partner")).model_copy(
-        update={"embedding": EmbeddingSettings(unknown_key_lookups_per_minute=LIMIT)}
-    )
-    started = start_partner_node(config)
-    yield started
-    started.stop(grace=None)
+    limit = EmbeddingSettings(unknown_key_lookups_per_minute=LIMIT)
+    with running_partner(throwaway_pki, sites, embedding=limit) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")

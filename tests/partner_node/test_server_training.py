@@ -16,9 +16,9 @@ from cobrand.rounds_protocol import RoundPlan
 from cobrand.rounds_serde import plan_to_proto, progress_from_proto, status_from_proto
 from cobrand.rpc import create_channel
 from cobrand.v1 import rounds_pb2, rounds_pb2_grpc
-from partner_node.server import PartnerNode, start_partner_node
+from partner_node.server import PartnerNode
 from tests.conftest import ThrowAwayPki
-from tests.training_sites import TrainingSites, write_training_sites
+from tests.training_sites import TrainingSites, running_partner, write_training_sites
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +28,8 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> TrainingSites:
 
 @pytest.fixture(scope="module")
 def node(throwaway_pki: ThrowAwayPki, sites: TrainingSites) -> Iterator[PartnerNode]:
-    started = start_partner_node(sites.partner_node_config(throwaway_pki.tls("partner")))
-    yield started
-    started.stop(grace=None)
+    with running_partner(throwaway_pki, sites) as started:
+        yield started
 
 
 def test_a_round_planned_through_the_node_is_streamed_on_its_current_alignment(

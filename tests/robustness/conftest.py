@@ -16,7 +16,8 @@ import pytest
 from cobrand.alignment_store import AlignmentStore
 from partner_node.server import PartnerNode
 from tests.conftest import ThrowAwayPki
-from tests.gateway.gateway_sites import World, publish_world, running_partner
+from tests.gateway.gateway_sites import World, publish_world
+from tests.training_sites import running_partner
 
 _FIGURES = pytest.StashKey[list[str]]()
 
