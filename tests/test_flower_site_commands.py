@@ -1,8 +1,9 @@
 """The two sites' Flower commands as each operator runs them, as real processes on loopback:
 ``cobrand bank superlink`` (the SuperLink on 127.0.0.1 behind its Fleet-only front on
 127.0.0.2) and ``cobrand partner supernode`` (the SuperNode in process isolation with the
-partner's ClientApp runner); a run the bank's risk team submits reaches the partner's node
-through the hand-off, and stopping each command stops the Flower process it started."""
+partner's ClientApp runner); a run the bank's risk team submits reaches the partner's node (the
+run's shared one, `tests.gateway.shared_world`) through the hand-off, and stopping each command
+stops the Flower process it started."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,6 @@ from tests.conftest import ThrowAwayPki
 from tests.flower_probe_app import write_probe_app
 from tests.flwr_cli import FlwrCli
 from tests.loopback import unused_port
-from tests.training_sites import running_partner, write_training_sites
 
 pytestmark = pytest.mark.slow
 
@@ -66,17 +65,8 @@ def _stop(process: subprocess.Popen[bytes]) -> int:
         raise
 
 
-@pytest.fixture(scope="module")
-def node(
-    tmp_path_factory: pytest.TempPathFactory, throwaway_pki: ThrowAwayPki
-) -> Iterator[PartnerNode]:
-    sites = write_training_sites(tmp_path_factory.mktemp("sites"), customers=300, seed=8)
-    with running_partner(throwaway_pki, sites) as started:
-        yield started
-
-
 def test_a_run_through_both_sites_commands_reaches_the_partner_node_and_both_stop_cleanly(
-    tmp_path: Path, throwaway_pki: ThrowAwayPki, node: PartnerNode
+    tmp_path: Path, throwaway_pki: ThrowAwayPki, partner_node: PartnerNode
 ) -> None:
     bank_ca = throwaway_pki.ca_dir("bank")
     ca_cert = bank_ca / pki.CA_CERT
@@ -120,7 +110,7 @@ def test_a_run_through_both_sites_commands_reaches_the_partner_node_and_both_sto
             [
                 *("partner", "supernode", "--config", str(partner)),
                 *("--superlink", f"{PARTNER_FACING}:{fleet}", "--root-certificates", str(ca_cert)),
-                *("--auth-key", str(key), "--node", f"127.0.0.1:{node.port}"),
+                *("--auth-key", str(key), "--node", f"127.0.0.1:{partner_node.port}"),
                 *("--port", str(runtime)),
             ],
             tmp_path / "partner-flwr",

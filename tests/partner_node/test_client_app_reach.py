@@ -1,9 +1,8 @@
 """The partner's ClientApp reaches its node only through the round hand-off: its credentials
-(role ``partner``) are refused on every other method the node serves, over real mutual TLS."""
+(role ``partner``) are refused on every other method the node serves, over real mutual TLS, on
+the run's shared partner node (`tests.gateway.shared_world`)."""
 
 from __future__ import annotations
-
-from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -18,28 +17,18 @@ from partner_node.flower_client.client_app import HandOffSettings
 from partner_node.rounds_service import ROUNDS_ROLES
 from partner_node.server import PartnerNode
 from tests.conftest import ThrowAwayPki
-from tests.training_sites import running_partner, write_training_sites
 
 # Every method the node serves other than the hand-off (PartnerRounds).
 OTHER_METHODS = sorted({**ALIGNMENT_ROLES, **DATAPLANE_ROLES, **EMBEDDING_ROLES})
 
 
 @pytest.fixture(scope="module")
-def node(
-    tmp_path_factory: pytest.TempPathFactory, throwaway_pki: ThrowAwayPki
-) -> Iterator[PartnerNode]:
-    sites = write_training_sites(tmp_path_factory.mktemp("sites"), customers=300, seed=3)
-    with running_partner(throwaway_pki, sites) as started:
-        yield started
-
-
-@pytest.fixture(scope="module")
-def client_app(throwaway_pki: ThrowAwayPki, node: PartnerNode) -> HandOffSettings:
+def client_app(throwaway_pki: ThrowAwayPki, partner_node: PartnerNode) -> HandOffSettings:
     """The hand-off settings a SuperNode gives the ClientApp (its certificate: role partner)."""
     files = throwaway_pki.tls("partner")
     return HandOffSettings.from_node_config(
         {
-            "partner-node": f"127.0.0.1:{node.port}",
+            "partner-node": f"127.0.0.1:{partner_node.port}",
             "ca-bundle": str(files.ca_bundle),
             "cert": str(files.cert),
             "key": str(files.key),
