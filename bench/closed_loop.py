@@ -28,6 +28,7 @@ __all__ = [
     "Sample",
     "Served",
     "concurrent",
+    "cpu_per_call",
     "interleaved",
     "serving",
     "with_children",
@@ -128,13 +129,19 @@ class CpuMeter:
     def _seconds(self, name: str) -> float:
         return sum(_cpu_seconds(pid) for pid in self._pids[name])
 
+    def spent(self) -> dict[str, float]:
+        """Each name's CPU seconds since the meter's creation."""
+        return {name: self._seconds(name) - before for name, before in self._before.items()}
+
     def per_call(self, calls: int) -> str:
         """Each process's CPU milliseconds per call, for `calls` calls since the start."""
-        spent = (
-            f"{name} {(self._seconds(name) - before) * 1e3 / calls:.2f}"
-            for name, before in self._before.items()
-        )
-        return "CPU ms per call: " + ", ".join(spent)
+        return cpu_per_call(self.spent(), calls)
+
+
+def cpu_per_call(spent: dict[str, float], calls: int) -> str:
+    """CPU seconds by process name as milliseconds per call, for `calls` calls."""
+    shown = (f"{name} {seconds * 1e3 / calls:.2f}" for name, seconds in spent.items())
+    return "CPU ms per call: " + ", ".join(shown)
 
 
 @dataclass
@@ -153,6 +160,15 @@ class Sample:
 
     def per_second(self) -> float:
         return len(self.latencies) / self.seconds
+
+    @staticmethod
+    def merge(samples: list[Sample]) -> Sample:
+        """Several stretches of the same load as one: their calls and their wall times."""
+        return Sample(
+            [t for s in samples for t in s.latencies],
+            [o for s in samples for o in s.outcomes],
+            sum(s.seconds for s in samples),
+        )
 
     def add(self, call: Call, n: int) -> None:
         """Make call `n`, keeping its latency and outcome."""

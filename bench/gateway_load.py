@@ -1,8 +1,8 @@
 """Load benchmark of the scoring gateway as deployed, beside a do-nothing two-hop echo chain.
 
     python -m bench.gateway_load [--customers 20000] [--calls 2000] [--clients 32]
-                                 [--seconds 20] [--deadline-ms 50] [--workers 2] [--threads 8]
-                                 [--py-spy PATH]
+                                 [--seconds 20] [--rounds 4] [--deadline-ms 50] [--workers 2]
+                                 [--threads 8] [--py-spy PATH]
 
 As deployed, each its own process, all over mutual TLS on loopback: the partner node (``python
 -m partner_node serve --config partner.yaml``), the gateway (``cobrand gateway serve --config
@@ -25,8 +25,9 @@ ScoreApplication's. Both closed loops:
 - 1 client: ``--calls`` calls of each after a tenth as warm-up, the chain and the gateway in
   turn call by call so both see the same load from the rest of the machine; p50 and p99.
 - ``--clients`` threads, each with a channel (a connection) of its own, as separate
-  application-flow instances would: ``--seconds`` of the chain, then of the gateway;
-  throughput and p99.
+  application-flow instances would: ``--seconds`` of the chain and as many of the gateway, in
+  ``--rounds`` turns (chain, gateway, chain...) so both see the same load from the rest of the
+  machine; throughput and p99.
 
 Beside every gateway figure, the share of replies that fell back to the bank slice
 (``slices.partner_status`` not USED), and each goal of issue 11 as met or NOT met. The partner
@@ -52,7 +53,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,7 @@ from bench.closed_loop import (
     Sample,
     Served,
     concurrent,
+    cpu_per_call,
     interleaved,
     serving,
     with_children,
@@ -408,17 +410,27 @@ def _many_clients(
     args: argparse.Namespace,
 ) -> None:
     pids = deployment.pids
-    with Callers(deployment, aligned, request_bytes) as callers:
-        cpu = CpuMeter(pids, ("client", "echo-first", "echo-second"))
-        echoes = concurrent([callers.echo() for _ in range(args.clients)], args.seconds)
-        echo_spent = cpu.per_call(len(echoes.latencies))
-    with Callers(deployment, aligned, request_bytes) as callers:
-        cpu = CpuMeter(pids, ("client", "gateway", "partner"))
-        loaded = concurrent([callers.gateway(i) for i in range(args.clients)], args.seconds)
-        gateway_spent = cpu.per_call(len(loaded.latencies))
+    stretch = args.seconds / args.rounds
+    sides: dict[str, tuple[tuple[str, ...], Callable[[Callers, int], Call]]] = {
+        "echo": (("client", "echo-first", "echo-second"), lambda callers, _: callers.echo()),
+        "gateway": (("client", "gateway", "partner"), lambda callers, i: callers.gateway(i)),
+    }
+    samples: dict[str, list[Sample]] = {side: [] for side in sides}
+    spent: dict[str, Counter[str]] = {side: Counter() for side in sides}
+    # In turns, so a change in the rest of the machine's load weighs on both alike.
+    for _ in range(args.rounds):
+        for side, (names, caller) in sides.items():
+            with Callers(deployment, aligned, request_bytes) as callers:
+                cpu = CpuMeter(pids, names)
+                calls = [caller(callers, i) for i in range(args.clients)]
+                samples[side].append(concurrent(calls, stretch))
+                spent[side].update(cpu.spent())
+    echoes, loaded = Sample.merge(samples["echo"]), Sample.merge(samples["gateway"])
+    echo_spent = cpu_per_call(dict(spent["echo"]), len(echoes.latencies))
+    gateway_spent = cpu_per_call(dict(spent["gateway"]), len(loaded.latencies))
     print(
-        f"{args.clients} clients, closed loop, {args.seconds:g} s each, one channel per "
-        "client thread:"
+        f"{args.clients} clients, closed loop, {args.seconds:g} s each in {args.rounds} turns, "
+        "one channel per client thread:"
     )
     print(
         f"  {'echo chain (floor)':<22} {echoes.per_second():7.0f} calls/s   "
@@ -451,6 +463,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2_000)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="Turns the many-client seconds are split into."
+    )
     parser.add_argument("--deadline-ms", type=float, default=50.0)
     parser.add_argument(
         "--workers", type=int, default=WORKERS, help="Gateway processes (cobrand gateway serve)."
