@@ -110,7 +110,8 @@ class GatewaySettings(ProcessSettings):
     workers : int
         Gateway processes serving `listen` side by side (`gateway.workers`: one port, shared
         with ``SO_REUSEPORT``); 1 serves from the process started. Up to one per core: one
-        process runs Python on one core at a time.
+        process runs Python on one core at a time. Each worker serves its own ``/metrics`` on
+        `metrics_listen`'s port plus its index (a scrape target each).
     max_workers : int
         Handler threads of each process (concurrent calls in progress).
     max_message_bytes : int
