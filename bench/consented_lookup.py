@@ -41,7 +41,9 @@ from cobrand.rpc import create_channel
 from cobrand.v1 import embedding_pb2, embedding_pb2_grpc
 from gateway.audit_record import PartnerSliceStatus
 from gateway.consented_lookup import ConsentedLookupClient
-from gateway.partner_client import CircuitBreaker, PartnerClient
+from gateway.partner_breaker import CircuitBreaker
+from gateway.partner_client import PartnerClient
+from gateway.settings import BreakerSettings
 from partner_node.config import ConsentedLookupSettings
 from partner_node.oprf_index import build_index
 from partner_node.server import start_partner_node
@@ -159,7 +161,7 @@ def _over_grpc(
     deadline_s: float,
 ) -> None:
     stub: Any = embedding_pb2_grpc.PartnerEmbeddingServiceStub(channel)  # type: ignore[no-untyped-call]
-    partner = PartnerClient(channel, deadline_s, CircuitBreaker(5, 1.0))
+    partner = PartnerClient(channel, deadline_s, CircuitBreaker(BreakerSettings()))
     consented = ConsentedLookupClient(channel, context)
     # The first calls load the version and build the index: timed apart.
     started = time.perf_counter()
@@ -171,7 +173,7 @@ def _over_grpc(
     )
     print(f"{'first call (loads the version)':<32} {time.perf_counter() - started:8.3f} s")
     started = time.perf_counter()
-    warm = PartnerClient(channel, 600.0, CircuitBreaker(5, 1.0))
+    warm = PartnerClient(channel, 600.0, CircuitBreaker(BreakerSettings()))
     first = consented.embedding(
         warm, "index", "BENCH-index", version_id, oprf.lookup_input(_KIND, outside[0]), width
     )

@@ -75,7 +75,6 @@ from cobrand.commands.align import write_settings
 from cobrand.pki import Party, Role, import_peer_ca, init_ca, issue
 from cobrand.rpc import TlsFiles, create_channel
 from cobrand.v1 import scoring_pb2, scoring_pb2_grpc
-from gateway.settings import BreakerSettings
 from tests.conftest import ThrowAwayPki
 from tests.gateway.gateway_sites import applicants_of, gateway_settings, publish_both_sides
 from tests.training_sites import write_training_sites
@@ -189,7 +188,6 @@ def _deployment(work: Path, args: argparse.Namespace) -> Iterator[tuple[Deployme
             version_id,
             partner.port,
             deadline_ms=args.deadline_ms,
-            breaker_failures=BreakerSettings().failures,
         ).model_copy(update={"max_workers": args.threads})
         gateway_config = write_settings(work / "gateway.yaml", settings)
         cobrand = str(Path(sys.executable).with_name("cobrand"))

@@ -5,10 +5,11 @@ applicant, the gateway scores the bank's slice alone and says why (`PartnerSlice
 So `PartnerClient.embedding` never raises for the partner's sake; it returns a `PartnerSlice`.
 
 - Each call gets the configured deadline (default 50 ms), past which the slice is ``TIMEOUT``.
-- A `CircuitBreaker` per gateway process stops calling a partner that keeps failing: after
-  ``failures`` consecutive failures it opens for ``cool_down_s`` (every call ``UNAVAILABLE``
-  at once, costing the application nothing), then lets one trial call through (half-open):
-  its success closes the breaker, its failure opens it again. A partner whose connection
+- A `CircuitBreaker` per gateway process stops calling a partner that fails too large a share
+  of its calls (`gateway.partner_breaker`): open, every call is ``UNAVAILABLE`` at once,
+  costing the application nothing. Deadlines, transport failures, unusable replies and the
+  partner's internal errors count against it; a lookup the partner's own handler refuses
+  (a reasoned status, or its lookup limit) counts for it. A partner whose connection
   dropped is reconnected to at once and, once it has loaded the versions in use again, its
   breaker is closed without waiting for the cool-down (`gateway.partner_reconnect`).
 - A reply is used only if it is for the version asked (a gateway never combines two versions'
@@ -20,10 +21,7 @@ Logs name a call by its request id, never by the join key.
 
 from __future__ import annotations
 
-import enum
 import logging
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,16 +30,15 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from cobrand.errors import ConfigError, Unavailable
+from cobrand.errors import Unavailable
 from cobrand.psi import JOIN_KEY_BYTES
 from cobrand.rpc import REASON_METADATA_KEY
 from cobrand.v1 import consented_lookup_pb2, embedding_pb2, embedding_pb2_grpc
 from gateway.audit_record import PartnerSliceStatus
+from gateway.partner_breaker import CircuitBreaker
 from gateway.partner_reconnect import Reconnector
 
 __all__ = [
-    "BreakerState",
-    "CircuitBreaker",
     "PartnerClient",
     "PartnerSlice",
     "UnusableReplyError",
@@ -52,87 +49,6 @@ _LOG = logging.getLogger(__name__)
 
 # Time for a partner to come back and load a version (it loads on first use).
 _REWARM_TIMEOUT_S = 10.0
-
-
-class BreakerState(enum.Enum):
-    """Closed: calls go through. Open: none do. Half-open: one trial call does."""
-
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half-open"
-
-
-class CircuitBreaker:
-    """Consecutive-failure circuit breaker; thread-safe.
-
-    Parameters
-    ----------
-    failures : int
-        Consecutive failures that open it (at least 1).
-    cool_down_s : float
-        How long it stays open before a trial call.
-    clock : callable, optional
-        Monotonic seconds (tests pass their own).
-    """
-
-    def __init__(
-        self, failures: int, cool_down_s: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        if failures < 1 or cool_down_s < 0:
-            raise ConfigError("a circuit breaker needs failures >= 1 and cool_down_s >= 0")
-        self._threshold = failures
-        self._cool_down_s = cool_down_s
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._state = BreakerState.CLOSED
-        self._failures = 0
-        self._opened_at = 0.0
-
-    @property
-    def state(self) -> BreakerState:
-        """The state now (an open breaker past its cool-down still reads open until a call)."""
-        with self._lock:
-            return self._state
-
-    def allow(self) -> bool:
-        """Whether a call may go out now; True for the one trial call of a half-open breaker.
-
-        A caller that was allowed must report the outcome (`succeeded` or `failed`).
-        """
-        with self._lock:
-            if self._state is BreakerState.CLOSED:
-                return True
-            if self._state is BreakerState.OPEN:
-                if self._clock() - self._opened_at < self._cool_down_s:
-                    return False
-                self._state = BreakerState.HALF_OPEN
-                return True
-            # Half-open: the trial call is out; the others wait for its outcome.
-            return False
-
-    def succeeded(self) -> None:
-        """The call went well: close the breaker."""
-        with self._lock:
-            if self._state is not BreakerState.CLOSED:
-                _LOG.info("[PartnerBreaker] the partner answers again: breaker closed")
-            self._state = BreakerState.CLOSED
-            self._failures = 0
-
-    def failed(self) -> None:
-        """The call failed: open the breaker after enough in a row, or after a failed trial."""
-        with self._lock:
-            self._failures += 1
-            if self._state is BreakerState.HALF_OPEN or (
-                self._state is BreakerState.CLOSED and self._failures >= self._threshold
-            ):
-                self._state = BreakerState.OPEN
-                self._opened_at = self._clock()
-                _LOG.warning(
-                    "[PartnerBreaker] %d failures in a row: breaker open for %.1f s, "
-                    "applications are scored from the bank's slice",
-                    self._failures,
-                    self._cool_down_s,
-                )
 
 
 @dataclass(frozen=True)
@@ -167,7 +83,7 @@ class PartnerClient:
         self.breaker = breaker
         # The versions asked for, which a restarted partner is made to load before use.
         self._versions: set[str] = set()
-        self._reconnector = Reconnector(channel, self._rewarm, breaker.succeeded)
+        self._reconnector = Reconnector(channel, self._rewarm, breaker.close)
 
     def embedding(
         self, request_id: str, model_version: str, join_key: bytes, width: int

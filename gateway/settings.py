@@ -14,7 +14,7 @@ Example::
     partner:
       address: partner.example.com:7443
       deadline_ms: 50
-      breaker: {failures: 64, cool_down_s: 5}
+      breaker: {window_s: 10, min_calls: 20, failure_ratio: 0.5, cool_down_s: 5}
     audit: {backend: sqlite, path: /srv/cobrand/audit.db}
     metrics_listen: 127.0.0.1:9464           # Prometheus /metrics over HTTP; off when left out
 
@@ -39,21 +39,31 @@ __all__ = ["BreakerSettings", "GatewaySettings", "PartnerSettings"]
 
 
 class BreakerSettings(Section):
-    """The partner call's circuit breaker (`gateway.partner_client.CircuitBreaker`).
+    """The partner call's circuit breaker (`gateway.partner_breaker.CircuitBreaker`).
+
+    It opens when, over the last `window_s`, at least `min_calls` calls were made and at least
+    `failure_ratio` of them failed. A rate, not failures in a row: one slow moment at the
+    partner fails every call in flight at once (32 with ``max_workers: 32``), which is no
+    outage (opening after 5 in a row, under load, about 1% of lookups timing out opened it
+    again and again: 40% of applications scored bank-only).
 
     Attributes
     ----------
-    failures : int
-        Consecutive failed calls that open it: more than the calls a process has in flight
-        (``max_workers``), since one slow moment at the partner fails every call in flight at
-        once, which is no outage (with 5, under load, about 1% of lookups timing out opened it
-        again and again: 40% of applications scored bank-only). A partner that is down still
-        opens it after that many calls, each decided bank-only within the deadline.
+    window_s : float
+        The sliding window the calls are counted over (to within a tenth of it).
+    min_calls : int
+        Calls within the window below which it never opens: a few failures of a quiet
+        gateway are no evidence. A partner that is down opens it after this many calls, each
+        decided bank-only within the deadline.
+    failure_ratio : float
+        The share of failed calls in the window, in (0, 1], that opens it.
     cool_down_s : float
         How long it stays open before one trial call.
     """
 
-    failures: Annotated[int, Field(ge=1, le=1000)] = 64
+    window_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    min_calls: Annotated[int, Field(ge=1, le=1_000_000)] = 20
+    failure_ratio: Annotated[float, Field(gt=0, le=1)] = 0.5
     cool_down_s: Annotated[float, Field(ge=0, le=3600)] = 5.0
 
 

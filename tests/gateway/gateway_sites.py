@@ -139,11 +139,11 @@ def gateway_settings(
     partner_port: int,
     *,
     deadline_ms: float = 50.0,
-    breaker_failures: int = 5,
-    breaker_cool_down_s: float = 5.0,
+    breaker: BreakerSettings | None = None,
     verify_retry_s: float = 10.0,
 ) -> GatewaySettings:
-    """A gateway's settings on a free loopback port for `sites`, its files under `directory`."""
+    """A gateway's settings on a free loopback port for `sites`, its files under `directory`
+    (its partner call's `breaker` the settings' default unless given)."""
     directory.mkdir(parents=True, exist_ok=True)
     bank_tls = pki.tls("bank")
     bank_file = directory / "bank.yaml"
@@ -171,7 +171,7 @@ def gateway_settings(
         partner=PartnerSettings(
             address=f"127.0.0.1:{partner_port}",
             deadline_ms=deadline_ms,
-            breaker=BreakerSettings(failures=breaker_failures, cool_down_s=breaker_cool_down_s),
+            breaker=breaker or BreakerSettings(),
             verify_retry_s=verify_retry_s,
         ),
         audit=AuditSettings(backend="sqlite", path=directory / "audit.db"),

@@ -17,7 +17,9 @@ from cobrand.rpc import create_channel, create_server
 from cobrand.v1 import consented_lookup_pb2, consented_lookup_pb2_grpc, embedding_pb2
 from gateway.audit_record import PartnerSliceStatus
 from gateway.consented_lookup import ConsentedLookupClient
-from gateway.partner_client import BreakerState, CircuitBreaker, PartnerClient, PartnerSlice
+from gateway.partner_breaker import BreakerState, CircuitBreaker
+from gateway.partner_client import PartnerClient, PartnerSlice
+from gateway.settings import BreakerSettings
 
 CONTEXT = b"cobrand-consented-lookup-v1:test:00"
 X = oprf.lookup_input("mobile_cn", "+8613800138000")
@@ -82,6 +84,11 @@ def channel(stand_in: StandIn) -> Iterator[grpc.Channel]:
     server.stop(None)
 
 
+def _breaker() -> CircuitBreaker:
+    """One that opens on the first failure."""
+    return CircuitBreaker(BreakerSettings(min_calls=1, cool_down_s=30.0))
+
+
 def _lookup(channel: grpc.Channel, breaker: CircuitBreaker) -> PartnerSlice:
     partner = PartnerClient(channel, DEADLINE_S, breaker)
     return ConsentedLookupClient(channel, CONTEXT).embedding(
@@ -93,7 +100,7 @@ def test_the_partner_sees_a_blinded_element_and_the_output_is_its_keys_prf_of_th
     stand_in: StandIn, channel: grpc.Channel, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.INFO, logger="gateway.consented_lookup"):
-        found = _lookup(channel, CircuitBreaker(1, 30.0))
+        found = _lookup(channel, _breaker())
 
     assert found.status is PartnerSliceStatus.USED
     assert found.embedding is not None
@@ -104,7 +111,7 @@ def test_the_partner_sees_a_blinded_element_and_the_output_is_its_keys_prf_of_th
     assert "request r-1 consent 'APP-1' version v1: used" in caplog.text
     assert "13800138000" not in caplog.text
     # A second lookup of the same applicant sends another blinded element, the same output.
-    _lookup(channel, CircuitBreaker(1, 30.0))
+    _lookup(channel, _breaker())
     assert stand_in.blinded[0] != stand_in.blinded[1]
     assert stand_in.outputs[0] == stand_in.outputs[1]
 
@@ -113,7 +120,7 @@ def test_an_evaluated_element_outside_the_group_is_not_used_and_counts_as_a_fail
     stand_in: StandIn, channel: grpc.Channel
 ) -> None:
     stand_in.evaluated = (1).to_bytes(32, "little")
-    breaker = CircuitBreaker(1, 30.0)
+    breaker = _breaker()
 
     refused = _lookup(channel, breaker)
 
@@ -128,13 +135,13 @@ def test_both_calls_share_one_deadline(stand_in: StandIn, channel: grpc.Channel)
     stand_in.evaluate_delay_s = DEADLINE_S * 0.6
     stand_in.embedding_delay_s = DEADLINE_S * 0.6
 
-    late = _lookup(channel, CircuitBreaker(5, 30.0))
+    late = _lookup(channel, _breaker())
 
     assert late.status is PartnerSliceStatus.TIMEOUT
 
 
 def test_an_open_breaker_makes_no_call(stand_in: StandIn, channel: grpc.Channel) -> None:
-    breaker = CircuitBreaker(1, 30.0)
+    breaker = _breaker()
     breaker.failed()
 
     assert _lookup(channel, breaker).status is PartnerSliceStatus.UNAVAILABLE
@@ -146,7 +153,7 @@ def test_a_partner_refusing_a_lookup_itself_keeps_the_breaker_closed(
 ) -> None:
     # As while its index of every user is still building: the partner answers, promptly.
     stand_in.evaluate_error = Unavailable("the consented lookup index is still loading")
-    breaker = CircuitBreaker(1, 30.0)
+    breaker = _breaker()
 
     refused = _lookup(channel, breaker)
 
@@ -158,7 +165,7 @@ def test_a_partner_failing_with_an_internal_error_opens_the_breaker(
     stand_in: StandIn, channel: grpc.Channel
 ) -> None:
     stand_in.evaluate_error = RuntimeError("a bug at the partner")
-    breaker = CircuitBreaker(1, 30.0)
+    breaker = _breaker()
 
     assert _lookup(channel, breaker).status is PartnerSliceStatus.UNAVAILABLE
     assert breaker.state is BreakerState.OPEN

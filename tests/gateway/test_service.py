@@ -23,6 +23,7 @@ from cobrand.v1 import embedding_pb2, embedding_pb2_grpc, scoring_pb2
 from gateway.audit_record import PartnerSliceStatus
 from gateway.request_log import JsonLines
 from gateway.server import Gateway
+from gateway.settings import BreakerSettings
 from partner_node.server import PartnerNode
 from tests.conftest import ThrowAwayPki
 from tests.gateway.gateway_sites import (
@@ -416,8 +417,9 @@ def own_gateway(
         version_id,
         own_partner.port,
         deadline_ms=DEADLINE_MS,
-        breaker_failures=2,
-        breaker_cool_down_s=COOL_DOWN_S,
+        # Open once half the calls failed, from the second: the one before the stop and the
+        # first after it.
+        breaker=BreakerSettings(min_calls=2, failure_ratio=0.5, cool_down_s=COOL_DOWN_S),
     )
     with running_gateway(settings) as started:
         yield started

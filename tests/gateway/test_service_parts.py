@@ -1,14 +1,12 @@
-"""The gateway service's parts: the partner call's circuit breaker, the partner client against a
-scripted partner over loopback mTLS (slow, wrong version, wrong width, unknown key), the
-in-memory join-key index and the applicant directory's refusals."""
+"""The gateway service's parts: the partner client against a scripted partner over loopback mTLS
+(slow, wrong version, wrong width, unknown key), the in-memory join-key index and the applicant
+directory's refusals."""
 
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,73 +26,14 @@ from cobrand.rpc import create_channel, create_server
 from cobrand.v1 import embedding_pb2, embedding_pb2_grpc
 from gateway.applicants import ApplicantDirectory, JoinKeyIndex
 from gateway.audit_record import PartnerSliceStatus
-from gateway.partner_client import BreakerState, CircuitBreaker, PartnerClient
+from gateway.partner_breaker import BreakerState, CircuitBreaker
+from gateway.partner_client import PartnerClient
 from gateway.pseudonyms import PseudonymKey
+from gateway.settings import BreakerSettings
 from tests.conftest import ThrowAwayPki
 
 VERSION = "0123456789abcdef"
 WIDTH = 3
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_the_breaker_opens_after_consecutive_failures_and_lets_one_trial_through() -> None:
-    clock = FakeClock()
-    breaker = CircuitBreaker(failures=3, cool_down_s=10.0, clock=clock)
-
-    for _ in range(2):
-        assert breaker.allow()
-        breaker.failed()
-    assert breaker.allow()
-    breaker.succeeded()  # a success in between resets the count
-    for _ in range(3):
-        assert breaker.allow()
-        breaker.failed()
-
-    assert breaker.state is BreakerState.OPEN
-    assert not breaker.allow()
-    clock.now += 10.0
-    assert breaker.allow()  # the trial call
-    assert _state(breaker) is BreakerState.HALF_OPEN
-    assert not breaker.allow()  # others wait for the trial's outcome
-    breaker.failed()
-    assert _state(breaker) is BreakerState.OPEN
-    clock.now += 9.9
-    assert not breaker.allow()
-    clock.now += 0.1
-    assert breaker.allow()
-    breaker.succeeded()
-    assert _state(breaker) is BreakerState.CLOSED
-    assert breaker.allow()
-
-
-def _state(breaker: CircuitBreaker) -> BreakerState:
-    # A fresh read each time (mypy would keep an earlier assertion's narrowing of the property).
-    return breaker.state
-
-
-def test_a_half_open_breaker_lets_exactly_one_of_many_threads_through() -> None:
-    clock = FakeClock()
-    breaker = CircuitBreaker(failures=1, cool_down_s=1.0, clock=clock)
-    breaker.allow()
-    breaker.failed()
-    clock.now += 1.0
-    start = threading.Barrier(16)
-
-    def attempt(_: int) -> bool:
-        start.wait()
-        return breaker.allow()
-
-    with ThreadPoolExecutor(16) as pool:
-        allowed = list(pool.map(attempt, range(16)))
-
-    assert allowed.count(True) == 1
 
 
 Reply = Callable[[embedding_pb2.GetEmbeddingRequest], embedding_pb2.GetEmbeddingResponse]
@@ -143,7 +82,9 @@ def client(
     partner, port = scripted
     partner.reply, partner.calls = _found, 0
     with create_channel(f"127.0.0.1:{port}", throwaway_pki.tls("gateway")) as channel:
-        yield PartnerClient(channel, 0.2, CircuitBreaker(2, 60.0)), partner
+        # Two failed calls of two open it.
+        breaker = CircuitBreaker(BreakerSettings(min_calls=2, cool_down_s=60.0))
+        yield PartnerClient(channel, 0.2, breaker), partner
 
 
 def test_an_embedding_of_the_version_asked_is_used(

@@ -26,9 +26,10 @@ from cobrand.errors import FailedPrecondition
 from cobrand.rpc import create_channel, create_server
 from cobrand.v1 import embedding_pb2, embedding_pb2_grpc, scoring_pb2
 from gateway.applicants import JoinKeyIndex
-from gateway.partner_client import CircuitBreaker, PartnerClient
+from gateway.partner_breaker import CircuitBreaker
+from gateway.partner_client import PartnerClient
 from gateway.server import Gateway
-from gateway.settings import GatewaySettings
+from gateway.settings import BreakerSettings, GatewaySettings
 from partner_node.server import PartnerNode
 from tests.conftest import ThrowAwayPki
 from tests.gateway.gateway_sites import (
@@ -99,7 +100,7 @@ def _partner_embeddings(
     index = JoinKeyIndex.read(sites.bank_data)
     expected: dict[tuple[str, str], tuple[float, ...]] = {}
     with create_channel(f"127.0.0.1:{port}", pki.tls("gateway")) as channel:
-        client = PartnerClient(channel, TIMEOUT, CircuitBreaker(1, 0))
+        client = PartnerClient(channel, TIMEOUT, CircuitBreaker(BreakerSettings()))
         for version_id in versions:
             for identifier in identifiers:
                 key = index.join_key(identifier)

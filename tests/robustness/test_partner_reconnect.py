@@ -7,7 +7,9 @@ import time
 
 from cobrand.rpc import create_channel
 from gateway.audit_record import PartnerSliceStatus
-from gateway.partner_client import BreakerState, CircuitBreaker, PartnerClient
+from gateway.partner_breaker import BreakerState, CircuitBreaker
+from gateway.partner_client import PartnerClient
+from gateway.settings import BreakerSettings
 from partner_node.server import start_partner_node
 from tests.conftest import ThrowAwayPki
 from tests.gateway.synth_version import PARTNER_WIDTH
@@ -22,8 +24,9 @@ def test_an_open_breaker_closes_once_the_restarted_partner_is_connected_and_warm
     config = sites.partner_node_config(throwaway_pki.tls("partner"))
     node = start_partner_node(config)
     port = node.port
-    # A cool-down far past the test: only the reconnection can close the breaker in time.
-    breaker = CircuitBreaker(failures=1, cool_down_s=600.0)
+    # Open once a call of the two fails, with a cool-down far past the test: only the
+    # reconnection can close the breaker in time.
+    breaker = CircuitBreaker(BreakerSettings(min_calls=2, failure_ratio=0.5, cool_down_s=600.0))
     channel = create_channel(f"127.0.0.1:{port}", throwaway_pki.tls("gateway"))
     try:
         client = PartnerClient(channel, 5.0, breaker)
