@@ -6,7 +6,9 @@ bank's modules, and saves under the version id of the bank's and the partner's w
     bank_bottom.pt, head.pt      the bank's bottom and head state dicts
     bank_preprocessor.json       the bank's fitted preprocessing (its file hash is its digest)
     model.json                   tasks and output widths, the bottom's and head's sizes and the
-                                 partner's embedding width: what rebuilds the networks
+                                 partner's embedding width: what rebuilds the networks; and
+                                 each K-class task's class names in output order (serving names
+                                 the outputs by these: the schema may have changed since)
     score_scaling.json           `ScoreScaling`: points from the risk probability
     reason_codes.json            one code per bank feature (``B01``... in the preprocessor's
                                  order: numeric features, then categorical, each in schema order)
@@ -24,7 +26,7 @@ networks and checks their weights against the digest the version id is made of.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
@@ -140,6 +142,7 @@ class MonitoringBaseline(_Frozen):
 
 
 _CALIBRATIONS = TypeAdapter(dict[str, CalibrationCheck | None])
+_CLASSES = TypeAdapter(dict[str, tuple[str, ...]])
 _Document = TypeVar("_Document")
 
 
@@ -156,6 +159,8 @@ class BankVersion:
         Both in evaluation mode.
     tasks : mapping of str to int
         Output width per task: 1 binary, K for a K-class task.
+    classes : mapping of str to tuple of str
+        Per K-class task, its K distinct class names in output order, as training named them.
     scaling : ScoreScaling
     reasons : ReasonCodes
     baseline : MonitoringBaseline
@@ -168,6 +173,7 @@ class BankVersion:
     bottom: BottomModel
     head: HeadModel
     tasks: Mapping[str, int]
+    classes: Mapping[str, tuple[str, ...]]
     scaling: ScoreScaling
     reasons: ReasonCodes
     baseline: MonitoringBaseline
@@ -198,6 +204,7 @@ def save_bank_version(
     head: HeadModel,
     preprocessor: Preprocessor,
     data: BankTrainingData,
+    classes: Mapping[str, Sequence[str]],
     raw_numeric: npt.NDArray[np.float64],
     train_probabilities: Mapping[str, npt.NDArray[np.floating[Any]]],
     test_probabilities: Mapping[str, npt.NDArray[np.floating[Any]]],
@@ -217,6 +224,9 @@ def save_bank_version(
         The bank's preprocessing that encoded `data`.
     data : BankTrainingData
         The run's aligned rows (features, labels, split).
+    classes : mapping of str to sequence of str
+        The class names of each K-class task of `data`, in output order (the training set's
+        ``classes``); a binary task has none.
     raw_numeric : ndarray of float64, shape (n, len(preprocessor.numeric))
         The bank table's numeric features of the same rows as `data`, in the preprocessor's
         order, NaN where missing (``PartyTable.numeric`` of the aligned table). The baseline
@@ -243,8 +253,12 @@ def save_bank_version(
     ------
     InvalidRequest
         A binary task without probabilities, or probabilities of another length or outside
-        [0, 1] (the task, split and row are named), or `raw_numeric` of another shape.
+        [0, 1] (the task, split and row are named), `raw_numeric` of another shape, or class
+        names that are not K distinct names for each K-class task (the task is named).
     """
+    problem = _class_problem(data.tasks, classes)
+    if problem is not None:
+        raise InvalidRequest(f"classes: {problem}")
     expected = (len(data.split), len(preprocessor.numeric))
     if np.shape(raw_numeric) != expected:
         raise InvalidRequest(
@@ -279,7 +293,7 @@ def save_bank_version(
         BANK_BOTTOM: state_dict_bytes(bottom_state),
         HEAD: state_dict_bytes(head_state),
         BANK_PREPROCESSOR: preprocessor.to_json().encode("ascii"),
-        MODEL_SHAPE: json_bytes(_model_shape(bottom, head)),
+        MODEL_SHAPE: json_bytes(_model_shape(bottom, head, classes)),
         SCORE_SCALING: json_bytes((scaling or ScoreScaling()).model_dump(mode="json")),
         REASON_CODES: json_bytes(_reason_codes(preprocessor, data, train).model_dump(mode="json")),
         MONITORING_BASELINE: json_bytes(
@@ -300,8 +314,8 @@ def load_bank_version(store: ModelStore, version_id: str) -> BankVersion:
     UnknownModelVersion
         The bank holds no such version.
     FailedPrecondition
-        A file differs from the manifest, does not parse (named), or the weights are not the
-        ones the version id names.
+        A file differs from the manifest, does not parse (named), the class names of a K-class
+        task are not K distinct names, or the weights are not the ones the version id names.
     """
     version = store.load(version_id)
     preprocessor = load_preprocessor(version, BANK_PREPROCESSOR)
@@ -320,6 +334,7 @@ def load_bank_version(store: ModelStore, version_id: str) -> BankVersion:
         raise FailedPrecondition(
             f"model version {version_id}: {MODEL_SHAPE} and {HEAD} do not rebuild the head: {err}"
         ) from err
+    classes = _parsed_classes(version, shape.get("classes", {}), dict(shape["tasks"]))
     head.eval()
     digest = bank_weights_digest(bottom.state_dict(), head.state_dict())
     if digest.hex() != version.manifest.model.bank_weights_sha256:
@@ -333,6 +348,7 @@ def load_bank_version(store: ModelStore, version_id: str) -> BankVersion:
         bottom=bottom,
         head=head,
         tasks=dict(shape["tasks"]),
+        classes=classes,
         scaling=_parsed(version, SCORE_SCALING, TypeAdapter(ScoreScaling)),
         reasons=_parsed(version, REASON_CODES, TypeAdapter(ReasonCodes)),
         baseline=_parsed(version, MONITORING_BASELINE, TypeAdapter(MonitoringBaseline)),
@@ -351,7 +367,23 @@ def _probabilities(
     return checked_probabilities(given, f"task {task}: probability of {split} row")
 
 
-def _model_shape(bottom: BottomModel, head: HeadModel) -> dict[str, Any]:
+def _class_problem(tasks: Mapping[str, int], classes: Mapping[str, Sequence[str]]) -> str | None:
+    """What is wrong with `classes` as the class names of `tasks`' K-class tasks, if anything."""
+    for task in sorted(set(classes) | {task for task, width in tasks.items() if width > 1}):
+        width, names = tasks.get(task, 1), classes.get(task, ())
+        if width == 1:
+            return f"task {task} is not a K-class task of the model, but has class names"
+        if len(names) != width or len(set(names)) != width:
+            return (
+                f"task {task} has {width} outputs, needs {width} distinct class names, got "
+                f"{len(names)} ({', '.join(names)})"
+            )
+    return None
+
+
+def _model_shape(
+    bottom: BottomModel, head: HeadModel, classes: Mapping[str, Sequence[str]]
+) -> dict[str, Any]:
     first, dropout = head.trunk[0], head.trunk[2]
     assert isinstance(first, nn.Linear)
     assert isinstance(dropout, nn.Dropout)
@@ -361,6 +393,7 @@ def _model_shape(bottom: BottomModel, head: HeadModel) -> dict[str, Any]:
         tasks[task] = layer.out_features
     return {
         "tasks": tasks,
+        "classes": {task: list(names) for task, names in classes.items()},
         "bank_bottom": bottom_sizes(bottom.spec),
         # The head's input is both embeddings and the partner-missing flag.
         "partner_embedding_width": first.in_features - bottom.spec.embedding_width - 1,
@@ -437,6 +470,24 @@ def _baseline(
             for j, state in enumerate(preprocessor.categorical)
         },
     )
+
+
+def _parsed_classes(
+    version: StoredVersion, given: object, tasks: Mapping[str, int]
+) -> dict[str, tuple[str, ...]]:
+    try:
+        classes = _CLASSES.validate_python(given)
+    except pydantic.ValidationError as err:
+        raise FailedPrecondition(
+            f"model version {version.manifest.version_id}: {MODEL_SHAPE}: classes: "
+            f"{err.errors()[0]['msg']}"
+        ) from err
+    problem = _class_problem(tasks, classes)
+    if problem is not None:
+        raise FailedPrecondition(
+            f"model version {version.manifest.version_id}: {MODEL_SHAPE}: {problem}"
+        )
+    return classes
 
 
 def _parsed(version: StoredVersion, name: str, adapter: TypeAdapter[_Document]) -> _Document:

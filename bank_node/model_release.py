@@ -134,6 +134,7 @@ def release_model(
         head=trainer.head,
         preprocessor=training_set.preprocessor,
         data=data,
+        classes=training_set.classes,
         raw_numeric=training_set.raw_numeric,
         train_probabilities={task: probabilities(full_train[task].numpy()) for task in binary},
         test_probabilities={task: probabilities(full_test[task].numpy()) for task in binary},

@@ -18,7 +18,7 @@ from cobrand.errors import InvalidRequest
 from cobrand.preprocess import Encoded
 from cobrand.schema import BinaryLabel, PartySchema
 
-__all__ = ["TEST", "TRAIN", "VALID", "BankTrainingData", "task_widths"]
+__all__ = ["TEST", "TRAIN", "VALID", "BankTrainingData", "task_classes", "task_widths"]
 
 TRAIN: Final = 0
 VALID: Final = 1
@@ -31,6 +31,15 @@ def task_widths(schema: PartySchema) -> dict[str, int]:
     return {
         task: 1 if isinstance(label, BinaryLabel) else len(label.classes)
         for task, label in schema.labels.present().items()
+    }
+
+
+def task_classes(schema: PartySchema) -> dict[str, tuple[str, ...]]:
+    """The class names of each K-class task the bank schema has labels for, in output order."""
+    return {
+        task: label.classes
+        for task, label in schema.labels.present().items()
+        if not isinstance(label, BinaryLabel)
     }
 
 

@@ -14,14 +14,14 @@ import numpy as np
 import numpy.typing as npt
 
 from bank_node.config import BankNodeConfig
-from bank_node.training_data import BankTrainingData, task_widths
+from bank_node.training_data import BankTrainingData, task_classes, task_widths
 from cobrand.aligned_rows import aligned_table
 from cobrand.alignment_store import AlignmentStore
 from cobrand.party_files import load_own_table
 from cobrand.pki import Party
 from cobrand.preprocess import Preprocessor
 from cobrand.rounds_protocol import AlignmentVersion
-from cobrand.schema import CategoricalLabel, load_party_schema
+from cobrand.schema import load_party_schema
 from cobrand.split_model import BottomSpec
 
 __all__ = ["BankTrainingSet", "load_training_set"]
@@ -87,9 +87,5 @@ def load_training_set(config: BankNodeConfig) -> BankTrainingSet:
         raw_numeric=aligned.numeric,
         spec=BottomSpec.from_preprocessor(preprocessor),
         preprocessor=preprocessor,
-        classes={
-            task: label.classes
-            for task, label in schema.labels.present().items()
-            if isinstance(label, CategoricalLabel)
-        },
+        classes=task_classes(schema),
     )

@@ -46,6 +46,7 @@ def _publish_both(bank_store: ModelStore, partner_store: ModelStore) -> tuple[st
         head=head,
         preprocessor=bank_preprocessor,
         data=data,
+        classes={},
         raw_numeric=bank_table.numeric,
         train_probabilities={"risk": rng.uniform(0.0, 1.0, int(np.sum(data.split == TRAIN)))},
         test_probabilities={"risk": rng.uniform(0.0, 1.0, int(np.sum(data.split == TEST)))},

@@ -1,12 +1,15 @@
-"""The bank's half of a model version: saved and rebuilt with the same outputs, with reason-code
-references, a monitoring baseline and a calibration check computed from the run's rows."""
+"""The bank's half of a model version: saved and rebuilt with the same outputs and the class names
+it was trained with, with reason-code references, a monitoring baseline and a calibration check
+computed from the run's rows."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +37,7 @@ from tests.model_parts import fitted_table
 PARTNER_WEIGHTS = hashlib.sha256(b"partner weights").digest()
 PARTNER_PREPROCESSOR = hashlib.sha256(b"partner preprocessor").digest()
 TASKS = {"risk": 1, "rights_package": 3}
+CLASSES = {"rights_package": ("travel", "dining", "fuel")}
 
 
 class _Run:
@@ -63,6 +67,7 @@ class _Run:
         *,
         data: BankTrainingData | None = None,
         probability: npt.NDArray[np.float64] | None = None,
+        classes: dict[str, Any] = CLASSES,
     ) -> str:
         """Save with the probabilities of every aligned row, split as the registry takes them."""
         data = data or self.data
@@ -73,6 +78,7 @@ class _Run:
             head=self.head,
             preprocessor=self.preprocessor,
             data=data,
+            classes=classes,
             raw_numeric=self.table.numeric,
             train_probabilities={"risk": probability[data.split == TRAIN]},
             test_probabilities={"risk": probability[data.split == TEST]},
@@ -220,6 +226,7 @@ def test_raw_numeric_features_of_other_rows_are_refused_naming_them(
             head=run.head,
             preprocessor=run.preprocessor,
             data=run.data,
+            classes=CLASSES,
             raw_numeric=run.table.numeric[1:],
             train_probabilities={"risk": run.probability[run.data.split == TRAIN]},
             test_probabilities={"risk": run.probability[run.data.split == TEST]},
@@ -259,6 +266,7 @@ def test_a_binary_task_without_probabilities_is_refused_naming_it(
             head=run.head,
             preprocessor=run.preprocessor,
             data=run.data,
+            classes=CLASSES,
             raw_numeric=run.table.numeric,
             train_probabilities={},
             test_probabilities={"risk": run.probability[run.data.split == TEST]},
@@ -281,13 +289,8 @@ def test_weights_other_than_the_version_names_are_refused(run: _Run, tmp_path: P
     store = ModelStore(tmp_path)
     version_id = run.save(store)
     other = HeadModel(4, 3, TASKS, hidden=8).state_dict()
-    # Rewrite the head and its manifest entry together: only the weights digest can tell.
-    directory = tmp_path / version_id
-    data = state_dict_bytes(other)
-    (directory / HEAD).write_bytes(data)
-    manifest = json.loads((directory / MANIFEST_FILE).read_text())
-    manifest["artefacts"][HEAD] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-    (directory / MANIFEST_FILE).write_text(json.dumps(manifest))
+    # The head and its manifest entry rewritten together: only the weights digest can tell.
+    _rewrite(tmp_path / version_id, HEAD, state_dict_bytes(other))
 
     with pytest.raises(FailedPrecondition, match="the bank's weights hash to"):
         load_bank_version(store, version_id)
@@ -299,17 +302,80 @@ def test_a_model_shape_that_does_not_fit_the_head_is_refused(run: _Run, tmp_path
     directory = tmp_path / version_id
     shape = json.loads((directory / MODEL_SHAPE).read_text())
     shape["head"]["hidden"] = 9
-    data = json.dumps(shape).encode()
-    (directory / MODEL_SHAPE).write_bytes(data)
-    manifest = json.loads((directory / MANIFEST_FILE).read_text())
-    manifest["artefacts"][MODEL_SHAPE] = {
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "size": len(data),
-    }
-    (directory / MANIFEST_FILE).write_text(json.dumps(manifest))
+    _rewrite(directory, MODEL_SHAPE, json.dumps(shape).encode())
 
     with pytest.raises(FailedPrecondition, match=r"do not rebuild the head"):
         load_bank_version(store, version_id)
+
+
+def test_a_versions_class_names_survive_save_and_load_in_output_order(
+    run: _Run, tmp_path: Path
+) -> None:
+    store = ModelStore(tmp_path)
+    version_id = run.save(store)
+
+    shape = json.loads((tmp_path / version_id / MODEL_SHAPE).read_text())
+
+    assert load_bank_version(store, version_id).classes == CLASSES
+    assert shape["classes"] == {"rights_package": ["travel", "dining", "fuel"]}
+
+
+def test_a_class_list_changed_after_saving_is_refused_by_the_manifest(
+    run: _Run, tmp_path: Path
+) -> None:
+    store = ModelStore(tmp_path)
+    version_id = run.save(store)
+    path = tmp_path / version_id / MODEL_SHAPE
+    shape = json.loads(path.read_text())
+    shape["classes"]["rights_package"].reverse()
+    path.write_text(json.dumps(shape))
+
+    with pytest.raises(FailedPrecondition, match=rf"{version_id}: {path} has .* the manifest says"):
+        load_bank_version(store, version_id)
+
+
+@pytest.mark.parametrize(
+    ("names", "problem"),
+    [
+        (["travel", "dining"], "has 3 outputs, needs 3 distinct class names, got 2"),
+        (["travel", "dining", "travel"], "has 3 outputs, needs 3 distinct class names, got 3"),
+        (None, "has 3 outputs, needs 3 distinct class names, got 0"),
+    ],
+)
+def test_a_class_list_that_does_not_fit_the_task_is_refused_naming_the_version_and_file(
+    run: _Run, tmp_path: Path, names: list[str] | None, problem: str
+) -> None:
+    store = ModelStore(tmp_path)
+    version_id = run.save(store)
+    directory = tmp_path / version_id
+    shape = json.loads((directory / MODEL_SHAPE).read_text())
+    shape["classes"] = {} if names is None else {"rights_package": names}
+    # The manifest rewritten too: the check of the class list itself must refuse it.
+    _rewrite(directory, MODEL_SHAPE, json.dumps(shape).encode())
+
+    with pytest.raises(
+        FailedPrecondition, match=rf"model version {version_id}: {MODEL_SHAPE}: .*{problem}"
+    ):
+        load_bank_version(store, version_id)
+
+
+@pytest.mark.parametrize(
+    ("classes", "problem"),
+    [
+        ({}, "task rights_package has 3 outputs, needs 3 distinct class names, got 0"),
+        ({"rights_package": ("a", "b")}, "task rights_package has 3 outputs"),
+        ({"rights_package": ("a", "a", "b")}, "distinct class names, got 3 (a, a, b)"),
+        (
+            {**CLASSES, "risk": ("good", "bad")},
+            "task risk is not a K-class task of the model, but has class names",
+        ),
+    ],
+)
+def test_class_names_that_do_not_fit_the_tasks_are_refused_at_saving_naming_the_task(
+    run: _Run, tmp_path: Path, classes: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(InvalidRequest, match=r"classes: .*" + re.escape(problem)):
+        run.save(ModelStore(tmp_path), classes=classes)
 
 
 def test_an_unknown_version_is_not_found(tmp_path: Path) -> None:
@@ -325,3 +391,11 @@ def test_preprocessor_round_trips_byte_for_byte(run: _Run, tmp_path: Path) -> No
 
     assert Preprocessor.from_json(text) == run.preprocessor
     assert hashlib.sha256(text).digest() == run.preprocessor.digest()
+
+
+def _rewrite(directory: Path, name: str, data: bytes) -> None:
+    """Replace a saved artefact and its manifest entry, as only a deliberate forger would."""
+    (directory / name).write_bytes(data)
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    manifest["artefacts"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest))
