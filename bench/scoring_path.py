@@ -32,7 +32,6 @@ import pyarrow.parquet as pq
 from bank_node.model_registry import load_bank_version
 from cobrand.identifiers import IDENTIFIER_KINDS
 from cobrand.model_store import ModelStore
-from cobrand.synth.bank import RIGHTS_PACKAGES
 from cobrand.synth.dataset import SynthConfig, bank_schema, generate_tables
 from cobrand.tables import PartyTable, load_party_table
 from gateway.application import FieldValue
@@ -90,7 +89,7 @@ def main() -> None:
         )
         version = load_bank_version(store, manifest.version_id)
     decision = load_decision_config(EXAMPLES / "cobrand_synth.yaml")
-    scorer = Scorer(version, decision, RIGHTS_PACKAGES)
+    scorer = Scorer(version, decision)
     preprocessor = version.preprocessor
     rows = preprocessor.row_encoder()
     n = len(table)

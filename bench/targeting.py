@@ -150,7 +150,7 @@ def _measure(
     args: argparse.Namespace,
 ) -> None:
     decisions = load_decision_config(DECISIONS)
-    scorer = BulkScorer(pair.version, decisions, args.task, pair.classes)
+    scorer = BulkScorer(pair.version, decisions, args.task)
     version_id = pair.version.manifest.version_id
     table, keys = bank_aligned(sites)
     customers = len(table)

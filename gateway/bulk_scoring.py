@@ -106,8 +106,6 @@ class BulkScorer:
     config : DecisionConfig
         Needs an instalment rule table for ``instalment``, packages for ``rights_package``.
     task : {"instalment", "rights_package"}
-    package_classes : sequence of str, optional
-        The version's ``rights_package`` class names in output order; needed for that task.
 
     Raises
     ------
@@ -123,13 +121,12 @@ class BulkScorer:
         version: BankVersion,
         config: DecisionConfig,
         task: str,
-        package_classes: Sequence[str] = (),
     ) -> None:
         if task not in TASKS:
             raise ConfigError(f"task {task!r}: not a campaign task ({', '.join(TASKS)})")
         # The per-application scorer checks the version and the configuration against each
         # other (risk task, fields, package classes): the same checks hold here.
-        scorer = Scorer(version, config, package_classes)
+        scorer = Scorer(version, config)
         if task not in version.tasks:
             raise FailedPrecondition(
                 f"model version {version.manifest.version_id} has no {task} task"
@@ -148,8 +145,13 @@ class BulkScorer:
         self._numeric = [s.name for s in version.preprocessor.numeric]
         self._categorical = [s.name for s in version.preprocessor.categorical]
         self._scaling = config.score_scaling or version.scaling
-        # Column of each configured package in the model's output, in configuration order.
-        self._package_columns = [list(package_classes).index(p.name) for p in config.packages]
+        # Column of each configured package in the model's output, in configuration order (the
+        # scorer checked each is one of the version's classes).
+        self._package_columns = (
+            [version.classes[RIGHTS_PACKAGE].index(p.name) for p in config.packages]
+            if task == RIGHTS_PACKAGE
+            else []
+        )
 
     def prepare(self, table: PartyTable) -> AlignedBank:
         """Encode the bank's aligned rows and evaluate the hard rules over them, in one pass.

@@ -18,8 +18,6 @@ from enum import Enum
 from typing import Final
 
 from bank_node.config import BankNodeConfig
-from cobrand.federation import load_federation
-from cobrand.schema import load_party_schema
 from cobrand.settings import load_settings
 from gateway.audit_record import AuditRecord
 from gateway.scoring import Scorer, ScoreResult
@@ -83,15 +81,15 @@ def scorer_for(settings: GatewaySettings, version_id: str) -> Scorer:
     Raises
     ------
     ConfigError
-        A bad bank settings, federation, schema or decision file.
+        A bad bank settings or decision file, or one that does not fit the version.
     UnknownModelVersion
         The version is not in the bank's registry.
     FailedPrecondition
         A file of the version differs from its manifest.
     """
-    bank = load_settings(BankNodeConfig, settings.bank)
-    schema = load_party_schema(bank.schema_file, load_federation(bank.federation))
-    return load_scorer(bank, schema, settings.decision_config, version_id)
+    return load_scorer(
+        load_settings(BankNodeConfig, settings.bank), settings.decision_config, version_id
+    )
 
 
 def replay(record: AuditRecord, scorer: Scorer) -> Replay:

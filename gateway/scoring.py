@@ -26,7 +26,6 @@ and the packages; never the score, the probability or the reasons.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -154,22 +153,19 @@ class Scorer:
     version : BankVersion
         From `bank_node.model_registry.load_bank_version`; must have a binary ``risk`` task.
     config : DecisionConfig
-    package_classes : sequence of str, optional
-        The class names of the version's ``rights_package`` task in output order (the bank
-        schema's ``labels.rights_package.classes``); needed when the version has that task.
+        Its packages are named by the version's ``rights_package`` classes (``version.classes``,
+        as training named them), never by the bank schema's current list.
 
     Raises
     ------
     FailedPrecondition
         The version has no binary risk task.
     ConfigError
-        The configuration names a field the version lacks or of the wrong kind, a package
-        that is not one of the model's classes, or the class names do not fit the task.
+        The configuration names a field the version lacks or of the wrong kind, or a package
+        that is not one of the model's classes.
     """
 
-    def __init__(
-        self, version: BankVersion, config: DecisionConfig, package_classes: Sequence[str] = ()
-    ) -> None:
+    def __init__(self, version: BankVersion, config: DecisionConfig) -> None:
         version_id = version.manifest.version_id
         if version.tasks.get(RISK) != 1:
             raise FailedPrecondition(f"model version {version_id} has no binary {RISK} task")
@@ -177,23 +173,18 @@ class Scorer:
         config.check_fields(
             [s.name for s in preprocessor.numeric], [s.name for s in preprocessor.categorical]
         )
-        width = version.tasks.get(RIGHTS_PACKAGE)
-        if width is not None and len(package_classes) != width:
-            raise ConfigError(
-                f"model version {version_id}: its {RIGHTS_PACKAGE} task has {width} classes, "
-                f"{len(package_classes)} class names were given"
-            )
+        classes = version.classes.get(RIGHTS_PACKAGE)
         for i, package in enumerate(config.packages):
-            if width is not None and package.name not in package_classes:
+            if classes is not None and package.name not in classes:
                 raise ConfigError(
                     f"key 'packages[{i}].name': {package.name!r} is not a {RIGHTS_PACKAGE} "
-                    f"class of model version {version_id} ({', '.join(package_classes)})"
+                    f"class of model version {version_id} ({', '.join(classes)})"
                 )
         self.version = version
         self.config = config
         self.encoder = ApplicationEncoder(preprocessor, config.application)
         self._scaling = config.score_scaling or version.scaling
-        self._classes = tuple(package_classes) if width is not None else ()
+        self._classes = classes or ()
         self._references = version.reasons.bank
         self._bank_codes = [ref.code for ref in self._references]
         self.forward_pass = BankForward(version.bottom, version.head)

@@ -4,10 +4,11 @@ partner holds the same version, serve ScoringGateway over mutual TLS.
 At start, `start_gateway`
 
 1. reads the bank node's settings for its table (stored features of existing customers), its
-   schema (the rights-package classes) and its ``data_dir`` (the model registry and the
-   alignment result, indexed in memory by `gateway.applicants`);
+   schema and its ``data_dir`` (the model registry and the alignment result, indexed in memory
+   by `gateway.applicants`);
 2. loads the served version (`bank_node.model_registry.load_bank_version`, every file checked
-   against its manifest) and the decision configuration (`gateway.scoring.Scorer`);
+   against its manifest; the rights-package classes are the version's own) and the decision
+   configuration (`gateway.scoring.Scorer`);
 3. asks the partner for its manifest digest of the version (``DescribeVersion``), checks it
    is the one the bank recorded when both sides published it (`verify_peer`) and has the
    partner load the version (`PartnerClient.warm_up`, `gateway.partner_check`); a partner that
@@ -71,7 +72,7 @@ from cobrand.rpc import (
     create_server,
     full_method_name,
 )
-from cobrand.schema import PartySchema, load_party_schema
+from cobrand.schema import load_party_schema
 from cobrand.settings import load_settings
 from cobrand.v1 import scoring_pb2
 from gateway.applicants import ApplicantDirectory, JoinKeyIndex
@@ -216,9 +217,7 @@ class Gateway:
         self.resources.close()
 
 
-def load_scorer(
-    bank: BankNodeConfig, schema: PartySchema, decision_config: Path, version_id: str
-) -> Scorer:
+def load_scorer(bank: BankNodeConfig, decision_config: Path, version_id: str) -> Scorer:
     """The scorer of version `version_id` from the bank's registry with `decision_config`.
 
     Raises
@@ -231,12 +230,7 @@ def load_scorer(
         A bad decision file, or one that does not fit the version.
     """
     version = load_bank_version(ModelStore(bank.data_dir / "models"), version_id)
-    packages = schema.labels.rights_package
-    return Scorer(
-        version,
-        load_decision_config(decision_config),
-        packages.classes if packages is not None else (),
-    )
+    return Scorer(version, load_decision_config(decision_config))
 
 
 def start_gateway(settings: GatewaySettings) -> Gateway:
@@ -258,7 +252,7 @@ def start_gateway(settings: GatewaySettings) -> Gateway:
     bank = load_settings(BankNodeConfig, settings.bank)
     federation, table = load_own_table(Party.BANK, bank.federation, bank.schema_file, bank.table)
     schema = load_party_schema(bank.schema_file, federation)
-    scorer = load_scorer(bank, schema, settings.decision_config, settings.model_version)
+    scorer = load_scorer(bank, settings.decision_config, settings.model_version)
     version = scorer.version
     applicants = ApplicantDirectory(
         frozenset(federation.identifier_kinds),
@@ -338,7 +332,7 @@ def start_gateway(settings: GatewaySettings) -> Gateway:
     versions = VersionSwitch(
         servicer,
         partner,
-        lambda version_id: load_scorer(bank, schema, settings.decision_config, version_id),
+        lambda version_id: load_scorer(bank, settings.decision_config, version_id),
     )
     return Gateway(
         server,

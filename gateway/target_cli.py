@@ -28,7 +28,6 @@ from cobrand.model_store import ModelStore
 from cobrand.party_files import load_own_table
 from cobrand.pki import Party
 from cobrand.rpc import create_channel
-from cobrand.schema import load_party_schema
 from cobrand.settings import load_settings
 from gateway.bulk_scoring import TASKS, BulkScorer
 from gateway.config import load_decision_config
@@ -74,13 +73,9 @@ def run(
         version_id = model_version or settings.model_version
         bank = load_settings(BankNodeConfig, settings.bank)
         decisions = load_decision_config(settings.decision_config)
-        federation, table = load_own_table(
-            Party.BANK, bank.federation, bank.schema_file, bank.table
-        )
-        packages = load_party_schema(bank.schema_file, federation).labels.rights_package
-        classes = packages.classes if packages is not None else ()
+        _, table = load_own_table(Party.BANK, bank.federation, bank.schema_file, bank.table)
         version = load_bank_version(ModelStore(bank.data_dir / "models"), version_id)
-        scorer = BulkScorer(version, decisions, task, classes)
+        scorer = BulkScorer(version, decisions, task)
         with AlignmentStore(bank.data_dir) as store:
             aligned = aligned_table(table, store)
             batches = [keys for keys, _ in store.members()]

@@ -18,13 +18,12 @@ import pytest
 import torch
 
 from bank_node.model_registry import BankVersion, load_bank_version, save_bank_version
-from bank_node.training_data import TEST, TRAIN, BankTrainingData, task_widths
+from bank_node.training_data import TEST, TRAIN, BankTrainingData, task_classes, task_widths
 from cobrand.model_manifest import Manifest
 from cobrand.model_store import ModelStore
 from cobrand.preprocess import Preprocessor
 from cobrand.schema import PartySchema
 from cobrand.split_model import BottomModel, BottomSpec, HeadModel
-from cobrand.synth.bank import RIGHTS_PACKAGES
 from cobrand.synth.dataset import SynthConfig, bank_schema, generate_tables
 from cobrand.tables import PartyTable, load_party_table
 
@@ -50,7 +49,6 @@ class SynthVersion:
     version: BankVersion
     table: PartyTable
     schema: PartySchema
-    classes: tuple[str, ...]
 
 
 def synth_version(tmp_path_factory: pytest.TempPathFactory) -> SynthVersion:
@@ -79,7 +77,6 @@ def _build(directory: Path) -> SynthVersion:
         version=load_bank_version(store, manifest.version_id),
         table=table,
         schema=schema,
-        classes=RIGHTS_PACKAGES,
     )
 
 
@@ -115,6 +112,7 @@ def save_synth_bank_version(
         head=head.eval(),
         preprocessor=preprocessor,
         data=data,
+        classes=task_classes(schema),
         raw_numeric=table.numeric,
         train_probabilities={task: probability[table.split == TRAIN] for task in binary},
         test_probabilities={task: probability[table.split == TEST] for task in binary},

@@ -52,7 +52,6 @@ class BothSides:
 
     version: BankVersion
     partner: PartnerVersion
-    classes: tuple[str, ...]
     partner_table: PartyTable
 
     def partner_embeddings(self, canonical_ids: npt.NDArray[np.object_]) -> npt.NDArray[np.float32]:
@@ -75,15 +74,9 @@ class BothSides:
 def both_sides(sites: TrainingSites, seed: int = 7) -> BothSides:
     """Publish a version at both sides and read each half back from its registry."""
     version_id = publish_both_sides(sites, seed)
-    federation, _ = load_own_table(
-        Party.BANK, sites.files.federation, sites.files.bank_schema, sites.files.bank_table
-    )
-    packages = load_party_schema(sites.files.bank_schema, federation).labels.rights_package
-    assert packages is not None
     return BothSides(
         version=load_bank_version(ModelStore(sites.bank_data / "models"), version_id),
         partner=load_partner_version(ModelStore(sites.partner_data / "models"), version_id),
-        classes=packages.classes,
         partner_table=partner_table(sites)[0],
     )
 

@@ -44,7 +44,7 @@ def config() -> DecisionConfig:
 
 @pytest.fixture(scope="module")
 def scorer(synth: SynthVersion, config: DecisionConfig) -> Scorer:
-    return Scorer(synth.version, config, synth.classes)
+    return Scorer(synth.version, config)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def test_score_thresholds_decide_at_the_applicants_own_score(
     decline_below: int,
     expected: Decision,
 ) -> None:
-    score = Scorer(synth.version, config, synth.classes).score(rows[2], None).score
+    score = Scorer(synth.version, config).score(rows[2], None).score
     thresholds = {
         "basis": "score",
         "approve_from": score + approve_from,
@@ -128,7 +128,7 @@ def test_score_thresholds_decide_at_the_applicants_own_score(
     }
     changed = _with(config, thresholds=thresholds, hard_rules=[], credit_limits=EVERY_SCORE)
 
-    result = Scorer(synth.version, changed, synth.classes).score(rows[2], None)
+    result = Scorer(synth.version, changed).score(rows[2], None)
 
     assert result.decision is expected
     assert (result.credit_limit_minor, result.limit_band) == (
@@ -139,7 +139,7 @@ def test_score_thresholds_decide_at_the_applicants_own_score(
 def test_probability_thresholds_decide_at_the_applicants_own_probability(
     synth: SynthVersion, config: DecisionConfig, rows: list[BankRow]
 ) -> None:
-    p = Scorer(synth.version, config, synth.classes).score(rows[3], None).probability_of_default
+    p = Scorer(synth.version, config).score(rows[3], None).probability_of_default
 
     def decided(approve_below: float, decline_from: float) -> Decision:
         thresholds = {
@@ -148,7 +148,7 @@ def test_probability_thresholds_decide_at_the_applicants_own_probability(
             "decline_from": decline_from,
         }
         changed = _with(config, thresholds=thresholds, hard_rules=[], credit_limits=EVERY_SCORE)
-        return Scorer(synth.version, changed, synth.classes).score(rows[3], None).decision
+        return Scorer(synth.version, changed).score(rows[3], None).decision
 
     assert decided(p, p) is Decision.DECLINE
     assert decided(np.nextafter(p, 1.0), 1.0) is Decision.APPROVE
@@ -319,15 +319,39 @@ def test_a_package_the_model_does_not_have_names_the_key(
 ) -> None:
     changed = _with(config, packages=[{"name": "shopping"}, {"name": "lounge"}])
 
-    with pytest.raises(ConfigError, match=r"key 'packages\[1\]\.name': 'lounge' is not a"):
-        Scorer(synth.version, changed, synth.classes)
+    version_id = synth.version.manifest.version_id
+    classes = ", ".join(synth.version.classes["rights_package"])
+
+    with pytest.raises(
+        ConfigError,
+        match=rf"key 'packages\[1\]\.name': 'lounge' is not a rights_package class of "
+        rf"model version {version_id} \({classes}\)",
+    ):
+        Scorer(synth.version, changed)
 
 
-def test_package_class_names_must_fit_the_models_task(
-    synth: SynthVersion, config: DecisionConfig
+def test_package_propensities_are_named_by_the_versions_own_classes(
+    synth: SynthVersion, config: DecisionConfig, rows: list[BankRow]
 ) -> None:
-    with pytest.raises(ConfigError, match="rights_package task has 7 classes, 2 class names"):
-        Scorer(synth.version, config, ("shopping", "travel"))
+    names = synth.version.classes["rights_package"]
+    # The same networks with the class list reversed: each output must take the other name.
+    reversed_names = dataclasses.replace(
+        synth.version, classes={"rights_package": tuple(reversed(names))}
+    )
+    embeddings = _embeddings(len(rows), 1.0)
+    mirrored = dict(zip(names, reversed(names), strict=True))
+    compared = 0
+
+    for row, embedding in zip(rows, embeddings, strict=True):
+        as_trained = Scorer(synth.version, config).score(row, embedding).packages
+        as_reversed = Scorer(reversed_names, config).score(row, embedding).packages
+        propensity = {offer.package: offer.propensity for offer in as_reversed}
+        for offer in as_trained:
+            if mirrored[offer.package] in propensity:
+                assert propensity[mirrored[offer.package]] == offer.propensity
+                compared += 1
+
+    assert compared > 0
 
 
 def test_a_risk_only_version_decides_without_packages_or_instalment_offers(
@@ -351,6 +375,7 @@ def test_a_risk_only_version_decides_without_packages_or_instalment_offers(
         head=HeadModel(4, 3, tasks, hidden=8).eval(),
         preprocessor=preprocessor,
         data=data,
+        classes={},
         raw_numeric=table.numeric,
         train_probabilities={"risk": probability[table.split == TRAIN]},
         test_probabilities={"risk": probability[table.split == TEST]},

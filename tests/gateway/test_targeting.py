@@ -33,6 +33,7 @@ from partner_node.embedding_service import EMBEDDING_ROLES
 from partner_node.server import PartnerNode
 from tests.conftest import ThrowAwayPki
 from tests.gateway.gateway_sites import gateway_settings
+from tests.gateway.reordered_packages import reverse_package_classes
 from tests.gateway.synth_version import EXAMPLES
 from tests.gateway.targeting_sites import (
     BothSides,
@@ -111,7 +112,7 @@ def _in_one_process(
 ) -> list[Row]:
     """Every aligned customer through the per-application Scorer, ranked as a campaign is."""
     table, _ = bank_aligned(sites)
-    scorer = Scorer(pair.version, decisions, pair.classes)
+    scorer = Scorer(pair.version, decisions)
     stored = stored_features_of(table, pair.version.preprocessor)
     known = np.array([i for i in table.ids if str(i) not in bank_only], dtype=object)
     embedding = dict(zip(map(str, known), pair.partner_embeddings(known), strict=True))
@@ -147,7 +148,7 @@ def test_the_ranked_list_is_the_same_model_scored_in_one_process(
     task: str,
 ) -> None:
     table, keys = bank_aligned(sites)
-    scorer = BulkScorer(pair.version, decisions, task, pair.classes)
+    scorer = BulkScorer(pair.version, decisions, task)
 
     ranked = target(scorer, table, keys, channel, top=len(table), batch_keys=128, in_flight=3)
 
@@ -160,7 +161,7 @@ def test_top_n_keeps_the_n_best_and_one_batch_gives_the_same_list_as_many(
     sites: TrainingSites, pair: BothSides, decisions: DecisionConfig, channel: grpc.Channel
 ) -> None:
     table, keys = bank_aligned(sites)
-    scorer = BulkScorer(pair.version, decisions, INSTALMENT, pair.classes)
+    scorer = BulkScorer(pair.version, decisions, INSTALMENT)
 
     everyone = target(scorer, table, keys, channel, top=len(table))
     best = target(scorer, table, keys, channel, top=25, batch_keys=64, in_flight=8)
@@ -177,7 +178,7 @@ def test_customers_unknown_to_the_partner_are_scored_bank_only_and_flagged(
     channel: grpc.Channel,
 ) -> None:
     table, keys = bank_aligned(sites)
-    scorer = BulkScorer(pair.version, decisions, INSTALMENT, pair.classes)
+    scorer = BulkScorer(pair.version, decisions, INSTALMENT)
 
     ranked = target(scorer, table, keys, channel, top=len(table))
 
@@ -192,7 +193,7 @@ def test_a_partner_without_the_version_is_refused_naming_both_versions(
 ) -> None:
     other = bank_only_version(sites)
     table, keys = bank_aligned(sites)
-    scorer = BulkScorer(other, decisions, INSTALMENT, pair.classes)
+    scorer = BulkScorer(other, decisions, INSTALMENT)
 
     with pytest.raises(UnknownModelVersion) as refused:
         target(scorer, table, keys, channel, top=10)
@@ -207,7 +208,7 @@ def test_a_configuration_without_an_instalment_rule_table_is_refused_naming_the_
     without = decisions.model_copy(update={"instalment": None})
 
     with pytest.raises(ConfigError, match="key 'instalment'"):
-        BulkScorer(pair.version, without, INSTALMENT, pair.classes)
+        BulkScorer(pair.version, without, INSTALMENT)
 
 
 # --- cobrand target ------------------------------------------------------------------------
@@ -268,7 +269,7 @@ def test_cobrand_target_writes_the_ranked_list_in_the_format_of_the_suffix(
         else pq.read_table(output)
     )
     table, keys = bank_aligned(sites)
-    scorer = BulkScorer(pair.version, decisions, RIGHTS_PACKAGE, pair.classes)
+    scorer = BulkScorer(pair.version, decisions, RIGHTS_PACKAGE)
     expected = target(scorer, table, keys, channel, top=40).table()
     assert written.column_names == [
         "rank",
@@ -286,6 +287,34 @@ def test_cobrand_target_writes_the_ranked_list_in_the_format_of_the_suffix(
         written.column("propensity").to_numpy(), expected.column("propensity").to_numpy()
     )
     assert f"40 of {len(table)} aligned customers ranked" in result.output
+
+
+def test_cobrand_target_names_packages_by_the_versions_classes_not_the_schemas_current_order(
+    throwaway_pki: ThrowAwayPki,
+    sites: TrainingSites,
+    pair: BothSides,
+    decisions: DecisionConfig,
+    node: PartnerNode,
+    channel: grpc.Channel,
+    tmp_path: Path,
+) -> None:
+    output = tmp_path / "top.parquet"
+    arguments = _arguments(
+        throwaway_pki, sites, pair, node, tmp_path, task=RIGHTS_PACKAGE, output=str(output)
+    )
+    # The settings' bank node file (`gateway_settings` writes it there).
+    classes = reverse_package_classes(tmp_path / "bank.yaml", tmp_path)
+
+    result = runner.invoke(_cli(), arguments)
+
+    assert result.exit_code == 0, result.output
+    assert classes == pair.version.classes[RIGHTS_PACKAGE]
+    table, keys = bank_aligned(sites)
+    scorer = BulkScorer(pair.version, decisions, RIGHTS_PACKAGE)
+    expected = target(scorer, table, keys, channel, top=40).table()
+    written = pq.read_table(output)
+    for name in ("customer_id", "package"):
+        assert written.column(name).to_pylist() == expected.column(name).to_pylist()
 
 
 @pytest.mark.parametrize(
@@ -348,7 +377,7 @@ def test_an_answer_of_another_version_is_refused_naming_both_versions(
     pair: BothSides,
     decisions: DecisionConfig,
 ) -> None:
-    scorer = BulkScorer(pair.version, decisions, INSTALMENT, pair.classes)
+    scorer = BulkScorer(pair.version, decisions, INSTALMENT)
     servicer = _OtherVersionPartner("0123456789abcdef", scorer.partner_width)
     server, port = create_server(
         lambda s: embedding_pb2_grpc.add_PartnerEmbeddingServiceServicer_to_server(servicer, s),  # type: ignore[no-untyped-call]
