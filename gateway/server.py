@@ -81,8 +81,9 @@ from gateway.audit_log import AuditLog, open_audit_log
 from gateway.config import load_decision_config
 from gateway.consented_lookup import ConsentedLookupClient
 from gateway.metrics import GatewayMetrics, MeasuredScoringServicer, serve_metrics
+from gateway.partner_breaker import CircuitBreaker
 from gateway.partner_check import PartnerCheck
-from gateway.partner_client import CircuitBreaker, PartnerClient
+from gateway.partner_client import PartnerClient
 from gateway.pseudonyms import PseudonymKey
 from gateway.scoring import Scorer
 from gateway.service import SCORING_ROLES, ScoringServicer, ServedVersions, scoring_service
@@ -272,12 +273,11 @@ def start_gateway(settings: GatewaySettings) -> Gateway:
                 server_party=Party.PARTNER,
             )
         )
-        breaker = settings.partner.breaker
         partner = PartnerCheck(
             PartnerClient(
                 channel,
                 settings.partner.deadline_ms / 1000,
-                CircuitBreaker(breaker.failures, breaker.cool_down_s),
+                CircuitBreaker(settings.partner.breaker),
             ),
             version.manifest,
             settings.partner.verify_timeout_s,
