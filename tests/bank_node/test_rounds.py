@@ -15,6 +15,7 @@ import torch
 from bank_node.config import BankNodeConfig, PartnerEndpoint
 from bank_node.evaluation import task_metrics
 from bank_node.holdout_scores import load_test_scores
+from bank_node.model_registry import load_bank_version
 from bank_node.resume import ResumePolicy
 from bank_node.rounds import holdout_scores_path, train_run
 from bank_node.run_journal import RunJournal, read_journal
@@ -168,6 +169,10 @@ def test_the_kept_model_is_published_at_both_sides_under_one_version(
     assert bank.manifest.model.partner_weights_sha256 == model.partner_sha256.hex()
     # The bank's committed checkpoint of the best round and its version name the same weights.
     assert bank.manifest.model.bank_weights_sha256 == model.bank_sha256.hex()
+    # The version names its K-class outputs as the run's training set did.
+    served = load_bank_version(ModelStore(tmp_path / "models"), release.version_id)
+    assert served.classes == training_set.classes
+    assert "rights_package" in served.classes
     finished = read_journal(journal.path)[-1]
     assert finished["model_version"] == release.version_id
     assert finished["privacy"]["task"] == "risk"
