@@ -334,7 +334,6 @@ def load_bank_version(store: ModelStore, version_id: str) -> BankVersion:
         raise FailedPrecondition(
             f"model version {version_id}: {MODEL_SHAPE} and {HEAD} do not rebuild the head: {err}"
         ) from err
-    classes = _parsed_classes(version, shape.get("classes", {}), dict(shape["tasks"]))
     head.eval()
     digest = bank_weights_digest(bottom.state_dict(), head.state_dict())
     if digest.hex() != version.manifest.model.bank_weights_sha256:
@@ -348,7 +347,9 @@ def load_bank_version(store: ModelStore, version_id: str) -> BankVersion:
         bottom=bottom,
         head=head,
         tasks=dict(shape["tasks"]),
-        classes=classes,
+        # A version saved before class names were recorded has none: one with a K-class task
+        # is refused, as its outputs can no longer be named.
+        classes=_parsed_classes(version, shape.get("classes", {}), shape["tasks"]),
         scaling=_parsed(version, SCORE_SCALING, TypeAdapter(ScoreScaling)),
         reasons=_parsed(version, REASON_CODES, TypeAdapter(ReasonCodes)),
         baseline=_parsed(version, MONITORING_BASELINE, TypeAdapter(MonitoringBaseline)),
