@@ -34,18 +34,16 @@ import numpy as np
 import numpy.typing as npt
 import pydantic
 import torch
-from pydantic import ConfigDict, TypeAdapter
+from pydantic import TypeAdapter
 from torch import nn
 
-from bank_node.monitoring_baseline import CategoryBins, NumericBins
+from bank_node.monitoring_baseline import MonitoringBaseline, fit_baseline
+from bank_node.reason_codes import ReasonCodes, fit_reason_codes
 from bank_node.serving_reference import (
     CalibrationCheck,
-    FeatureReference,
     ScoreScaling,
     calibration_check,
-    category_reference,
     checked_probabilities,
-    numeric_reference,
 )
 from bank_node.training_data import TEST, TRAIN, BankTrainingData
 from cobrand.errors import FailedPrecondition, InvalidRequest
@@ -59,7 +57,7 @@ from cobrand.model_artefacts import (
 )
 from cobrand.model_manifest import Manifest, ModelDigests
 from cobrand.model_store import ModelStore, StoredVersion
-from cobrand.preprocess import FIRST_KNOWN_INDEX, MISSING_INDEX, UNSEEN_INDEX, Preprocessor
+from cobrand.preprocess import Preprocessor
 from cobrand.split_model import BottomModel, HeadModel
 from cobrand.weights import weights_digest
 
@@ -70,13 +68,9 @@ __all__ = [
     "HEAD",
     "MODEL_SHAPE",
     "MONITORING_BASELINE",
-    "PARTNER_REASON",
     "REASON_CODES",
     "SCORE_SCALING",
     "BankVersion",
-    "MonitoringBaseline",
-    "PartnerReason",
-    "ReasonCodes",
     "bank_weights",
     "bank_weights_digest",
     "load_bank_version",
@@ -95,50 +89,6 @@ MONITORING_BASELINE: Final = "monitoring_baseline.json"
 CALIBRATION: Final = "calibration.json"
 
 _CALIBRATION_BINS: Final = 10
-_BASELINE_BINS: Final = 10
-
-
-class _Frozen(pydantic.BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class PartnerReason(_Frozen):
-    """The partner's contribution as one reason: the score with the partner slice against
-    the score without it (the head's bank-only path). Names no partner feature."""
-
-    code: str = "P01"
-    text: str = "The customer's relationship with the co-brand partner lowered the score"
-
-
-PARTNER_REASON: Final = PartnerReason()
-
-
-class ReasonCodes(_Frozen):
-    """A version's reason codes: one per bank feature, then the partner's."""
-
-    bank: tuple[FeatureReference, ...]
-    partner: PartnerReason
-
-
-class MonitoringBaseline(_Frozen):
-    """What production is compared with: bins and shares on the training rows.
-
-    Attributes
-    ----------
-    rows : int
-        Training rows the shares come from.
-    scores : mapping of str to NumericBins
-        Per binary task, its predicted probability of the event.
-    numeric : mapping of str to NumericBins
-        Per numeric bank feature, in raw units.
-    categorical : mapping of str to CategoryBins
-        Per categorical bank feature.
-    """
-
-    rows: int
-    scores: dict[str, NumericBins]
-    numeric: dict[str, NumericBins]
-    categorical: dict[str, CategoryBins]
 
 
 _CALIBRATIONS = TypeAdapter(dict[str, CalibrationCheck | None])
@@ -295,9 +245,15 @@ def save_bank_version(
         BANK_PREPROCESSOR: preprocessor.to_json().encode("ascii"),
         MODEL_SHAPE: json_bytes(_model_shape(bottom, head, classes)),
         SCORE_SCALING: json_bytes((scaling or ScoreScaling()).model_dump(mode="json")),
-        REASON_CODES: json_bytes(_reason_codes(preprocessor, data, train).model_dump(mode="json")),
+        REASON_CODES: json_bytes(
+            fit_reason_codes(
+                preprocessor, data.features.numeric[train], data.features.categorical[train]
+            ).model_dump(mode="json")
+        ),
         MONITORING_BASELINE: json_bytes(
-            _baseline(preprocessor, data, raw_numeric, train, scores).model_dump(mode="json")
+            fit_baseline(
+                preprocessor, raw_numeric[train], data.features.categorical[train], scores
+            ).model_dump(mode="json")
         ),
         CALIBRATION: json_bytes(_CALIBRATIONS.dump_python(calibration, mode="json")),
     }
@@ -400,77 +356,6 @@ def _model_shape(
         "partner_embedding_width": first.in_features - bottom.spec.embedding_width - 1,
         "head": {"hidden": first.out_features, "dropout": dropout.p},
     }
-
-
-def _reason_codes(
-    preprocessor: Preprocessor, data: BankTrainingData, train: npt.NDArray[np.bool_]
-) -> ReasonCodes:
-    numeric = data.features.numeric[train]
-    categorical = data.features.categorical[train]
-    indicator = len(preprocessor.numeric)
-    references: list[FeatureReference] = []
-    for j, state in enumerate(preprocessor.numeric):
-        median = numeric_reference(numeric[:, j])
-        inputs = [(j, median)]
-        if state.missing_indicator:
-            inputs.append((indicator, 0.0))
-            indicator += 1
-        references.append(
-            FeatureReference(
-                code=f"B{len(references) + 1:02d}",
-                feature=state.name,
-                kind="numeric",
-                text=f"{state.name} of {{value}} lowered the score",
-                reference=f"{median * state.scale + state.median:.6g}",
-                numeric=tuple(inputs),
-            )
-        )
-    for j, category in enumerate(preprocessor.categorical):
-        index = category_reference(categorical[:, j])
-        references.append(
-            FeatureReference(
-                code=f"B{len(references) + 1:02d}",
-                feature=category.name,
-                kind="categorical",
-                text=f"{category.name} '{{value}}' lowered the score",
-                reference=_category_name(category.vocabulary, index),
-                categorical=((j, index),),
-            )
-        )
-    return ReasonCodes(bank=tuple(references), partner=PARTNER_REASON)
-
-
-def _category_name(vocabulary: tuple[str, ...], index: int) -> str:
-    if index == MISSING_INDEX:
-        return "missing"
-    if index == UNSEEN_INDEX:
-        return "other"
-    return vocabulary[index - FIRST_KNOWN_INDEX]
-
-
-def _baseline(
-    preprocessor: Preprocessor,
-    data: BankTrainingData,
-    raw_numeric: npt.NDArray[np.float64],
-    train: npt.NDArray[np.bool_],
-    scores: Mapping[str, npt.NDArray[np.float64]],
-) -> MonitoringBaseline:
-    # Unclipped, as the gateway bins production values: the end bins are open, so values beyond
-    # the preprocessor's clipping bounds need no clipping to land in one.
-    numeric = raw_numeric[train]
-    categorical = data.features.categorical[train]
-    return MonitoringBaseline(
-        rows=int(train.sum()),
-        scores={task: NumericBins.fit(score, _BASELINE_BINS) for task, score in scores.items()},
-        numeric={
-            state.name: NumericBins.fit(numeric[:, j], _BASELINE_BINS)
-            for j, state in enumerate(preprocessor.numeric)
-        },
-        categorical={
-            state.name: CategoryBins.fit(categorical[:, j], state.vocabulary)
-            for j, state in enumerate(preprocessor.categorical)
-        },
-    )
 
 
 def _parsed_classes(

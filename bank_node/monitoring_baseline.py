@@ -9,7 +9,7 @@ to 1; `NumericBins.counts` and `CategoryBins.counts` bin production values the s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Final
 
 import numpy as np
@@ -18,9 +18,19 @@ import pydantic
 from pydantic import ConfigDict, Field
 
 from cobrand.errors import InvalidRequest
-from cobrand.preprocess import FIRST_KNOWN_INDEX
+from cobrand.preprocess import FIRST_KNOWN_INDEX, Preprocessor
 
-__all__ = ["OTHER_OR_MISSING", "CategoryBins", "NumericBins"]
+__all__ = [
+    "BASELINE_BINS",
+    "OTHER_OR_MISSING",
+    "CategoryBins",
+    "MonitoringBaseline",
+    "NumericBins",
+    "fit_baseline",
+]
+
+BASELINE_BINS: Final = 10
+"""Quantile bins of each numeric variable of a baseline (deciles of the training rows)."""
 
 OTHER_OR_MISSING: Final = "other/missing"
 """The name of a categorical baseline's bin for missing, rare and unseen values."""
@@ -168,3 +178,57 @@ def _values(values: npt.ArrayLike) -> npt.NDArray[np.float64]:
 
 def _shares(counts: npt.NDArray[np.int64]) -> tuple[float, ...]:
     return tuple(float(share) for share in counts / counts.sum())
+
+
+class MonitoringBaseline(_Frozen):
+    """What production is compared with: bins and shares on the training rows.
+
+    Attributes
+    ----------
+    rows : int
+        Training rows the shares come from.
+    scores : mapping of str to NumericBins
+        Per binary task, its predicted probability of the event.
+    numeric : mapping of str to NumericBins
+        Per numeric bank feature, in raw units.
+    categorical : mapping of str to CategoryBins
+        Per categorical bank feature.
+    """
+
+    rows: int
+    scores: dict[str, NumericBins]
+    numeric: dict[str, NumericBins]
+    categorical: dict[str, CategoryBins]
+
+
+def fit_baseline(
+    preprocessor: Preprocessor,
+    raw_numeric: npt.NDArray[np.float64],
+    categorical: npt.NDArray[np.int64],
+    scores: Mapping[str, npt.NDArray[np.float64]],
+) -> MonitoringBaseline:
+    """The baseline of a version's training rows.
+
+    Parameters
+    ----------
+    preprocessor : Preprocessor
+    raw_numeric : ndarray of float64, shape (n, len(preprocessor.numeric))
+        The rows' numeric bank features in raw units, NaN where missing: unclipped, as the
+        gateway bins production values (the end bins are open).
+    categorical : ndarray of int64, shape (n, len(preprocessor.categorical))
+        The rows' encoded categories.
+    scores : mapping of str to ndarray of float64
+        Per binary task, the model's probability of the event on the same rows.
+    """
+    return MonitoringBaseline(
+        rows=len(raw_numeric),
+        scores={task: NumericBins.fit(score, BASELINE_BINS) for task, score in scores.items()},
+        numeric={
+            state.name: NumericBins.fit(raw_numeric[:, j], BASELINE_BINS)
+            for j, state in enumerate(preprocessor.numeric)
+        },
+        categorical={
+            state.name: CategoryBins.fit(categorical[:, j], state.vocabulary)
+            for j, state in enumerate(preprocessor.categorical)
+        },
+    )

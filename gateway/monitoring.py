@@ -23,8 +23,12 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from bank_node.model_registry import MonitoringBaseline
-from bank_node.monitoring_baseline import OTHER_OR_MISSING, CategoryBins, NumericBins
+from bank_node.monitoring_baseline import (
+    OTHER_OR_MISSING,
+    CategoryBins,
+    MonitoringBaseline,
+    NumericBins,
+)
 from cobrand.errors import InvalidRequest
 from cobrand.metrics import PsiVerdict, psi_from_shares, psi_verdict
 from cobrand.preprocess import FIRST_KNOWN_INDEX, MISSING_INDEX, UNSEEN_INDEX

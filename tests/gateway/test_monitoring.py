@@ -9,8 +9,12 @@ import math
 
 import pytest
 
-from bank_node.model_registry import MonitoringBaseline
-from bank_node.monitoring_baseline import OTHER_OR_MISSING, CategoryBins, NumericBins
+from bank_node.monitoring_baseline import (
+    OTHER_OR_MISSING,
+    CategoryBins,
+    MonitoringBaseline,
+    NumericBins,
+)
 from cobrand.errors import InvalidRequest
 from cobrand.metrics import PSI_SHARE_FLOOR, PsiVerdict
 from gateway.application import FieldValue
