@@ -20,11 +20,10 @@ from typing import Any
 import pytest
 import yaml
 
-from cobrand.rpc import create_channel
-from cobrand.v1 import scoring_pb2, scoring_pb2_grpc
+from cobrand.v1 import scoring_pb2
 from gateway.audit_sqlite import SqliteAuditStore
 from gateway.settings import GatewaySettings
-from partner_node.server import PartnerNode, start_partner_node
+from partner_node.server import PartnerNode
 from tests.conftest import ThrowAwayPki
 from tests.gateway.gateway_sites import (
     Applicants,
@@ -32,7 +31,8 @@ from tests.gateway.gateway_sites import (
     gateway_settings,
     publish_both_sides,
 )
-from tests.training_sites import TrainingSites, write_training_sites
+from tests.gateway.scoring_calls import application, scoring_stub
+from tests.training_sites import TrainingSites, running_partner, write_training_sites
 
 TIMEOUT = 30.0
 USED = scoring_pb2.PARTNER_SLICE_STATUS_USED
@@ -56,9 +56,8 @@ def people(sites: TrainingSites) -> Applicants:
 
 @pytest.fixture(scope="module")
 def partner(throwaway_pki: ThrowAwayPki, sites: TrainingSites) -> Iterator[PartnerNode]:
-    started = start_partner_node(sites.partner_node_config(throwaway_pki.tls("partner")))
-    yield started
-    started.stop(grace=None)
+    with running_partner(throwaway_pki, sites) as started:
+        yield started
 
 
 class Served:
@@ -103,15 +102,8 @@ def _write(config: Path, settings: GatewaySettings, version_id: str) -> None:
 
 def _score(pki: ThrowAwayPki, port: int, application_id: str, identifier: str) -> Any:
     """One application on a channel (a connection) of its own: the kernel picks the worker."""
-    with create_channel(f"127.0.0.1:{port}", pki.tls("app")) as channel:
-        stub: Any = scoring_pb2_grpc.ScoringGatewayStub(channel)  # type: ignore[no-untyped-call]
-        request = scoring_pb2.ScoreApplicationRequest(
-            application_id=application_id,
-            channel=scoring_pb2.APPLICATION_CHANNEL_BANK,
-            identifier_kind="mobile_cn",
-            identifier=identifier,
-        )
-        return stub.ScoreApplication(request, timeout=TIMEOUT)
+    with scoring_stub(pki, port) as stub:
+        return stub.ScoreApplication(application(application_id, identifier), timeout=TIMEOUT)
 
 
 def _decisions(metrics_port: int) -> float:
