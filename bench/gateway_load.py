@@ -101,7 +101,7 @@ _STAGES = {
     "score": "Scorer.score",
     "audit record": "AuditLog.record",
     "log line": "Logger.info",
-    "audit writer": "AuditLog._run",
+    "audit flush": "AuditLog._flush",
 }
 
 

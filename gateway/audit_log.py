@@ -1,10 +1,11 @@
 """The gateway's durable audit log: every decision is recorded before its reply is sent.
 
 `AuditLog.record` returns only once the record is committed and flushed to disk. Durability
-does not cost one flush per decision: a writer thread takes every record queued while the
-previous flush ran (up to ``max_batch``) and commits them as one transaction with one flush
-(group commit); each caller waits on its own future. Under load the batch grows by itself, so
-no fixed wait is needed; ``linger_ms`` can add one, at the cost of latency when idle.
+does not cost one flush per decision: the records queued while one flush ran (up to
+``max_batch``) are committed as one transaction with one flush (group commit), written by one
+of their own callers, the leader, while the others wait (see `AuditLog`). Under load the batch
+grows by itself, so no fixed wait is needed; ``linger_ms`` can add one, at the cost of latency
+when idle.
 
 Backends (`AuditSettings.backend`): embedded SQLite in WAL mode (`audit_sqlite`, one gateway)
 or PostgreSQL (`audit_postgres`, required when several gateways run side by side).
@@ -16,9 +17,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import queue
 import threading
-import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -52,7 +52,7 @@ class AuditSettings(Section):
     max_batch : int
         Most records committed in one transaction.
     linger_ms : float
-        How long the writer waits for more records before flushing a batch that is not full;
+        How long a flush waits for more records before writing a batch that is not full;
         0 flushes as soon as the previous flush is done (batches still form under load).
     """
 
@@ -74,7 +74,7 @@ class AuditSettings(Section):
 
 
 def open_audit_log(settings: AuditSettings) -> AuditLog:
-    """Open the store `settings` name and start its writer.
+    """Open the store `settings` name as an audit log.
 
     Raises
     ------
@@ -103,20 +103,23 @@ class GroupCommitStats:
 
 
 class _Pending:
-    """A queued record and its outcome, handed from the writer thread to the waiting caller.
+    """A queued record, its outcome, and the wake-up of the caller waiting on it.
 
-    A lock held from creation until the outcome is set stands for the hand-over: the caller
-    waits by acquiring it, the writer releases it. (A `concurrent.futures.Future` does the same
-    through a condition variable, costing a lock per wait and a notify; at hundreds of
-    decisions a second it was half of the writer thread's interpreter time.)
+    A lock held from creation stands for the wake-up: the caller waits by acquiring it, and
+    whoever wakes it releases it, either with the outcome (`settle`) or to hand it the lead
+    (`promote`), which it then takes back by acquiring the lock again. (A
+    `concurrent.futures.Future` does the same through a condition variable, costing a lock per
+    wait and a notify.) ``queued`` and ``lead`` change only under the log's lock.
     """
 
-    __slots__ = ("_ready", "error", "item", "stored")
+    __slots__ = ("_ready", "error", "item", "lead", "queued", "stored")
 
     def __init__(self, item: EncodedRecord) -> None:
         self.item = item
         self.stored: AuditRecord | None = None
         self.error: CobrandError | None = None
+        self.queued = True
+        self.lead = False
         self._ready = threading.Lock()
         self._ready.acquire()
 
@@ -125,20 +128,32 @@ class _Pending:
         self.stored, self.error = stored, error
         self._ready.release()
 
-    def outcome(self, timeout_s: float | None) -> AuditRecord | None:
-        """The record stored, or None if `timeout_s` passed first; raises the refusal."""
-        if not self._ready.acquire(timeout=-1 if timeout_s is None else max(0.0, timeout_s)):
-            return None
+    def promote(self) -> None:
+        """Wake the caller to lead the next flush (called under the log's lock)."""
+        self.lead = True
+        self._ready.release()
+
+    def wait(self, timeout_s: float | None) -> bool:
+        """Whether the caller was woken (settled or promoted) before `timeout_s` passed."""
+        return self._ready.acquire(timeout=-1 if timeout_s is None else max(0.0, timeout_s))
+
+    def outcome(self) -> AuditRecord:
+        """The record stored; raises the refusal."""
         if self.error is not None:
             raise self.error
+        assert self.stored is not None  # settled without an error
         return self.stored
-
-
-_STOP = object()
 
 
 class AuditLog:
     """Durable, group-committed audit log over a store; use as a context manager or `close`.
+
+    Group commit by leader and followers: a caller that finds no flush under way leads one: it
+    takes what is queued (its own record first, up to ``max_batch``), writes it as one
+    transaction on the store's writer connection, settles every caller in the batch and, if
+    more records queued meanwhile, hands the lead to the oldest one's caller. Callers arriving
+    during a flush queue and wait. A lone caller so writes its own record with no thread
+    hand-off; under load the batch grows by itself, one transaction per flush.
 
     Parameters
     ----------
@@ -154,13 +169,15 @@ class AuditLog:
         self._store = store
         self._max_batch = max_batch
         self._linger_s = linger_s
-        self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
-        self._lock = threading.Lock()
+        # Guards the queue, the lead and the counters; waited on by a lingering leader and close.
+        self._lock = threading.Condition(threading.Lock())
+        self._queue: deque[_Pending] = deque()
+        # True from a caller taking the lead until the last leader finds the queue empty: while
+        # it is, every queued record has a leader to write it.
+        self._leading = False
         self._closed = False
         self._records = 0
         self._batches = 0
-        self._writer = threading.Thread(target=self._run, name="audit-writer", daemon=True)
-        self._writer.start()
 
     def record(self, record: AuditRecord, timeout_s: float | None = None) -> AuditRecord:
         """Record `record` durably; returns once it is committed and flushed.
@@ -169,7 +186,9 @@ class AuditLog:
         ----------
         record : AuditRecord
         timeout_s : float or None
-            Longest wait for the store (e.g. the call's remaining deadline); None waits on.
+            Longest wait for another caller's flush to write it (e.g. the call's remaining
+            deadline); None waits on. A caller leading the flush of its own record waits for
+            the store (whose own timeouts bound the wait).
 
         Returns
         -------
@@ -186,18 +205,63 @@ class AuditLog:
             If the request id is already recorded.
         Unavailable
             If the log is closed, the store failed to write, or `timeout_s` passed first; the
-            record was not acknowledged (after a timeout it may still be written: a retry
-            with the same application id then gets it back).
+            record was not acknowledged (after a timeout it may still be written if a flush
+            had taken it: a retry with the same application id then gets it back).
         """
         pending = _Pending(EncodedRecord.of(record))
         with self._lock:
             if self._closed:
                 raise Unavailable("the audit log is closed")
-            self._queue.put(pending)
-        stored = pending.outcome(timeout_s)
-        if stored is None:
-            raise Unavailable(f"the audit log did not confirm the decision within {timeout_s} s")
-        return stored
+            self._queue.append(pending)
+            if self._leading:
+                if self._linger_s > 0 and len(self._queue) >= self._max_batch:
+                    self._lock.notify_all()
+            else:
+                self._leading = pending.lead = True
+        if not pending.lead and not pending.wait(timeout_s):
+            self._give_up(pending, timeout_s)
+        if pending.lead:
+            self._lead()
+        return pending.outcome()
+
+    def _give_up(self, pending: _Pending, timeout_s: float | None) -> None:
+        """Raise Unavailable for a caller whose wait passed, withdrawing its record if no flush
+        has taken it yet (and passing the lead on if it was just handed it)."""
+        with self._lock:
+            if pending.queued:
+                self._queue.remove(pending)
+                pending.queued = False
+                if pending.lead:
+                    self._hand_over()
+        raise Unavailable(f"the audit log did not confirm the decision within {timeout_s} s")
+
+    def _lead(self) -> None:
+        """Flush one batch, the leader's own record first, then hand the lead over."""
+        try:
+            with self._lock:
+                if self._linger_s > 0:
+                    self._lock.wait_for(
+                        lambda: self._closed or len(self._queue) >= self._max_batch,
+                        self._linger_s,
+                    )
+                batch = [
+                    self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))
+                ]
+                for p in batch:
+                    p.queued = False
+            self._flush(batch)
+        finally:
+            with self._lock:
+                self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Wake the oldest queued caller to lead, or end the lead when none waits (under the
+        lock)."""
+        if self._queue:
+            self._queue[0].promote()
+        else:
+            self._leading = False
+            self._lock.notify_all()
 
     def find_application(self, inputs: ApplicationInputs) -> AuditRecord | None:
         """The decision recorded for ``inputs.application_id``, or None if never decided.
@@ -237,13 +301,13 @@ class AuditLog:
             return GroupCommitStats(self._records, self._batches)
 
     def close(self) -> None:
-        """Write what is queued, stop the writer and close the store; idempotent."""
+        """Wait for what is queued to be written, then close the store; idempotent."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            self._queue.put(_STOP)
-        self._writer.join()
+            self._lock.notify_all()
+            self._lock.wait_for(lambda: not self._leading)
         self._store.close()
 
     def __enter__(self) -> AuditLog:
@@ -256,28 +320,6 @@ class AuditLog:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-    def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is _STOP:
-                return
-            assert isinstance(first, _Pending)
-            batch = [first]
-            deadline = time.monotonic() + self._linger_s
-            while len(batch) < self._max_batch:
-                wait = deadline - time.monotonic()
-                try:
-                    item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stopping = True
-                    break
-                assert isinstance(item, _Pending)
-                batch.append(item)
-            self._flush(batch)
 
     def _flush(self, batch: list[_Pending]) -> None:
         try:

@@ -31,7 +31,8 @@ _BUSY_TIMEOUT_MS = 5000
 
 def _connect(path: Path) -> sqlite3.Connection:
     # Autocommit mode (isolation_level=None): transactions are begun explicitly, never implicitly
-    # by the driver. Each connection is used by one thread at a time (writer thread, read lock).
+    # by the driver. Each connection is used by one thread at a time (the audit log's flush, the
+    # read lock).
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
     return conn

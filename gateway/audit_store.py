@@ -1,6 +1,6 @@
 """The SQL both audit stores share: one table, batch writes in one transaction, and the reads.
 
-A store writes on one connection, used only by the audit log's writer thread, and reads on
+A store writes on one connection, used by one flush of the audit log at a time, and reads on
 another behind a lock, so lookups never wait for a flush. The backends (`audit_sqlite`,
 `audit_postgres`) supply the connections and the transaction calls; the SQL is the same for
 both (``?`` placeholders, which the PostgreSQL store translates).

@@ -5,19 +5,23 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import fcntl
 import math
 import sqlite3
 import threading
+import time
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 import grpc
 import pytest
 
-from cobrand.errors import AlreadyExists, InvalidRequest, Unavailable
+from cobrand.errors import AlreadyExists, CobrandError, InvalidRequest, Unavailable
 from gateway.audit_json import CorruptAuditRecord, record_from_json, record_to_json
-from gateway.audit_log import AuditLog, AuditSettings, open_audit_log
+from gateway.audit_log import AuditLog, AuditSettings, GroupCommitStats, open_audit_log
 from gateway.audit_record import (
     ApplicationInputs,
     AuditRecord,
@@ -25,7 +29,8 @@ from gateway.audit_record import (
     PartnerSliceStatus,
     Pseudonym,
 )
-from gateway.audit_store import ApplicationIdReused
+from gateway.audit_sqlite import SqliteAuditStore
+from gateway.audit_store import ApplicationIdReused, EncodedRecord
 from gateway.config import Decision
 from tests.gateway.audit_records import T0, make_inputs, make_record
 
@@ -258,16 +263,66 @@ def test_a_closed_log_refuses_new_records(tmp_path: Path) -> None:
 
 def test_a_record_the_store_cannot_take_in_time_is_not_acknowledged(tmp_path: Path) -> None:
     db = tmp_path / "audit.db"
-    late = make_record("APP-LATE")
-    with open_audit_log(AuditSettings(path=db)) as log:
+    stuck, late = make_record("APP-STUCK"), make_record("APP-LATE")
+    with (
+        open_audit_log(AuditSettings(path=db)) as log,
+        ThreadPoolExecutor(1) as pool,
+        (tmp_path / "audit.db-writer.lock").open("ab") as turn,
+    ):
         blocker = sqlite3.connect(db, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")  # holds the write lock, as another writer would
+        # Its caller leads a flush that takes the writers' turn, then waits for the lock.
+        leading = pool.submit(log.record, stuck)
+        while _turn_is_free(turn):
+            time.sleep(0.005)
         with pytest.raises(Unavailable, match="did not confirm"):
             log.record(late, timeout_s=0.2)
         blocker.execute("ROLLBACK")
         blocker.close()
-        # Written once the lock is free: a retry of the application gets it back.
-        assert log.record(make_record("APP-LATE")) == late
+        assert leading.result() == stuck
+        # Withdrawn before any flush took it: never written, so a retry decides it anew.
+        assert log.find_application(late.inputs) is None
+        retry = make_record("APP-LATE")
+        assert log.record(retry) == retry
+
+
+def _turn_is_free(turn: BinaryIO) -> bool:
+    try:
+        fcntl.flock(turn, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    fcntl.flock(turn, fcntl.LOCK_UN)
+    return True
+
+
+class _FailingStore(SqliteAuditStore):
+    """A SQLite store whose next batch fails as a full disk would fail it."""
+
+    fail_next = False
+
+    def write_batch(self, batch: Sequence[EncodedRecord]) -> list[AuditRecord | CobrandError]:
+        if self.fail_next:
+            self.fail_next = False
+            raise sqlite3.OperationalError("database or disk is full")
+        return super().write_batch(batch)
+
+
+def test_a_batch_the_store_fails_fails_each_of_its_callers_and_the_log_writes_on(
+    tmp_path: Path,
+) -> None:
+    store = _FailingStore(tmp_path / "audit.db")
+    store.fail_next = True
+    batch = [make_record(f"APP-{i}") for i in range(3)]
+    # A long linger gathers the three into one transaction.
+    with AuditLog(store, max_batch=3, linger_s=0.1) as log, ThreadPoolExecutor(3) as pool:
+        answers = [pool.submit(log.record, rec) for rec in batch]
+        for answer in answers:
+            with pytest.raises(Unavailable, match="could not write"):
+                answer.result()
+        assert _all(log) == []
+        again = make_record("APP-0")
+        assert log.record(again) == again
+        assert log.stats() == GroupCommitStats(records=1, batches=1)
 
 
 def test_the_sqlite_file_is_in_wal_mode(tmp_path: Path) -> None:
