@@ -2,9 +2,10 @@
 
 A party's command that runs a program beside its own loop (the bank's SuperLink behind its
 Fleet-only front, the partner's SuperNode beside its ClientApp runner, the partner node beside
-``cobrand align``) stops the child when it stops itself (`stop_child`: SIGTERM, a grace period,
-then SIGKILL); `stop_with_parent` covers the case where it cannot, a SIGKILL: Linux then sends
-the child SIGTERM (``prctl(PR_SET_PDEATHSIG)``), so no SuperLink keeps listening without its front.
+``cobrand align``) waits for it to listen (`wait_listening`, failing at once if it exits) and
+stops it when it stops itself (`stop_child`: SIGTERM, a grace period, then SIGKILL);
+`stop_with_parent` covers the case where it cannot, a SIGKILL: Linux then sends the child SIGTERM
+(``prctl(PR_SET_PDEATHSIG)``), so no SuperLink keeps listening without its front.
 """
 
 from __future__ import annotations
@@ -12,11 +13,15 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import socket
 import subprocess
+import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["stop_child", "stop_with_parent"]
+from cobrand.errors import FailedPrecondition, Unavailable
+
+__all__ = ["stop_child", "stop_with_parent", "wait_listening"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -49,3 +54,47 @@ def stop_child(process: subprocess.Popen[Any], grace_s: float) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def wait_listening(
+    process: subprocess.Popen[Any],
+    address: tuple[str, int],
+    *,
+    what: str,
+    timeout: float,
+    see: str = "",
+) -> None:
+    """Wait until something accepts connections on `address` while `process` runs.
+
+    Parameters
+    ----------
+    process : subprocess.Popen
+        The child that is to listen; its exit ends the wait at once.
+    address : tuple of (str, int)
+        Host and port.
+    what : str
+        The child as errors name it (``"SuperLink"``).
+    timeout : float
+        Seconds to wait.
+    see : str, optional
+        Where its output is, for the error (a log file's path).
+
+    Raises
+    ------
+    FailedPrecondition
+        The child exited first.
+    Unavailable
+        Nothing listened within `timeout` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    hint = f"; see {see}" if see else ""
+    while True:
+        if (code := process.poll()) is not None:
+            raise FailedPrecondition(f"the {what} exited with code {code} before it listened{hint}")
+        try:
+            socket.create_connection(address, timeout=1.0).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise Unavailable(f"the {what} did not listen within {timeout:g} s{hint}") from None
+            time.sleep(0.1)

@@ -22,12 +22,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Annotated, Any, Final
@@ -38,8 +36,8 @@ import uvicorn
 from fastapi.routing import APIRoute
 from flwr.superlink.routers.fleet.router import router as _flower_fleet_router
 
-from cobrand.child_process import stop_child, stop_with_parent
-from cobrand.errors import ConfigError, FailedPrecondition, Unavailable
+from cobrand.child_process import stop_child, stop_with_parent, wait_listening
+from cobrand.errors import ConfigError
 from cobrand.flower_sites import SuperLinkTls, superlink_command
 
 __all__ = ["FLEET_PATHS", "FleetFront", "main", "run_superlink_behind_front"]
@@ -218,7 +216,7 @@ def run_superlink_behind_front(
         if output is not None:
             output.close()
     try:
-        _wait_listening(superlink, control_port)
+        wait_listening(superlink, (LOOPBACK, control_port), what="SuperLink", timeout=60.0)
         server = uvicorn.Server(
             uvicorn.Config(
                 FleetFront(f"{LOOPBACK}:{control_port}", tls.ca_cert),
@@ -246,20 +244,6 @@ def run_superlink_behind_front(
 
 def _exit(_signum: int, _frame: object) -> None:
     sys.exit(0)
-
-
-def _wait_listening(process: subprocess.Popen[bytes], port: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if (code := process.poll()) is not None:
-            raise FailedPrecondition(f"the SuperLink exited with code {code} before it listened")
-        try:
-            socket.create_connection((LOOPBACK, port), timeout=1.0).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise Unavailable(f"the SuperLink did not listen within {timeout:g} s") from None
-            time.sleep(0.1)
 
 
 def main(

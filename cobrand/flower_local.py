@@ -31,6 +31,7 @@ from typing import Any, Final
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from cobrand.child_process import wait_listening
 from cobrand.durable import write_new
 from cobrand.errors import FailedPrecondition, Unavailable
 from cobrand.flower_sites import (
@@ -117,7 +118,13 @@ class LocalFederation:
             ),
             self._superlink_env,
         )
-        self._wait_for_port(self.fleet_host, self.fleet_port, "superlink", timeout)
+        wait_listening(
+            self._processes["superlink"],
+            (self.fleet_host, self.fleet_port),
+            what="superlink",
+            timeout=timeout,
+            see=str(self.work / "superlink.log"),
+        )
         self.startup_seconds["superlink"] = time.perf_counter() - started
 
     def start_supernode(
@@ -299,18 +306,6 @@ class LocalFederation:
             raise FailedPrecondition(
                 f"the {name} exited with code {code}; see {self.work / f'{name}.log'}"
             )
-
-    def _wait_for_port(self, host: str, port: int, name: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            self._check_alive(name)
-            try:
-                socket.create_connection((host, port), timeout=1.0).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise Unavailable(f"the {name} did not listen within {timeout:g} s") from None
-                time.sleep(0.1)
 
     def _node_online(self, node_id: int) -> bool:
         nodes = self.flwr("supernode", "ls")["nodes"]

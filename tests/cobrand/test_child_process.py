@@ -1,12 +1,19 @@
-"""A child started with `stop_with_parent` ends when its parent is SIGKILLed."""
+"""Children of a party's command: waited for until they listen, stopped, and ended with their
+parent even when it is SIGKILLed."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+
+import pytest
+
+from cobrand.child_process import stop_child, wait_listening
+from cobrand.errors import FailedPrecondition
 
 _PARENT = """
 import subprocess, sys, time
@@ -56,3 +63,25 @@ def test_an_untied_child_outlives_its_killed_parent() -> None:
         assert alive
     finally:
         os.kill(child, signal.SIGKILL)
+
+
+def test_waiting_for_a_child_to_listen_returns_once_it_does() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    listener = (
+        "import socket, time; s = socket.socket(); "
+        f"s.bind(('127.0.0.1', {port})); s.listen(); time.sleep(30)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", listener])
+    try:
+        wait_listening(child, ("127.0.0.1", port), what="listener", timeout=20.0)
+    finally:
+        stop_child(child, grace_s=5.0)
+    assert child.returncode == -signal.SIGTERM
+
+
+def test_a_child_exiting_before_it_listens_ends_the_wait_naming_it() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    with pytest.raises(FailedPrecondition, match=r"the SuperLink exited with code 3 .*see x\.log"):
+        wait_listening(child, ("127.0.0.1", 9), what="SuperLink", timeout=20.0, see="x.log")
