@@ -15,7 +15,6 @@ through.
 from __future__ import annotations
 
 import importlib.resources
-import os
 import secrets
 import shutil
 import time
@@ -38,6 +37,7 @@ from cobrand.commands.align import LocalSites, align_sites, local_sites, tls_fil
 from cobrand.commands.exits import cli_errors
 from cobrand.commands.progress import ProgressBars
 from cobrand.commands.train import train_aligned
+from cobrand.durable import write_new
 from cobrand.errors import FailedPrecondition
 from cobrand.federation import Federation, load_federation
 from cobrand.preprocess import Preprocessor
@@ -58,6 +58,10 @@ _CALL_TIMEOUT_S = 5.0
 _LOOPBACK = "127.0.0.1"
 # Tens of milliseconds at a bank; the demo shares its machine with the Flower processes it ran.
 _PARTNER_DEADLINE_MS = 250.0
+# The gateway's start waits this long for the partner's consented-lookup index of all its users
+# (built once; about 30 s for the demo's 300,000 on 2 cores), so the consenting applicant the
+# partner does not know is looked up rather than refused while the index builds.
+_PARTNER_INDEX_WAIT_S = 180.0
 
 
 def run(
@@ -232,9 +236,7 @@ def _gateway(sites: LocalSites, version_id: str, identifier_kind: str) -> Iterat
     bank_ca = bank_tls.ca_bundle.parent
     key_file = work / "pseudonym.key"
     # Created private: the key is what keeps the audit log's pseudonyms from being reversed.
-    descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "wb") as key:
-        key.write(secrets.token_bytes(MIN_KEY_BYTES))
+    write_new(key_file, secrets.token_bytes(MIN_KEY_BYTES), mode=0o600)
     settings = write_settings(
         work / "gateway.yaml",
         GatewaySettings(
@@ -245,10 +247,16 @@ def _gateway(sites: LocalSites, version_id: str, identifier_kind: str) -> Iterat
             decision_config=_shipped("gateway", "examples", "cobrand_synth.yaml"),
             pseudonym_key=key_file,
             partner=PartnerSettings(
-                address=f"{_LOOPBACK}:{sites.partner_port}", deadline_ms=_PARTNER_DEADLINE_MS
+                address=f"{_LOOPBACK}:{sites.partner_port}",
+                deadline_ms=_PARTNER_DEADLINE_MS,
+                verify_timeout_s=_PARTNER_INDEX_WAIT_S,
             ),
             audit=AuditSettings(backend="sqlite", path=work / "audit.db"),
         ),
+    )
+    typer.echo(
+        "starting the gateway: it checks the partner's copy of the version and waits for the "
+        "partner's consented-lookup index of its users (built once)"
     )
     started = time.perf_counter()
     gateway = start_gateway(load_settings(GatewaySettings, settings))
