@@ -1,7 +1,8 @@
-"""Fixtures for the shared package's tests: a federation and file writers."""
+"""Fixtures for the shared package's tests: a federation, file writers and the usual umask."""
 
+import os
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,11 @@ def federation() -> Federation:
             if name != "email"
         },
     )
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """The usual umask, under which a file created by default is readable by everyone."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)

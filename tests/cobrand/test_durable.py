@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,14 +33,6 @@ def test_a_failed_replacement_keeps_the_old_file_and_leaves_no_partial(tmp_path:
 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
     assert [p.name for p in blocked.iterdir()] == ["occupied"]
-
-
-@pytest.fixture
-def umask_022() -> Iterator[None]:
-    """The usual umask, under which a file created by default is readable by everyone."""
-    previous = os.umask(0o022)
-    yield
-    os.umask(previous)
 
 
 @pytest.mark.usefixtures("umask_022")
