@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import os
 import stat
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
-from flwr.app.message import make_message
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.common.serde import message_from_proto
 from flwr.proto.message_pb2 import Message as ProtoMessage
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -20,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from cobrand import wire_capture
 from cobrand.rpc import create_channel, create_server
 from tests.conftest import ThrowAwayPki
+from tests.flower_messages import incoming_message
 
 _CHECK = "/grpc.health.v1.Health/Check"
 _TIMEOUT_S = 5.0
@@ -102,19 +101,8 @@ def test_a_flower_handler_captures_the_message_it_gets_and_the_reply_it_returns(
     def echo(message: Message, context: Context) -> Message:
         return Message(RecordDict({"r": ConfigRecord({"answer": b"42"})}), reply_to=message)
 
-    message = make_message(
-        Metadata(
-            run_id=1,
-            message_id="m-1",
-            src_node_id=0,
-            dst_node_id=7,
-            reply_to_message_id="",
-            group_id="1",
-            created_at=time.time(),
-            ttl=60.0,
-            message_type="train.round",
-        ),
-        RecordDict({"q": ConfigRecord({"question": b"six times seven"})}),
+    message = incoming_message(
+        "train.round", RecordDict({"q": ConfigRecord({"question": b"six times seven"})})
     )
     echo(message, Context(1, 7, {}, RecordDict(), {}))
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from flwr.app import Context, Metadata, RecordDict
-from flwr.app.message import make_message
+from flwr.app import Context, RecordDict
 
 from cobrand.errors import ConfigError, FailedPrecondition
 from cobrand.flower_rounds import (
@@ -29,6 +27,7 @@ from partner_node.flower_client.client_app import HandOffSettings, app
 from partner_node.rounds_service import ROUNDS_ROLES, rounds_service
 from partner_node.training_runs import TrainingRuns
 from tests.conftest import ThrowAwayPki
+from tests.flower_messages import incoming_message
 from tests.partner_node.test_rounds_service import _training_set
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,20 +95,10 @@ def test_a_publication_reaches_the_partner_nodes_publish_method_and_its_refusal_
         bank_weights=bytes(32), partner_weights=bytes(32), partner_preprocessor=bytes(32)
     )
     publication = ModelPublication("run-never", 1, digests.version_id, digests, bytes(32))
-    # As the SuperNode hands it over (Message() itself wants a running ServerApp's identity).
-    message = make_message(
-        Metadata(
-            run_id=1,
-            message_id="m-1",
-            src_node_id=0,
-            dst_node_id=7,
-            reply_to_message_id="",
-            group_id="publish",
-            created_at=time.time(),
-            ttl=60.0,
-            message_type=PUBLISH_MESSAGE,
-        ),
+    message = incoming_message(
+        PUBLISH_MESSAGE,
         with_payload(REQUEST, publication_to_proto(publication).SerializeToString()),
+        group_id="publish",
     )
     try:
         reply = app(message, Context(1, 7, settings, RecordDict(), {}))
