@@ -23,6 +23,7 @@ from typing import Any, Final
 
 import grpc
 from google.protobuf.message import Message
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from cobrand.rpc import TlsFiles, create_channel
@@ -34,6 +35,7 @@ __all__ = [
     "binary",
     "enum_numbers",
     "floats",
+    "fuzz",
     "hostile_channel",
     "mutated",
     "raw_bytes",
@@ -46,6 +48,15 @@ __all__ = [
 
 CALL_TIMEOUT_S: Final = 20.0
 """Every fuzzed call's deadline; a call still running then has hung."""
+
+
+def fuzz(max_examples: int) -> settings:
+    """Hypothesis settings of a fuzzed RPC: `max_examples` calls, no per-example deadline (a
+    real server on a shared machine), and no complaint about slow generation of huge values."""
+    return settings(
+        max_examples=max_examples, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    )
+
 
 # Sizes past every length limit, and past the gateway's 256 KiB message limit.
 _HUGE: Final = (129, 1_025, 70_000, 300_000, 1_000_000)

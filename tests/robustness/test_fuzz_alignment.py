@@ -18,7 +18,7 @@ from typing import Any, Final
 import grpc
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from bank_node.alignment_client import AlignmentClient
@@ -37,6 +37,7 @@ from tests.robustness.hostile import (
     CALL_TIMEOUT_S,
     Tally,
     binary,
+    fuzz,
     hostile_channel,
     mutated,
     raw_bytes,
@@ -49,7 +50,7 @@ from tests.robustness.hostile import (
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
 
 Code = grpc.StatusCode
-FUZZ: Final = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ: Final = fuzz(50)
 _SETTINGS: Final = PsiSettings(workers=0, chunk_points=64)
 _CODES: Final = {
     Code.OK,

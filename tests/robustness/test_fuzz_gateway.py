@@ -12,7 +12,7 @@ from typing import Any, Final
 
 import grpc
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from cobrand.federation import load_federation
@@ -29,6 +29,7 @@ from tests.robustness.hostile import (
     Tally,
     enum_numbers,
     floats,
+    fuzz,
     hostile_channel,
     mutated,
     raw_bytes,
@@ -179,7 +180,7 @@ def test_score_application_answers_hostile_applications_with_a_clear_status(
     tally = Tally("ScoringGateway.ScoreApplication", _FIELDS)
     answered: dict[str, int] = {}
 
-    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @fuzz(150)
     @given(
         holder=st.sampled_from(sorted(_CHANNEL_OF)),
         drawn=_applications(people, version_id, names),
@@ -207,7 +208,7 @@ def test_random_bytes_and_unknown_fields_are_refused_and_the_gateway_serves_on(
 ) -> None:
     tally = Tally("ScoringGateway, random bytes as a request", (*_FIELDS, "request"))
 
-    @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @fuzz(100)
     @given(
         body=st.one_of(
             raw_bytes(),

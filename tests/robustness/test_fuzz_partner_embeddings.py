@@ -12,7 +12,7 @@ from typing import Any, Final
 
 import grpc
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from cobrand import oprf
@@ -32,6 +32,7 @@ from tests.robustness.hostile import (
     VERSION_LIKE,
     Tally,
     binary,
+    fuzz,
     hostile_channel,
     mutated,
     raw_bytes,
@@ -42,7 +43,7 @@ from tests.robustness.hostile import (
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
 
 Code = grpc.StatusCode
-FUZZ: Final = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ: Final = fuzz(60)
 _LOOKUP_CODES: Final = {
     Code.OK,
     Code.INVALID_ARGUMENT,
@@ -98,7 +99,7 @@ def test_get_embedding_answers_hostile_fields_with_a_clear_status(
         },
     )
 
-    @settings(FUZZ, max_examples=120)
+    @fuzz(120)
     @given(request=requests)
     def call(request: tuple[frozenset[str], dict[str, Any]]) -> None:
         hostile, fields = request
@@ -292,7 +293,7 @@ def test_random_bytes_as_a_request_are_refused_and_the_node_serves_on(
     )
     tally = Tally("partner node, random bytes as a request", fields)
 
-    @settings(FUZZ, max_examples=100)
+    @fuzz(100)
     @given(method=st.sampled_from(_METHODS), body=raw_bytes())
     def call(method: tuple[str, str, bool], body: bytes) -> None:
         path, holder, streaming = method

@@ -13,7 +13,7 @@ from typing import Any, Final
 import grpc
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from cobrand.model_manifest import ModelDigests
@@ -29,6 +29,7 @@ from tests.robustness.hostile import (
     binary,
     enum_numbers,
     floats,
+    fuzz,
     hostile_channel,
     mutated,
     texts,
@@ -39,7 +40,7 @@ from tests.robustness.hostile import (
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
 
 Code = grpc.StatusCode
-FUZZ: Final = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ: Final = fuzz(60)
 _RUN: Final = "fuzz-run"
 _WIDTH: Final = 4
 _DIGEST: Final = st.binary(min_size=32, max_size=32)
