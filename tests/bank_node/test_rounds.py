@@ -73,6 +73,14 @@ def node(throwaway_pki: ThrowAwayPki, sites: TrainingSites) -> Iterator[PartnerN
 
 
 @pytest.fixture(scope="module")
+def bank_models(sites: TrainingSites) -> Path:
+    """The bank's model registry, one for the module as the partner node's is: a version that
+    two runs reach (the same kept weights) is then published again unchanged, as in production,
+    rather than as a second bank manifest the partner refuses."""
+    return sites.bank_data / "models"
+
+
+@pytest.fixture(scope="module")
 def training_set(sites: TrainingSites) -> BankTrainingSet:
     return load_training_set(
         BankNodeConfig(
@@ -103,6 +111,7 @@ def test_a_run_plans_each_round_then_commits_it_with_both_sides_digests(
     partner: DirectPartner,
     trainer_channel: grpc.Channel,
     tmp_path: Path,
+    bank_models: Path,
 ) -> None:
     journal = RunJournal(tmp_path / "run-1.jsonl")
 
@@ -114,7 +123,7 @@ def test_a_run_plans_each_round_then_commits_it_with_both_sides_digests(
         CONFIG,
         journal,
         runs_dir=tmp_path,
-        models_dir=tmp_path / "models",
+        models_dir=bank_models,
     )
 
     events = read_journal(journal.path)
@@ -142,6 +151,7 @@ def test_the_kept_model_is_published_at_both_sides_under_one_version(
     trainer_channel: grpc.Channel,
     sites: TrainingSites,
     tmp_path: Path,
+    bank_models: Path,
 ) -> None:
     journal = RunJournal(tmp_path / "run-pub.jsonl")
     passes = _CountPasses()
@@ -154,12 +164,12 @@ def test_the_kept_model_is_published_at_both_sides_under_one_version(
         CONFIG,
         journal,
         runs_dir=tmp_path,
-        models_dir=tmp_path / "models",
+        models_dir=bank_models,
     )
 
     release, model = outcome.release, outcome.model
     assert release.version_id == model_version(model.bank_sha256.hex(), model.partner_sha256.hex())
-    bank = ModelStore(tmp_path / "models").load(release.version_id)
+    bank = ModelStore(bank_models).load(release.version_id)
     held = ModelStore(sites.partner_data / "models").load(release.version_id)
     # Each side holds every file its manifest lists (load checks them) and the other's digest.
     assert manifest_digest(bank.manifest) == release.bank_manifest_sha256
@@ -170,7 +180,7 @@ def test_the_kept_model_is_published_at_both_sides_under_one_version(
     # The bank's committed checkpoint of the best round and its version name the same weights.
     assert bank.manifest.model.bank_weights_sha256 == model.bank_sha256.hex()
     # The version names its K-class outputs as the run's training set did.
-    served = load_bank_version(ModelStore(tmp_path / "models"), release.version_id)
+    served = load_bank_version(ModelStore(bank_models), release.version_id)
     assert served.classes == training_set.classes
     assert "rights_package" in served.classes
     finished = read_journal(journal.path)[-1]
@@ -190,6 +200,7 @@ def test_a_partner_on_another_alignment_is_refused_before_any_round_is_planned(
     partner: DirectPartner,
     trainer_channel: grpc.Channel,
     tmp_path: Path,
+    bank_models: Path,
 ) -> None:
     alignment = dataclasses.replace(
         training_set.alignment, run_id="alignment-other", intersection_sha256=bytes(32)
@@ -205,7 +216,7 @@ def test_a_partner_on_another_alignment_is_refused_before_any_round_is_planned(
             CONFIG,
             RunJournal(tmp_path / "j"),
             runs_dir=tmp_path,
-            models_dir=tmp_path / "models",
+            models_dir=bank_models,
         )
 
     assert partner.plans == []
@@ -229,6 +240,7 @@ def test_a_round_whose_checkpoint_differs_between_the_two_planes_is_never_commit
     training_set: BankTrainingSet,
     trainer_channel: grpc.Channel,
     tmp_path: Path,
+    bank_models: Path,
 ) -> None:
     journal = RunJournal(tmp_path / "run-3.jsonl")
     with create_channel(f"127.0.0.1:{node.port}", throwaway_pki.tls("partner")) as channel:
@@ -242,7 +254,7 @@ def test_a_round_whose_checkpoint_differs_between_the_two_planes_is_never_commit
                 CONFIG,
                 journal,
                 runs_dir=tmp_path,
-                models_dir=tmp_path / "models",
+                models_dir=bank_models,
             )
 
     assert "committed" not in [e["event"] for e in read_journal(journal.path)]
@@ -280,6 +292,7 @@ def _run(
     partner: DirectPartner,
     channel: grpc.Channel,
     directory: Path,
+    bank_models: Path,
     config: TrainingConfig = CONFIG_3,
     **options: Any,
 ) -> tuple[Any, list[dict[str, Any]]]:
@@ -292,7 +305,7 @@ def _run(
         config,
         journal,
         runs_dir=directory,
-        models_dir=directory / "models",
+        models_dir=bank_models,
         resume=ResumePolicy(wait_s=10.0, **options),
     )
     return outcome, read_journal(journal.path)
@@ -311,11 +324,12 @@ def test_a_run_that_loses_the_partner_resumes_from_the_last_committed_round_and_
     hand_off: grpc.Channel,
     trainer_channel: grpc.Channel,
     tmp_path: Path,
+    bank_models: Path,
 ) -> None:
-    steady, _ = _run("run-steady", training_set, partner, trainer_channel, tmp_path)
+    steady, _ = _run("run-steady", training_set, partner, trainer_channel, tmp_path, bank_models)
 
     lost = LosingPartner(hand_off, lose_round=3)
-    resumed, events = _run("run-lost", training_set, lost, trainer_channel, tmp_path)
+    resumed, events = _run("run-lost", training_set, lost, trainer_channel, tmp_path, bank_models)
 
     assert [e["event"] for e in events] == [
         "checked", "planned", "committed", "planned", "interrupted", "resumed",
@@ -352,12 +366,13 @@ def test_a_partner_back_on_another_alignment_ends_the_run(
     hand_off: grpc.Channel,
     trainer_channel: grpc.Channel,
     tmp_path: Path,
+    bank_models: Path,
 ) -> None:
     realigned = dataclasses.replace(training_set.alignment, run_id="alignment-new")
     moved = LosingPartner(hand_off, lose_round=2, alignment=realigned)
 
     with pytest.raises(FailedPrecondition, match="holds alignment 'alignment-new'"):
-        _run("run-moved", training_set, moved, trainer_channel, tmp_path)
+        _run("run-moved", training_set, moved, trainer_channel, tmp_path, bank_models)
 
 
 def test_a_damaged_bank_checkpoint_is_refused_naming_the_file_when_resuming(
@@ -365,6 +380,7 @@ def test_a_damaged_bank_checkpoint_is_refused_naming_the_file_when_resuming(
     hand_off: grpc.Channel,
     trainer_channel: grpc.Channel,
     tmp_path: Path,
+    bank_models: Path,
 ) -> None:
     class Damaging(LosingPartner):
         """Damages the bank's checkpoint of round 1 while the partner is away."""
@@ -377,7 +393,7 @@ def test_a_damaged_bank_checkpoint_is_refused_naming_the_file_when_resuming(
     damaging = Damaging(hand_off, lose_round=3)
 
     with pytest.raises(FailedPrecondition, match=r"run-damaged/round-1\.pt: not a readable"):
-        _run("run-damaged", training_set, damaging, trainer_channel, tmp_path)
+        _run("run-damaged", training_set, damaging, trainer_channel, tmp_path, bank_models)
 
 
 def test_a_partner_lost_more_often_than_the_policy_allows_ends_the_run_as_unavailable(
@@ -385,11 +401,20 @@ def test_a_partner_lost_more_often_than_the_policy_allows_ends_the_run_as_unavai
     hand_off: grpc.Channel,
     trainer_channel: grpc.Channel,
     tmp_path: Path,
+    bank_models: Path,
 ) -> None:
     fragile = LosingPartner(hand_off, lose_round=2)
 
     with pytest.raises(Unavailable, match="allows 0 resumes"):
-        _run("run-fragile", training_set, fragile, trainer_channel, tmp_path, max_resumes=0)
+        _run(
+            "run-fragile",
+            training_set,
+            fragile,
+            trainer_channel,
+            tmp_path,
+            bank_models,
+            max_resumes=0,
+        )
 
 
 def test_a_round_of_two_epochs_streams_twice_then_commits_once(
@@ -397,12 +422,17 @@ def test_a_round_of_two_epochs_streams_twice_then_commits_once(
     partner: DirectPartner,
     trainer_channel: grpc.Channel,
     tmp_path: Path,
+    bank_models: Path,
 ) -> None:
     one_epoch = CONFIG.model_copy(update={"max_rounds": 1})
     two_epochs = one_epoch.model_copy(update={"epochs_per_round": 2})
 
-    single, _ = _run("run-e1", training_set, partner, trainer_channel, tmp_path, one_epoch)
-    double, events = _run("run-e2", training_set, partner, trainer_channel, tmp_path, two_epochs)
+    single, _ = _run(
+        "run-e1", training_set, partner, trainer_channel, tmp_path, bank_models, one_epoch
+    )
+    double, events = _run(
+        "run-e2", training_set, partner, trainer_channel, tmp_path, bank_models, two_epochs
+    )
 
     assert [e["event"] for e in events] == ["checked", "planned", "committed", "finished"]
     assert [plan.epochs for plan in partner.plans[-1:]] == [2]
@@ -446,11 +476,12 @@ def test_a_partner_lost_in_the_test_evaluation_trains_the_uncommitted_last_round
     partner: DirectPartner,
     trainer_channel: grpc.Channel,
     tmp_path: Path,
+    bank_models: Path,
 ) -> None:
     # Each round is a training pass and a validation pass: the 7th stream is the test pass.
     breaking = grpc.intercept_channel(trainer_channel, _BreakNthPass(2 * CONFIG_3.max_rounds + 1))
 
-    outcome, events = _run("run-late", training_set, partner, breaking, tmp_path)
+    outcome, events = _run("run-late", training_set, partner, breaking, tmp_path, bank_models)
 
     names = [e["event"] for e in events]
     assert names[-5:] == ["interrupted", "resumed", "planned", "committed", "finished"]
