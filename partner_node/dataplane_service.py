@@ -12,6 +12,7 @@ Only the bank's trainer may call it: serve it with ``allowed_roles=ALLOWED_ROLES
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from typing import Final
 
@@ -32,6 +33,11 @@ _LOG = logging.getLogger(__name__)
 
 ALLOWED_ROLES: Final = {EXCHANGE_METHOD: frozenset({Role.BANK_TRAINER})}
 """The allow-list to serve this service with: the bank's trainer only."""
+
+_CANCELLATION_GRACE_S: Final = 0.5
+"""How long a pass whose request stream ended with steps awaiting their gradient waits for the
+call to end: a cancelled call's request stream ends first and gRPC marks the call cancelled a
+moment later; a bank that merely stopped early is answered after this wait."""
 
 _KINDS: Final = {
     training_pb2.PASS_KIND_TRAIN: PassKind.TRAIN,
@@ -93,11 +99,16 @@ class DataPlaneService:
                 f"unknown run {opening.open.run_id!r}, round {opening.open.round}: the partner's "
                 "SuperNode has handed over no training run"
             )
+        call_ended = threading.Event()
+        if not context.add_callback(call_ended.set):
+            call_ended.set()
         with trainer.open_pass(opening.open.run_id, opening.open.round, kind) as current:
             try:
                 yield from _steps(request_iterator, current, trainer.rows)
                 # A cancelled call's request stream may also just end.
-                cancelled = not context.is_active()
+                cancelled = not context.is_active() or (
+                    current.awaiting_gradient and call_ended.wait(_CANCELLATION_GRACE_S)
+                )
             except (grpc.RpcError, GeneratorExit):
                 # Reading the next request failed, or gRPC closed this reply stream.
                 cancelled = True

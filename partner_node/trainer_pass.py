@@ -128,6 +128,11 @@ class TrainerPass:
         self._stash: dict[str, torch.Tensor] | None = None
         self.finished = False
 
+    @property
+    def awaiting_gradient(self) -> bool:
+        """Whether embeddings handed out still await the bank's gradient."""
+        return bool(self._pending)
+
     def embed(self, step: int, positions: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         """Embeddings of the rows at `positions` (already range-checked), shape (n, width).
 
