@@ -28,16 +28,18 @@ def fsync_path(path: Path) -> None:
         os.close(descriptor)
 
 
-def write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes, *, mode: int = 0o666) -> None:
     """Replace `path` with `data` so a reader, or a crash, sees the old file or the new one whole.
 
-    The directory is created if missing; a partial file left by a failure is removed.
+    The directory is created if missing; a partial file left by a failure is removed. The file is
+    created with permissions `mode` (less the umask), so an owner-only file is never readable by
+    others, not even as a partial.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     # A unique partial name: two writers of the same file never write into one partial.
     partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
     try:
-        with partial.open("xb") as file:
+        with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
@@ -67,11 +69,13 @@ def write_new(path: Path, data: bytes, *, mode: int) -> None:
         handle.write(data)
 
 
-def append_line(path: Path, line: str) -> None:
+def append_line(path: Path, line: str, *, sync: bool = True) -> None:
     """Append `line` and a newline to `path`, on disk (with a new file's entry) when this returns.
 
     The file is created owner-only: audit trails name callers. Concurrent writers of one file
     must serialise their calls; one call writes its line with a single ``write`` in append mode.
+    With `sync` false the line is only handed to the kernel: it survives the process, not a crash
+    of the machine until the next synced line of the same file flushes it too.
 
     Raises
     ------
@@ -82,8 +86,9 @@ def append_line(path: Path, line: str) -> None:
     descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.write(descriptor, (line + "\n").encode("utf-8"))
-        os.fsync(descriptor)
+        if sync:
+            os.fsync(descriptor)
     finally:
         os.close(descriptor)
-    if created:
+    if created and sync:
         fsync_path(path.parent)

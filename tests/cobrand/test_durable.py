@@ -68,3 +68,41 @@ def test_appended_lines_follow_each_other_in_an_owner_only_file(tmp_path: Path) 
     append_line(path, '{"n": 2}')
     assert path.read_text(encoding="utf-8") == '{"n": 1}\n{"n": 2}\n'
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_a_replaced_file_has_its_mode_from_creation_and_the_usual_one_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    private, public = tmp_path / "index.bin", tmp_path / "report.json"
+    seen: list[int] = []
+    real_replace = os.replace
+
+    def replace_noting_the_partial_mode(source: str, target: str) -> None:
+        seen.append(stat.S_IMODE(os.stat(source).st_mode))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace_noting_the_partial_mode)
+
+    write_atomically(private, b"rows", mode=0o600)
+    write_atomically(public, b"{}")
+
+    # The partial was already owner-only: never readable by others, not even before the rename.
+    assert seen == [0o600, 0o644]
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert stat.S_IMODE(public.stat().st_mode) == 0o644
+
+
+def test_an_unsynced_line_is_appended_without_a_flush(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "calls.jsonl"
+    append_line(path, '{"n": 1}')
+    flushed: list[int] = []
+    monkeypatch.setattr(os, "fsync", flushed.append)
+
+    append_line(path, '{"n": 2}', sync=False)
+    append_line(path, '{"n": 3}')
+
+    assert path.read_text(encoding="utf-8") == '{"n": 1}\n{"n": 2}\n{"n": 3}\n'
+    assert len(flushed) == 1
