@@ -5,16 +5,20 @@ Only the bank's gateway (role ``gateway``) may call it (`EMBEDDING_ROLES`, enfor
 interceptor of ``cobrand.rpc.create_server``): the application flow, the bank's node and its
 trainer are refused. A key outside the current alignment is an answer (``UNKNOWN_KEY``, or a
 ``found`` flag that is false), not an error; a malformed field is ``INVALID_ARGUMENT`` naming
-it, and an unknown model version ``NOT_FOUND`` naming it. ``DescribeVersion`` gives the
-partner's manifest digest of a published version, which the gateway checks against the one the
-bank recorded before it uses the version. No raw partner feature ever leaves: the replies hold
-the bottom model's output alone. Logs name a call by its request id and a key
-by a short hash prefix, never by the key itself.
+it, and an unknown model version ``NOT_FOUND`` naming it. ``GetEmbeddings`` answers up to
+`MAX_LOOKUPS` lookups in one call, each as ``GetEmbedding`` would: the gateway sends the
+lookups of its applications in flight together, which saves the partner a call's overhead per
+lookup; one bad lookup refuses the whole call, naming its index, before any is answered.
+``DescribeVersion`` gives the partner's manifest digest of a published version, which the
+gateway checks against the one the bank recorded before it uses the version. No raw partner
+feature ever leaves: the replies hold the bottom model's output alone. Logs name a call by its
+request id and a key by a short hash prefix, never by the key itself.
 
 Lookups of keys outside the alignment are limited per caller (``partner_node.probe_limit``):
 beyond the configured number per minute, such a lookup, or a streamed batch holding such keys,
 is refused with RESOURCE_EXHAUSTED (a batch ends its stream) and audited; aligned keys are
-never counted.
+never counted. ``GetEmbeddings`` charges each unknown key as the single lookup it stands for;
+one the limit refuses (audited likewise) is answered ``OVER_LIMIT`` and the rest are answered.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from cobrand.errors import InvalidRequest
+from cobrand.errors import CobrandError, InvalidRequest, ResourceExhausted
 from cobrand.model_manifest import manifest_digest
 from cobrand.pki import Role
 from cobrand.psi import JOIN_KEY_BYTES
@@ -37,11 +41,12 @@ from cobrand.rpc import DEFAULT_MAX_MESSAGE_BYTES, ServicerAdder, service_roles
 from cobrand.tensor_wire import pack_matrix
 from cobrand.v1 import embedding_pb2, embedding_pb2_grpc
 from partner_node.probe_limit import ProbeLimiter, caller_urn
-from partner_node.serving_models import ServingModels
+from partner_node.serving_models import ServingModels, ServingVersion
 
 __all__ = [
     "EMBEDDING_ROLES",
     "MAX_BATCH_KEYS",
+    "MAX_LOOKUPS",
     "EmbeddingServicer",
     "check_call_id",
     "embedding_service",
@@ -59,6 +64,9 @@ EMBEDDING_ROLES = service_roles(
 
 MAX_BATCH_KEYS: Final = 65_536
 """Most join keys one StreamEmbeddings request may carry (fewer for very wide embeddings)."""
+
+MAX_LOOKUPS: Final = 256
+"""Most lookups one GetEmbeddings call may carry (the contract's cap)."""
 
 # Request and batch ids go to both sides' logs: short and of safe characters (a UUID fits).
 _CALL_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -103,11 +111,7 @@ class EmbeddingServicer(embedding_pb2_grpc.PartnerEmbeddingServiceServicer):
     def GetEmbedding(  # noqa: N802 -- the generated servicer's method name
         self, request: embedding_pb2.GetEmbeddingRequest, context: grpc.ServicerContext
     ) -> embedding_pb2.GetEmbeddingResponse:
-        check_call_id(request.request_id, "request_id")
-        if len(request.join_key) != JOIN_KEY_BYTES:
-            raise InvalidRequest(
-                f"join_key must be {JOIN_KEY_BYTES} bytes, it is {len(request.join_key)}"
-            )
+        _check_lookup(request)
         version = self._models.version(request.model_version, load_wait_s(context))
         embedding = version.embedding(request.join_key)
         if embedding is None:
@@ -122,14 +126,52 @@ class EmbeddingServicer(embedding_pb2_grpc.PartnerEmbeddingServiceServicer):
                 version.version_id,
                 "found" if embedding is not None else "unknown key",
             )
-        reply = embedding_pb2.GetEmbeddingResponse(
-            request_id=request.request_id,
-            model_version=version.version_id,
-            status=embedding_pb2.LOOKUP_STATUS_UNKNOWN_KEY,
-        )
-        if embedding is not None:
-            reply.status = embedding_pb2.LOOKUP_STATUS_FOUND
-            reply.embedding.extend(embedding.tolist())
+        reply = embedding_pb2.GetEmbeddingResponse()
+        _answer(reply, request, version, embedding)
+        return reply
+
+    def GetEmbeddings(  # noqa: N802
+        self, request: embedding_pb2.GetEmbeddingsRequest, context: grpc.ServicerContext
+    ) -> embedding_pb2.GetEmbeddingsResponse:
+        lookups = request.lookups
+        if not 1 <= len(lookups) <= MAX_LOOKUPS:
+            raise InvalidRequest(
+                f"lookups: {len(lookups)} lookups; from 1 to {MAX_LOOKUPS} per call"
+            )
+        # Every lookup is checked, and its version loaded, before any key is looked up or
+        # charged: a refused call has cost its caller nothing.
+        versions: dict[str, ServingVersion] = {}
+        wait_s = load_wait_s(context)
+        for index, lookup in enumerate(lookups):
+            try:
+                _check_lookup(lookup)
+                if lookup.model_version not in versions:
+                    versions[lookup.model_version] = self._models.version(
+                        lookup.model_version, wait_s
+                    )
+            except CobrandError as err:
+                raise type(err)(f"lookups[{index}]: {err}") from None
+        who = caller_urn(context)
+        reply = embedding_pb2.GetEmbeddingsResponse()
+        for lookup in lookups:
+            version = versions[lookup.model_version]
+            embedding = version.embedding(lookup.join_key)
+            answer = reply.lookups.add()
+            _answer(answer, lookup, version, embedding)
+            if embedding is None:
+                try:
+                    self._probes.charge(who, 1, f"GetEmbeddings request {lookup.request_id}")
+                except ResourceExhausted:
+                    answer.status = embedding_pb2.LOOKUP_STATUS_OVER_LIMIT
+        if _LOG.isEnabledFor(logging.DEBUG):
+            statuses = [answer.status for answer in reply.lookups]
+            _LOG.debug(
+                "[Embedding.GetMany] requests %s: %d found, %d unknown keys, %d over the limit",
+                ",".join(lookup.request_id for lookup in lookups),
+                statuses.count(embedding_pb2.LOOKUP_STATUS_FOUND),
+                statuses.count(embedding_pb2.LOOKUP_STATUS_UNKNOWN_KEY),
+                statuses.count(embedding_pb2.LOOKUP_STATUS_OVER_LIMIT),
+            )
         return reply
 
     def DescribeVersion(  # noqa: N802
@@ -174,6 +216,31 @@ class EmbeddingServicer(embedding_pb2_grpc.PartnerEmbeddingServiceServicer):
                 embeddings=pack_matrix(matrix),
                 found=found.tolist(),
             )
+
+
+def _check_lookup(request: embedding_pb2.GetEmbeddingRequest) -> None:
+    """Refuse a malformed request id or join key, naming the field."""
+    check_call_id(request.request_id, "request_id")
+    if len(request.join_key) != JOIN_KEY_BYTES:
+        raise InvalidRequest(
+            f"join_key must be {JOIN_KEY_BYTES} bytes, it is {len(request.join_key)}"
+        )
+
+
+def _answer(
+    reply: embedding_pb2.GetEmbeddingResponse,
+    request: embedding_pb2.GetEmbeddingRequest,
+    version: ServingVersion,
+    embedding: npt.NDArray[np.float32] | None,
+) -> None:
+    """Fill `reply` to `request`: the embedding found, or the key unknown."""
+    reply.request_id = request.request_id
+    reply.model_version = version.version_id
+    if embedding is None:
+        reply.status = embedding_pb2.LOOKUP_STATUS_UNKNOWN_KEY
+    else:
+        reply.status = embedding_pb2.LOOKUP_STATUS_FOUND
+        reply.embedding.extend(embedding.tolist())
 
 
 def _join_keys(request: embedding_pb2.EmbeddingBatchRequest) -> npt.NDArray[np.bytes_]:

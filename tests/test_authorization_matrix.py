@@ -68,6 +68,7 @@ ADMITTED: dict[str, dict[str, frozenset[str]]] = {
         "/cobrand.v1.PartnerRounds/PlanRound": frozenset({PARTNER}),
         "/cobrand.v1.PartnerRounds/PublishModel": frozenset({PARTNER}),
         "/cobrand.v1.PartnerEmbeddingService/GetEmbedding": frozenset({GATEWAY}),
+        "/cobrand.v1.PartnerEmbeddingService/GetEmbeddings": frozenset({GATEWAY}),
         "/cobrand.v1.PartnerEmbeddingService/StreamEmbeddings": frozenset({GATEWAY}),
         "/cobrand.v1.PartnerEmbeddingService/DescribeVersion": frozenset({GATEWAY}),
         "/cobrand.v1.ConsentedLookup/BlindEvaluate": frozenset({GATEWAY}),

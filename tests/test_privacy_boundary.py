@@ -91,6 +91,9 @@ PARTNER_NODE: Final = {
     "/cobrand.v1.PartnerEmbeddingService/GetEmbedding": Allowed(
         f"{_V1}.GetEmbeddingRequest", f"{_V1}.GetEmbeddingResponse"
     ),
+    "/cobrand.v1.PartnerEmbeddingService/GetEmbeddings": Allowed(
+        f"{_V1}.GetEmbeddingsRequest", f"{_V1}.GetEmbeddingsResponse"
+    ),
     "/cobrand.v1.PartnerEmbeddingService/StreamEmbeddings": Allowed(
         f"{_V1}.EmbeddingBatchRequest", f"{_V1}.EmbeddingBatchResponse"
     ),

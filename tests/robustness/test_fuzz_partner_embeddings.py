@@ -116,6 +116,56 @@ def test_get_embedding_answers_hostile_fields_with_a_clear_status(
     figures.add(tally.figure())
 
 
+def test_get_embeddings_answers_hostile_lookups_with_a_clear_status(
+    embeddings: Any, version_id: str, aligned_key: bytes, figures: Figures
+) -> None:
+    tally = Tally(
+        "PartnerEmbeddingService.GetEmbeddings",
+        ("lookups", "request_id", "model_version", "join_key"),
+    )
+    lookups = mutated(
+        {
+            "request_id": st.uuids().map(str),
+            "model_version": st.just(version_id),
+            "join_key": st.just(aligned_key) | st.binary(min_size=16, max_size=16),
+        },
+        {
+            "request_id": texts(),
+            "model_version": VERSION_LIKE | texts(),
+            "join_key": binary(JOIN_KEY_BYTES),
+        },
+    )
+    # Up to past the cap of 256 lookups, in lists of a few or of many copies of one.
+    drawn_lookups = st.lists(lookups, max_size=4) | st.tuples(
+        lookups, st.sampled_from((255, 256, 257, 1_000))
+    ).map(lambda many: [many[0]] * many[1])
+
+    @FUZZ
+    @given(drawn=drawn_lookups)
+    def call(drawn: list[tuple[frozenset[str], dict[str, Any]]]) -> None:
+        message = embedding_pb2.GetEmbeddingsRequest(
+            lookups=[embedding_pb2.GetEmbeddingRequest(**fields) for _, fields in drawn]
+        )
+        too_many = {"lookups"} if not drawn or len(drawn) > 256 else set()
+        tally.check(
+            lambda: embeddings.GetEmbeddings(message, timeout=CALL_TIMEOUT_S),
+            _LOOKUP_CODES,
+            frozenset().union(too_many, *(hostile for hostile, _ in drawn)),
+        )
+
+    call()
+    good = embedding_pb2.GetEmbeddingsRequest(
+        lookups=[
+            embedding_pb2.GetEmbeddingRequest(
+                request_id="after-fuzz", model_version=version_id, join_key=aligned_key
+            )
+        ]
+    )
+    (reply,) = embeddings.GetEmbeddings(good, timeout=CALL_TIMEOUT_S).lookups
+    assert reply.status == embedding_pb2.LOOKUP_STATUS_FOUND
+    figures.add(tally.figure())
+
+
 def test_stream_embeddings_answers_hostile_batches_with_a_clear_status(
     embeddings: Any, version_id: str, aligned_key: bytes, figures: Figures
 ) -> None:
@@ -261,6 +311,7 @@ def test_get_consented_embedding_answers_hostile_fields_with_a_clear_status(
 
 _METHODS: Final = (
     ("/cobrand.v1.PartnerEmbeddingService/GetEmbedding", "gateway", False),
+    ("/cobrand.v1.PartnerEmbeddingService/GetEmbeddings", "gateway", False),
     ("/cobrand.v1.PartnerEmbeddingService/StreamEmbeddings", "gateway", True),
     ("/cobrand.v1.PartnerEmbeddingService/DescribeVersion", "gateway", False),
     ("/cobrand.v1.ConsentedLookup/BlindEvaluate", "gateway", False),
@@ -287,7 +338,7 @@ def test_random_bytes_as_a_request_are_refused_and_the_node_serves_on(
     # Some random bytes are a valid message (unknown fields are kept, not refused): then the
     # fields they happen to hold are checked like any other.
     fields = (
-        *("request", "model_version", "run_id", "request_id", "batch_id", "join_key"),
+        *("request", "model_version", "run_id", "request_id", "batch_id", "join_key", "lookups"),
         *("open", "step", "kind", "round", "learning_rate", "version_id", "sha256"),
         *("consent_reference", "blinded_element", "oprf_output"),
     )
