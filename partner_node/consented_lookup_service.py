@@ -12,9 +12,14 @@ Only the bank's gateway (role ``gateway``) may call (`CONSENTED_LOOKUP_ROLES`). 
 BlindEvaluate is a probe of whether one person is a partner user, so each takes a token of the
 caller's own budget (``consented_lookup.lookups_per_minute``; beyond it RESOURCE_EXHAUSTED,
 refusals appended to ``probe_audit.jsonl``). Every call answered is appended, with its consent
-reference, to ``consented_lookup_audit.jsonl`` (one JSON object a line, fsynced before the
-answer): caller, call, request id, consent reference and, for an embedding, the version and
-whether a user was found; never the element, the output or the user.
+reference, to ``consented_lookup_audit.jsonl`` (one JSON object a line): caller, call, request
+id, consent reference and, for an embedding, the version and whether a user was found; never the
+element, the output or the user. A BlindEvaluate's line is fsynced before its answer, a
+GetConsentedEmbedding's only written (see `ConsentedLookupServicer.GetConsentedEmbedding`).
+
+The index is read from its saved file at the node's start when there is one (a node that has
+served consented lookups before will again, and reading takes seconds), else made on the first
+lookup (``partner_node.oprf_index``).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from cobrand.v1 import consented_lookup_pb2, consented_lookup_pb2_grpc, embeddin
 from partner_node.config import PartnerNodeConfig
 from partner_node.embedding_service import check_call_id, load_wait_s
 from partner_node.oprf_index import OPRF_KEY_FILE, OprfIndexBuild, load_or_create_key
+from partner_node.oprf_index_file import OPRF_INDEX_FILE
 from partner_node.probe_limit import PROBE_AUDIT_FILE, ProbeLimiter, caller_urn
 from partner_node.serving_models import ServingModels
 
@@ -75,16 +81,24 @@ def _check_consent_reference(value: str) -> None:
 
 
 class ConsentAudit:
-    """Appends one JSON line per consented lookup call to a file, fsynced; thread-safe."""
+    """Appends one JSON line per consented lookup call to a file; thread-safe."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
 
     def append(
-        self, caller: str, call: str, request_id: str, consent: str, **facts: object
+        self,
+        caller: str,
+        call: str,
+        request_id: str,
+        consent: str,
+        *,
+        durable: bool,
+        **facts: object,
     ) -> None:
-        """Record one call answered, durably, before its answer goes out."""
+        """Record one call answered before its answer goes out; on disk if `durable`, else
+        written to the kernel (carried to disk by the next durable line at the latest)."""
         record = {
             "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "caller": caller,
@@ -96,7 +110,7 @@ class ConsentAudit:
         line = json.dumps(record, sort_keys=True)
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            append_line(self.path, line)
+            append_line(self.path, line, sync=durable)
 
 
 class ConsentedLookupServicer(consented_lookup_pb2_grpc.ConsentedLookupServicer):
@@ -143,7 +157,10 @@ class ConsentedLookupServicer(consented_lookup_pb2_grpc.ConsentedLookupServicer)
             f"BlindEvaluate request {request.request_id} consent {request.consent_reference!r}",
         )
         evaluated = oprf.evaluate(self._index.key, request.blinded_element)
-        self._audit.append(who, "BlindEvaluate", request.request_id, request.consent_reference)
+        # The consent record: on disk before the evaluation that lets the gateway compute y.
+        self._audit.append(
+            who, "BlindEvaluate", request.request_id, request.consent_reference, durable=True
+        )
         _LOG.info(
             "[ConsentedLookup.BlindEvaluate] request %s consent %r from %s",
             request.request_id,
@@ -180,11 +197,17 @@ class ConsentedLookupServicer(consented_lookup_pb2_grpc.ConsentedLookupServicer)
             reply.status = embedding_pb2.LOOKUP_STATUS_FOUND
             reply.embedding.extend(embedding.tolist())
         who = caller_urn(context)
+        # Not fsynced: y is F_k(x), which only this node's key computes, so every output a caller
+        # can send came from a BlindEvaluate whose consent and probe are already on disk. This
+        # line adds the outcome (version, found); written to the kernel, it survives a crash of
+        # the node, and only a crash of the machine before the next BlindEvaluate's fsync loses
+        # it, which loses no consent. It saves the second of a lookup's two disk flushes.
         self._audit.append(
             who,
             "GetConsentedEmbedding",
             request.request_id,
             request.consent_reference,
+            durable=False,
             model_version=version.version_id,
             found=row is not None,
         )
@@ -207,8 +230,9 @@ def consented_lookup_service(
 ) -> ServicerAdder:
     """Register ConsentedLookup for a node on a server (for ``create_server``).
 
-    Reads or makes the node's OPRF key and starts building its index of `table`'s users, whose
-    identifiers are of identifier kind `kind`, in the background.
+    Reads or makes the node's OPRF key. The index of `table`'s users, whose identifiers are of
+    identifier kind `kind`, starts loading from ``<data_dir>/oprf_index.bin`` in the background
+    now if that file exists, else on the first consented lookup.
 
     Raises
     ------
@@ -217,8 +241,16 @@ def consented_lookup_service(
     """
     settings = config.consented_lookup
     key = load_or_create_key(settings.oprf_key or config.data_dir / OPRF_KEY_FILE)
+    index = OprfIndexBuild(
+        key, kind, table.ids, oprf.context_string(federation), config.data_dir / OPRF_INDEX_FILE
+    )
+    if index.saved.exists():
+        # This node has served consented lookups: have them available within seconds of the
+        # start rather than after the gateway's first call (or, if the file no longer matches,
+        # start the rebuild that call would start).
+        index.start()
     servicer = ConsentedLookupServicer(
-        OprfIndexBuild(key, kind, table.ids, oprf.context_string(federation)),
+        index,
         models,
         table,
         ProbeLimiter(

@@ -4,11 +4,14 @@ A consented lookup ends with the gateway asking for the user whose output is y =
 (``cobrand.oprf``). The partner computes F_k(u) of each of its users u once (one hash to the
 group and one scalar multiplication per user, on every core: libsodium releases the GIL) and
 keeps the outputs sorted beside each user's table row, so a lookup is a binary search. As model
-versions load, the index is built in the background on the first consented lookup, so a node
+versions load, the index is made in the background on the first consented lookup, so a node
 that serves none (an alignment or training run, a benchmark) never spends the CPU, while a
 lookup waits for it within its deadline, then is ``UNAVAILABLE``; the node's other services
-answer meanwhile. It takes about 140 us of CPU per user (3 million users: some three minutes
-on two cores).
+answer meanwhile. Building takes about 140 us of CPU per user (3 million users: 5 to 15 minutes
+on two shared cores), so a built index is saved (``partner_node.oprf_index_file``, bound to the
+key, the federation and the table) and the next start reads it back instead, in well under a
+second; a saved index that does not match, or does not read whole, is named in a warning,
+rebuilt and replaced.
 
 The key (`load_or_create_key`) is a file of 32 bytes, a canonical non-zero scalar, made with
 mode 0600 on first start when absent, and refused when others may read it, as ssh refuses a
@@ -34,6 +37,7 @@ import numpy.typing as npt
 from cobrand import oprf
 from cobrand.durable import fsync_path, write_new
 from cobrand.errors import AlreadyExists, ConfigError
+from partner_node.oprf_index_file import IndexBinding, load_saved_index, save_index
 from partner_node.serving_models import BackgroundBuild
 
 __all__ = ["OPRF_KEY_FILE", "OprfIndex", "OprfIndexBuild", "build_index", "load_or_create_key"]
@@ -143,7 +147,8 @@ def build_index(
 
 
 class OprfIndexBuild:
-    """The index of a node's users, built by a background thread once first asked for.
+    """The index of a node's users, read from its saved file or built and saved, by a background
+    thread once first asked for.
 
     Parameters
     ----------
@@ -154,6 +159,8 @@ class OprfIndexBuild:
         The table's canonical identifiers; row i is table row i.
     context : bytes
         ``cobrand.oprf.context_string`` of the federation.
+    saved : Path
+        The saved index (``<data_dir>/oprf_index.bin``), read if it matches, else (re)written.
     workers : int, optional
         Threads building it; every core by default.
     """
@@ -164,17 +171,52 @@ class OprfIndexBuild:
         kind: str,
         ids: npt.NDArray[np.object_],
         context: bytes,
+        saved: Path,
         workers: int | None = None,
     ) -> None:
         self.key = key
+        self.saved = saved
         self._build: BackgroundBuild[OprfIndex] = BackgroundBuild("the consented lookup index")
         self._builder = threading.Thread(
             target=self._build.run,
-            args=(lambda: build_index(key, kind, ids, context, workers or os.cpu_count() or 1),),
+            args=(lambda: self._load_or_build(kind, ids, context, workers or os.cpu_count() or 1),),
             name="oprf-index",
             daemon=True,
         )
         self._lock = threading.Lock()
+
+    def _load_or_build(
+        self, kind: str, ids: npt.NDArray[np.object_], context: bytes, workers: int
+    ) -> OprfIndex:
+        started = time.perf_counter()
+        binding = IndexBinding.of(self.key, context, kind, ids)
+        try:
+            saved = load_saved_index(self.saved, binding)
+        except ConfigError as err:
+            _LOG.warning("[OprfIndex] %s; rebuilding it", err)
+        else:
+            if saved is not None:
+                _LOG.info(
+                    "[OprfIndex] %d partner users' index loaded from %s in %.2f s",
+                    len(ids),
+                    self.saved,
+                    time.perf_counter() - started,
+                )
+                return OprfIndex(*saved)
+            _LOG.info("[OprfIndex] no saved index at %s: building it", self.saved)
+        index = build_index(self.key, kind, ids, context, workers)
+        try:
+            save_index(self.saved, binding, index.outputs, index.rows)
+        except OSError as err:
+            # The index built serves all the same: only the next start pays the build again.
+            _LOG.warning(
+                "[OprfIndex] %s: cannot save the index (%s); the next start rebuilds it",
+                self.saved,
+                err.strerror,
+            )
+        else:
+            _LOG.info("[OprfIndex] index saved to %s", self.saved)
+        return index
 
     def start(self) -> None:
         """Start building, unless started already."""

@@ -1,4 +1,5 @@
-"""The partner's OPRF key file and its index of every user by lookup output."""
+"""The partner's OPRF key file and its index of every user by lookup output, built once and
+read back from its saved file at the next start."""
 
 import os
 import stat
@@ -14,6 +15,7 @@ from cobrand import oprf
 from cobrand.errors import ConfigError, Unavailable
 from partner_node import oprf_index
 from partner_node.oprf_index import OprfIndex, OprfIndexBuild, build_index, load_or_create_key
+from partner_node.oprf_index_file import IndexBinding, load_saved_index
 
 CONTEXT = b"cobrand-consented-lookup-v1:test:00"
 KIND = "mobile_cn"
@@ -83,17 +85,19 @@ def test_an_output_ending_in_a_zero_byte_is_found() -> None:
     assert index.row(output) == len(ids) - 1
 
 
-def test_the_index_is_built_in_the_background_when_first_asked_for() -> None:
+def test_the_index_is_built_in_the_background_when_first_asked_for(tmp_path: Path) -> None:
     key = oprf.new_scalar()
     ids = _ids(50)
 
-    build = OprfIndexBuild(key, KIND, ids, CONTEXT, workers=1)
+    build = OprfIndexBuild(key, KIND, ids, CONTEXT, tmp_path / "oprf_index.bin", workers=1)
 
     output = oprf.evaluate_directly(key, oprf.lookup_input(KIND, str(ids[7])), CONTEXT)
     assert build.index(wait_s=30.0).row(output) == 7
 
 
-def test_a_lookup_while_the_index_builds_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_lookup_while_the_index_builds_is_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     release = threading.Event()
     real_build = oprf_index.build_index
 
@@ -102,9 +106,65 @@ def test_a_lookup_while_the_index_builds_is_unavailable(monkeypatch: pytest.Monk
         return real_build(*args)
 
     monkeypatch.setattr(oprf_index, "build_index", held_build)
-    build = OprfIndexBuild(oprf.new_scalar(), KIND, _ids(5), CONTEXT, workers=1)
+    build = OprfIndexBuild(
+        oprf.new_scalar(), KIND, _ids(5), CONTEXT, tmp_path / "oprf_index.bin", workers=1
+    )
 
     with pytest.raises(Unavailable, match="consented lookup index is still loading"):
         build.index(wait_s=0.0)
     release.set()
     assert len(build.index(wait_s=30.0).outputs) == 5
+
+
+def _never_built(*args: Any) -> OprfIndex:
+    raise AssertionError("the index was built, not read from its saved file")
+
+
+def test_a_saved_index_is_read_at_the_next_start_instead_of_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    key, ids, saved = oprf.new_scalar(), _ids(60), tmp_path / "oprf_index.bin"
+    first = OprfIndexBuild(key, KIND, ids, CONTEXT, saved, workers=1).index(wait_s=30.0)
+    written = saved.stat()
+    monkeypatch.setattr(oprf_index, "build_index", _never_built)
+
+    with caplog.at_level("INFO", logger=oprf_index.__name__):
+        again = OprfIndexBuild(key, KIND, ids, CONTEXT, saved, workers=1).index(wait_s=30.0)
+
+    np.testing.assert_array_equal(again.outputs, first.outputs)
+    np.testing.assert_array_equal(again.rows, first.rows)
+    assert f"60 partner users' index loaded from {saved}" in caplog.text
+    assert (saved.stat().st_mtime_ns, saved.stat().st_ino) == (written.st_mtime_ns, written.st_ino)
+
+
+def test_an_index_saved_under_another_key_is_named_rebuilt_and_replaced(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ids, saved = _ids(40), tmp_path / "oprf_index.bin"
+    OprfIndexBuild(oprf.new_scalar(), KIND, ids, CONTEXT, saved, workers=1).index(wait_s=30.0)
+    rotated = oprf.new_scalar()
+
+    with caplog.at_level("INFO", logger=oprf_index.__name__):
+        index = OprfIndexBuild(rotated, KIND, ids, CONTEXT, saved, workers=1).index(wait_s=30.0)
+
+    user = oprf.evaluate_directly(rotated, oprf.lookup_input(KIND, str(ids[9])), CONTEXT)
+    assert index.row(user) == 9
+    assert f"{saved}: the saved OPRF index was computed under another OPRF key" in caplog.text
+    assert f"index saved to {saved}" in caplog.text
+    # What replaced it is read back under the new key.
+    assert load_saved_index(saved, IndexBinding.of(rotated, CONTEXT, KIND, ids)) is not None
+
+
+def test_an_index_that_cannot_be_saved_is_served_all_the_same(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A file where the data directory should be: nothing can be written under it.
+    (tmp_path / "data").write_bytes(b"")
+    saved = tmp_path / "data" / "oprf_index.bin"
+    key, ids = oprf.new_scalar(), _ids(20)
+
+    index = OprfIndexBuild(key, KIND, ids, CONTEXT, saved, workers=1).index(wait_s=30.0)
+
+    user = oprf.evaluate_directly(key, oprf.lookup_input(KIND, str(ids[3])), CONTEXT)
+    assert index.row(user) == 3
+    assert f"{saved}: cannot save the index" in caplog.text
