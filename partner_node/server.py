@@ -9,8 +9,9 @@ gateway the embeddings of its published model versions (PartnerEmbeddingService,
 ``gateway``), at most ``embedding.unknown_key_lookups_per_minute`` of them per caller for keys
 outside the alignment (refusals audited in ``<data_dir>/probe_audit.jsonl``), and looks up
 applicants outside the alignment who consented, by oblivious PRF (ConsentedLookup, role
-``gateway``; its index of every user is built in the background on the first lookup). Torch, the
-partner bottom and the aligned rows stay in this process from one round to the next.
+``gateway``; its index of every user is read back from ``<data_dir>/oprf_index.bin`` at the
+start, else built in the background on the first lookup and saved). Torch, the partner bottom
+and the aligned rows stay in this process from one round to the next.
 Every call refused to its caller's certificate is recorded in ``<data_dir>/denials.jsonl``.
 """
 
