@@ -4,14 +4,14 @@ A consented lookup ends with the gateway asking for the user whose output is y =
 (``cobrand.oprf``). The partner computes F_k(u) of each of its users u once (one hash to the
 group and one scalar multiplication per user, on every core: libsodium releases the GIL) and
 keeps the outputs sorted beside each user's table row, so a lookup is a binary search. As model
-versions load, the index is made in the background on the first consented lookup, so a node
-that serves none (an alignment or training run, a benchmark) never spends the CPU, while a
-lookup waits for it within its deadline, then is ``UNAVAILABLE``; the node's other services
-answer meanwhile. Building takes about 140 us of CPU per user (3 million users: 5 to 15 minutes
-on two shared cores), so a built index is saved (``partner_node.oprf_index_file``, bound to the
-key, the federation and the table) and the next start reads it back instead, in well under a
-second; a saved index that does not match, or does not read whole, is named in a warning,
-rebuilt and replaced.
+versions load, the index is made in the background on the first consented lookup (or as the
+node starts, when it has one saved), so a node that serves none (an alignment or training run,
+a benchmark) never spends the CPU, while a lookup waits for it within its deadline, then is
+``UNAVAILABLE``; the node's other services answer meanwhile. Building takes about 140 us of CPU
+per user (3 million users: 5 to 15 minutes on two shared cores), so a built index is saved
+(``partner_node.oprf_index_file``, bound to the key, the federation and the table) and the next
+start reads it back instead, in well under a second; a saved index that does not match, or does
+not read whole, is named in a warning, rebuilt and replaced.
 
 The key (`load_or_create_key`) is a file of 32 bytes, a canonical non-zero scalar, made with
 mode 0600 on first start when absent, and refused when others may read it, as ssh refuses a
@@ -219,7 +219,7 @@ class OprfIndexBuild:
         return index
 
     def start(self) -> None:
-        """Start building, unless started already."""
+        """Start reading or building it, unless started already."""
         with self._lock:
             if self._builder.ident is None:
                 self._builder.start()
