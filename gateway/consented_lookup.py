@@ -15,9 +15,10 @@ same slice statuses (`PartnerClient.guarded`): the partner's lookup limit (RESOU
 is an unknown applicant, scored bank-only. The consent reference is the application id, which
 both sides' records carry. Logs name a lookup by its request id, never the identifier or y.
 
-The partner builds its index of every user by lookup output on its first consented lookup
-(``partner_node.oprf_index``); `ConsentedLookupClient.warm_up` has it built when the gateway
-starts, as `PartnerClient.warm_up` has the version loaded.
+The partner builds its index of every user by lookup output on its first consented lookup, or
+reads back the one it saved as it starts (``partner_node.oprf_index``);
+`ConsentedLookupClient.warm_up` has it ready when the gateway starts, as `PartnerClient.warm_up`
+has the version loaded.
 """
 
 from __future__ import annotations
