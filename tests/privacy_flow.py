@@ -6,7 +6,8 @@ node as its own process (`local_sites`); alignment by ECDH-PSI (`align_sites`); 
 training run through Flower and the data plane, ending with the model published at both sides
 (`train_aligned`); the bank's gateway serving that version in this process and deciding an
 aligned customer's and a bank-only customer's applications (both consenting to a partner
-lookup); and ``cobrand target`` ranking the aligned base through the partner's bulk embeddings.
+lookup), and the lookups of concurrent applications as the gateway sends them together; and
+``cobrand target`` ranking the aligned base through the partner's bulk embeddings.
 ``COBRAND_WIRE_CAPTURE_DIR`` is set for all of it, so this process and every child (the partner
 node, the SuperLink, SuperNode, ServerApp and ClientApp processes) capture (`cobrand.wire_capture`).
 """
@@ -36,7 +37,7 @@ from cobrand.rpc import create_channel
 from cobrand.settings import load_settings
 from cobrand.synth import SynthConfig, write_dataset
 from cobrand.tables import PartyTable
-from cobrand.v1 import scoring_pb2, scoring_pb2_grpc
+from cobrand.v1 import embedding_pb2, embedding_pb2_grpc, scoring_pb2, scoring_pb2_grpc
 from cobrand.wire_capture import CAPTURE_DIR_ENV
 from gateway.audit_log import AuditSettings
 from gateway.pseudonyms import MIN_KEY_BYTES
@@ -98,6 +99,7 @@ def run_flow(directory: Path, monkeypatch: pytest.MonkeyPatch) -> Flow:
         )
         settings = _gateway_settings(sites, report["model_version"])
         slices = _score_applications(sites, settings)
+        _batched_lookups(sites, settings)
         _target(settings, directory / "campaign.csv")
     with AlignmentStore(sites.bank.data_dir) as alignment:
         labels = aligned_table(_bank_table(sites), alignment).labels
@@ -149,6 +151,29 @@ def _score_applications(sites: LocalSites, settings: Path) -> tuple[str, ...]:
             for number, identifier in enumerate(_aligned_and_bank_only(sites), start=1)
         ]
     return tuple(scoring_pb2.PartnerSliceStatus.Name(r.slices.partner_status) for r in replies)
+
+
+def _batched_lookups(sites: LocalSites, settings: Path) -> None:
+    """Three aligned customers' lookups in one GetEmbeddings call, with the gateway's
+    certificate, as the gateway sends the lookups of concurrent applications
+    (`gateway.lookup_batcher`); the two applications above, one at a time, went alone."""
+    gateway = load_settings(GatewaySettings, settings)
+    with AlignmentStore(sites.bank.data_dir) as alignment:
+        keys, _ = next(alignment.members())
+    lookups = [
+        embedding_pb2.GetEmbeddingRequest(
+            request_id=f"privacy-batched-{n}",
+            model_version=gateway.model_version,
+            join_key=keys[n].tobytes(),
+        )
+        for n in range(3)
+    ]
+    with create_channel(gateway.partner.address, gateway.tls, server_party=Party.PARTNER) as ch:
+        stub: Any = embedding_pb2_grpc.PartnerEmbeddingServiceStub(ch)  # type: ignore[no-untyped-call]
+        reply = stub.GetEmbeddings(
+            embedding_pb2.GetEmbeddingsRequest(lookups=lookups), timeout=_CALL_TIMEOUT_S
+        )
+    assert [a.status for a in reply.lookups] == [embedding_pb2.LOOKUP_STATUS_FOUND] * 3
 
 
 def _aligned_and_bank_only(sites: LocalSites) -> tuple[str, str]:
