@@ -114,19 +114,11 @@ class LookupBatcher:
         Calls to the partner under way at once, per version. 1 is the pure leader and
         follower: under load every lookup but the first waits for the call before it, and the
         batches are the largest. More slots shorten that wait, at the cost of smaller batches.
-    clock : callable, optional
-        Monotonic seconds (tests pass their own).
     """
 
-    def __init__(
-        self,
-        send: Send,
-        max_in_flight: int,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, send: Send, max_in_flight: int) -> None:
         self._send = send
         self._max_in_flight = max_in_flight
-        self._clock = clock
         self._lock = threading.Lock()
         # The versions with lookups under way or queued; a lane goes once it is idle.
         self._lanes: dict[str, _Lane] = {}
@@ -149,7 +141,7 @@ class LookupBatcher:
         grpc.RpcError, Exception
             Whatever the call that took it raised.
         """
-        pending = _Pending(request, self._clock() + timeout_s)
+        pending = _Pending(request, time.monotonic() + timeout_s)
         with self._lock:
             lane = self._lanes.get(request.model_version)
             if lane is None:
@@ -160,7 +152,7 @@ class LookupBatcher:
             else:
                 pending.queued = True
                 lane.queue.append(pending)
-        if not pending.lead and not pending.wait(pending.deadline - self._clock()):
+        if not pending.lead and not pending.wait(pending.deadline - time.monotonic()):
             with self._lock:
                 if pending.queued:
                     lane.queue.remove(pending)
@@ -182,7 +174,7 @@ class LookupBatcher:
                     taken = lane.queue.popleft()
                     taken.queued = False
                     batch.append(taken)
-                now = self._clock()
+                now = time.monotonic()
             live = [p for p in batch if p.deadline > now]
             for p in batch:
                 if p.deadline <= now:
