@@ -78,7 +78,7 @@ def run(customers: int, calls: int, width: int, deadline_s: float) -> None:
         make_pki(work / "pki", Role.GATEWAY)
         sites = write_training_sites(work, customers=customers, seed=5)
         version = publish_version(sites, seed=1, width=width)
-        context = oprf.context_string(load_federation(sites.files.federation))
+        domain = oprf.lookup_domain(load_federation(sites.files.federation))
         table, _ = partner_table(sites)
         aligned = aligned_customers(sites, sites.intersection)
         outside = sorted(set(np.asarray(table.ids, dtype=str)) - {i for _, i in aligned})
@@ -90,7 +90,7 @@ def run(customers: int, calls: int, width: int, deadline_s: float) -> None:
             f"each, deadline {deadline_s * 1e3:.0f} ms; {os.cpu_count()} cores (shared with "
             "other work)"
         )
-        _in_process(sites, version.version_id, table, outside, context, calls, work)
+        _in_process(sites, version.version_id, table, outside, domain, calls, work)
 
         config = sites.partner_node_config(tls(work / "pki", "partner", "partner")).model_copy(
             update={"consented_lookup": ConsentedLookupSettings(lookups_per_minute=10**9)}
@@ -106,7 +106,7 @@ def run(customers: int, calls: int, width: int, deadline_s: float) -> None:
                     aligned,
                     outside,
                     picks,
-                    context,
+                    domain,
                     calls,
                     width,
                     deadline_s,
@@ -119,7 +119,7 @@ def run(customers: int, calls: int, width: int, deadline_s: float) -> None:
             with create_channel(
                 f"127.0.0.1:{node.port}", tls(work / "pki", "bank", "gateway")
             ) as channel:
-                first = ConsentedLookupClient(channel, context).embedding(
+                first = ConsentedLookupClient(channel, domain).embedding(
                     PartnerClient(channel, 600.0, CircuitBreaker(BreakerSettings())),
                     "restart",
                     "BENCH-restart",
@@ -136,22 +136,22 @@ def run(customers: int, calls: int, width: int, deadline_s: float) -> None:
             node.stop(grace=None)
 
 
-def _index_build_and_load(key: bytes, ids: Any, context: bytes, saved: Path) -> None:
+def _index_build_and_load(key: bytes, ids: Any, domain: bytes, saved: Path) -> None:
     """Time building the index of `ids` and reading it back from the file a node saves."""
     workers = os.cpu_count() or 1
     started = time.perf_counter()
-    index = build_index(key, _KIND, ids, context, workers)
+    index = build_index(key, _KIND, ids, domain, workers)
     built_s = time.perf_counter() - started
     print(
         f"{'index build':<32} {len(ids) / built_s:10.0f} users/s "
         f"({len(ids)} users in {built_s:.2f} s, {workers} threads)"
     )
-    save_index(saved, IndexBinding.of(key, context, _KIND, ids), index.outputs, index.rows)
+    save_index(saved, IndexBinding.of(key, domain, _KIND, ids), index.outputs, index.rows)
     # What a restarted node does: the table's binding, then the file read and checked. The
     # file was just written, so it is read from the page cache, as at a restart that follows
     # a stop on a machine with the memory to spare.
     started = time.perf_counter()
-    loaded = load_saved_index(saved, IndexBinding.of(key, context, _KIND, ids))
+    loaded = load_saved_index(saved, IndexBinding.of(key, domain, _KIND, ids))
     loaded_s = time.perf_counter() - started
     assert loaded is not None
     print(
@@ -166,22 +166,19 @@ def _in_process(
     version_id: str,
     table: Any,
     outside: list[str],
-    context: bytes,
+    domain: bytes,
     calls: int,
     work: Path,
 ) -> None:
     key = oprf.new_scalar()
-    _index_build_and_load(key, table.ids, context, work / OPRF_INDEX_FILE)
-    x = oprf.lookup_input(_KIND, outside[0])
-    r, blinded = oprf.blind(x, context)
-    evaluated = oprf.evaluate(key, blinded)
+    _index_build_and_load(key, table.ids, domain, work / OPRF_INDEX_FILE)
+    x = domain + oprf.lookup_input(_KIND, outside[0])
+    r, blinded = oprf.blind(x)
+    evaluated = oprf.blind_evaluate(key, blinded)
     steps: list[tuple[str, Call]] = [
-        ("gateway blind", lambda _: len(oprf.blind(x, context))),
-        ("partner evaluate", lambda _: len(oprf.evaluate(key, blinded))),
-        (
-            "gateway unblind + finalize",
-            lambda _: len(oprf.finalize(x, oprf.unblind(r, evaluated), context)),
-        ),
+        ("gateway blind", lambda _: len(oprf.blind(x))),
+        ("partner blind evaluate", lambda _: len(oprf.blind_evaluate(key, blinded))),
+        ("gateway unblind + finalize", lambda _: len(oprf.finalize(x, r, evaluated))),
     ]
     models = ServingModels(table, sites.partner_data / "models", sites.partner_data)
     loaded = models.version(version_id, 600.0)
@@ -204,14 +201,14 @@ def _over_grpc(
     aligned: list[tuple[bytes, str]],
     outside: list[str],
     picks: Any,
-    context: bytes,
+    domain: bytes,
     calls: int,
     width: int,
     deadline_s: float,
 ) -> None:
     stub: Any = embedding_pb2_grpc.PartnerEmbeddingServiceStub(channel)  # type: ignore[no-untyped-call]
     partner = PartnerClient(channel, deadline_s, CircuitBreaker(BreakerSettings()))
-    consented = ConsentedLookupClient(channel, context)
+    consented = ConsentedLookupClient(channel, domain)
     # The first calls load the version and build the index: timed apart.
     started = time.perf_counter()
     stub.GetEmbedding(

@@ -1,121 +1,182 @@
-"""Oblivious PRF over edwards25519's prime-order subgroup: the consented lookup's primitives.
+"""RFC 9497's OPRF(ristretto255, SHA-512) in base mode: the consented lookup's primitives.
 
-RFC 9497 base mode, with libsodium's edwards25519 group operations (PyNaCl exposes no
-ristretto255). The gateway blinds an applicant's identifier x with a fresh scalar r (`blind`),
-the partner multiplies the blinded element by its long-term key k (`evaluate`), the gateway
-removes r and hashes (`unblind`, `finalize`): y = F_k(x) = Hash(context, x, k * H(x)), what
-the partner computes for its own users with `evaluate_directly`. The partner sees only
-r * H(x), a uniformly random element; the gateway cannot compute F_k without the partner.
+The gateway blinds an applicant's OPRF input x with a fresh scalar r (`blind`: B = r * H(x)),
+the partner multiplies the blinded element by its long-term key k (`blind_evaluate`), the
+gateway removes r and hashes (`finalize`): F_k(x) = Hash(x, k * H(x)), what the partner
+computes for its own users with `evaluate`. The partner sees only B, a uniformly random
+element; the gateway cannot compute F_k without the partner. These four functions are RFC
+9497 section 3.3.1's Blind, BlindEvaluate, Finalize and Evaluate with modeOPRF (0x00) and the
+suite "ristretto255-SHA512" exactly (`CONTEXT_STRING`), checked against the RFC's test
+vectors, so any conforming implementation can play either side. libsodium (through pysodium)
+supplies ristretto255; RFC 9380's ``expand_message_xmd`` is ``cobrand.psi``'s.
 
-- H (`hash_to_group`) is a random-oracle hash to the group: ``expand_message_xmd`` (SHA-512,
-  RFC 9380) makes 64 bytes, each half goes through libsodium's Elligator 2 map
-  (``crypto_core_ed25519_from_uniform``, which also clears the cofactor) and the two points
-  are added, as RFC 9380's ``_RO_`` suites do; one map alone is an encoding whose outputs are
-  not uniform, which the OPRF's pseudorandomness argument does not allow.
-- Every element received is checked (`check_element`): canonical, on the curve, in the
-  prime-order subgroup, not of small order (``crypto_core_ed25519_is_valid_point``), so a
-  caller cannot learn k modulo the cofactor by sending a point of order 8.
-- The context binds the protocol, the federation id and the federation file's digest, and is
-  distinct from private alignment's tag: outputs of one co-brand deal match nothing in another.
-- Outputs are 16 bytes: they index a table of at most billions of partner users, where a
-  collision among 2^30 outputs has probability about 2^-69, and only the key holder can compute
-  them, so a longer output buys no security while doubling the partner's index.
+- HashToGroup is hash_to_ristretto255: 64 bytes of ``expand_message_xmd`` (SHA-512, DST
+  "HashToGroup-" || contextString) through ristretto255's one-way map
+  (``crypto_core_ristretto255_from_hash``).
+- Every element received is checked (`check_element`): ristretto255's Decode refuses a
+  non-canonical encoding, and the identity is refused as the RFC's DeserializeElement
+  requires. ristretto255 is a prime-order group, so there is no small-order component to
+  leak k.
+- The RFC fixes contextString per suite, so the separation of co-brand deals is in the input
+  (`lookup_domain` then `lookup_input`): one length-prefixed encoding of the protocol's tag and
+  version, the federation id, the federation file's digest, the identifier kind and the
+  canonical identifier. Outputs of one co-brand deal match nothing in another, and one string
+  read as two kinds is two inputs.
+- The partner indexes users by `lookup_output`, the first 16 bytes of the RFC's 64: they index
+  a table of at most billions of partner users, where a collision among 2^30 outputs has
+  probability about 2^-69, and only the key holder can compute them, so a longer output buys
+  no security while multiplying the partner's index.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from typing import TYPE_CHECKING, Final
 
-from nacl import bindings
+# pysodium (ctypes over the system's libsodium) ships no type hints: its results are made
+# `bytes` or `bool` in the wrappers below and nowhere else.
+import pysodium  # type: ignore[import-untyped]
 
-from cobrand.errors import ConfigError, InvalidPoint
+from cobrand.errors import ConfigError, InvalidPoint, InvalidRequest
 from cobrand.psi import expand_message_xmd
 
 if TYPE_CHECKING:
     from cobrand.federation import Federation
 
 __all__ = [
+    "CONTEXT_STRING",
     "ELEMENT_BYTES",
+    "HASH_BYTES",
     "OUTPUT_BYTES",
+    "PROTOCOL_VERSION",
     "SCALAR_BYTES",
     "blind",
+    "blind_evaluate",
     "check_element",
     "check_key",
-    "context_string",
     "evaluate",
-    "evaluate_directly",
+    "evaluate_lookup",
     "finalize",
     "hash_to_group",
+    "lookup_domain",
     "lookup_input",
+    "lookup_output",
     "new_scalar",
-    "unblind",
 ]
 
-PROTOCOL_VERSION: Final = 1
-ELEMENT_BYTES: Final = bindings.crypto_core_ed25519_BYTES
-SCALAR_BYTES: Final = bindings.crypto_core_ed25519_SCALARBYTES
+PROTOCOL_VERSION: Final = 2
+"""The version in `lookup_domain`'s tag: 2 is RFC 9497's suite (1 was an edwards25519 one)."""
+CONTEXT_STRING: Final = b"OPRFV1-\x00-ristretto255-SHA512"
+"""RFC 9497's contextString: "OPRFV1-" || I2OSP(modeOPRF, 1) || "-" || the suite's id."""
+ELEMENT_BYTES: Final = 32
+SCALAR_BYTES: Final = 32
+HASH_BYTES: Final = 64
+"""The RFC's output length (Nh, SHA-512's)."""
 OUTPUT_BYTES: Final = 16
+"""The length of a `lookup_output`, what the gateway sends and the partner indexes."""
 
-_UNIFORM_BYTES = 2 * ELEMENT_BYTES
-_WIDE_SCALAR_BYTES = bindings.crypto_core_ed25519_NONREDUCEDSCALARBYTES
+_HASH_TO_GROUP_DST: Final = b"HashToGroup-" + CONTEXT_STRING
+_MAX_INPUT_BYTES: Final = 2**16 - 1  # the RFC's inputs are length-prefixed with two bytes
+_IDENTITY: Final = bytes(ELEMENT_BYTES)  # ristretto255's only encoding of the identity
+_LOOKUP_TAG: Final = b"cobrand-consented-lookup-v%d" % PROTOCOL_VERSION
 
 
-def context_string(federation: Federation) -> bytes:
-    """The context of one federation's consented lookups (RFC 9497's contextString).
+def _from_hash(uniform: bytes) -> bytes:
+    return bytes(pysodium.crypto_core_ristretto255_from_hash(uniform))
 
-    At most 156 bytes (the id has at most 64 characters), so every tag made from it stays
-    within RFC 9380's 255.
+
+def _scalarmult(scalar: bytes, element: bytes) -> bytes:
+    return bytes(pysodium.crypto_scalarmult_ristretto255(scalar, element))
+
+
+def _invert(scalar: bytes) -> bytes:
+    return bytes(pysodium.crypto_core_ristretto255_scalar_invert(scalar))
+
+
+def _reduce(wide: bytes) -> bytes:
+    return bytes(pysodium.crypto_core_ristretto255_scalar_reduce(wide))
+
+
+def _random_scalar() -> bytes:
+    return bytes(pysodium.crypto_core_ristretto255_scalar_random())
+
+
+def _decodes(element: bytes) -> bool:
+    return bool(pysodium.crypto_core_ristretto255_is_valid_point(element))
+
+
+def _prefixed(part: bytes, what: str) -> bytes:
+    """I2OSP(len(part), 2) || part."""
+    if len(part) > _MAX_INPUT_BYTES:
+        raise InvalidRequest(f"{what} is {len(part)} bytes, at most {_MAX_INPUT_BYTES}")
+    return len(part).to_bytes(2, "big") + part
+
+
+def lookup_domain(federation: Federation) -> bytes:
+    """The first fields of every OPRF input of one federation's consented lookups.
+
+    The protocol's tag and version, the federation id and the federation file's SHA-256, each
+    length-prefixed. A lookup's OPRF input is ``lookup_domain(federation) + lookup_input(kind,
+    canonical_id)``: five length-prefixed fields, so no two tuples give one input.
     """
-    return b"cobrand-consented-lookup-v%d:%s:%s" % (
-        PROTOCOL_VERSION,
-        federation.federation_id.encode(),
-        federation.digest().hex().encode(),
+    return b"".join(
+        _prefixed(part, what)
+        for part, what in (
+            (_LOOKUP_TAG, "the tag"),
+            (federation.federation_id.encode(), "the federation id"),
+            (federation.digest(), "the federation digest"),
+        )
     )
 
 
 def lookup_input(kind: str, canonical_id: str) -> bytes:
-    """The OPRF input of a canonical identifier of identifier kind `kind`.
+    """The last fields of the OPRF input of a canonical identifier of identifier kind `kind`.
 
     The kind is part of it, so one string read as two kinds is two inputs.
+
+    Raises
+    ------
+    InvalidRequest
+        The kind or the identifier is over 65535 bytes in UTF-8.
     """
-    return f"{kind}\x00{canonical_id}".encode()
-
-
-def hash_to_group(x: bytes, context: bytes) -> bytes:
-    """H(x): an element of the prime-order subgroup, as a random oracle would give it."""
-    uniform = expand_message_xmd(x, b"HashToGroup-" + context, _UNIFORM_BYTES)
-    return bindings.crypto_core_ed25519_add(
-        bindings.crypto_core_ed25519_from_uniform(uniform[:ELEMENT_BYTES]),
-        bindings.crypto_core_ed25519_from_uniform(uniform[ELEMENT_BYTES:]),
+    return _prefixed(kind.encode(), "an identifier kind") + _prefixed(
+        canonical_id.encode(), "a canonical identifier"
     )
 
 
+def lookup_output(output: bytes) -> bytes:
+    """The lookup output of a `finalize` or `evaluate` output: its first `OUTPUT_BYTES`."""
+    return output[:OUTPUT_BYTES]
+
+
+def hash_to_group(x: bytes) -> bytes:
+    """RFC 9497's HashToGroup for ristretto255: hash_to_ristretto255 (RFC 9380) of `x`."""
+    return _from_hash(expand_message_xmd(x, _HASH_TO_GROUP_DST, HASH_BYTES))
+
+
 def new_scalar() -> bytes:
-    """A uniformly random non-zero scalar (64 random bytes reduced modulo the group order)."""
+    """A uniformly random non-zero scalar: a blind, or a new OPRF key."""
     while True:
-        scalar = bindings.crypto_core_ed25519_scalar_reduce(os.urandom(_WIDE_SCALAR_BYTES))
+        scalar = _random_scalar()
         if any(scalar):
             return scalar
 
 
 def check_element(element: bytes, field: str) -> None:
-    """Refuse anything but a canonical element of the prime-order subgroup, other than 0.
+    """RFC 9497's DeserializeElement for ristretto255, as a check: refuse anything but the
+    canonical encoding of an element other than the identity.
 
     Raises
     ------
     InvalidPoint
-        Naming `field`: the wrong length, not canonical, not on the curve, of small order or
-        outside the prime-order subgroup.
+        Naming `field`: the wrong length, no canonical ristretto255 encoding, or the identity.
     """
     if len(element) != ELEMENT_BYTES:
         raise InvalidPoint(f"{field} must be {ELEMENT_BYTES} bytes, it is {len(element)}")
-    if not bindings.crypto_core_ed25519_is_valid_point(element):
-        raise InvalidPoint(
-            f"{field} is not a canonical element of edwards25519's prime-order subgroup "
-            "(or is of small order)"
-        )
+    if not _decodes(element):
+        raise InvalidPoint(f"{field} is not the canonical encoding of a ristretto255 element")
+    if element == _IDENTITY:
+        raise InvalidPoint(f"{field} is the identity element")
 
 
 def check_key(key: bytes) -> None:
@@ -128,63 +189,73 @@ def check_key(key: bytes) -> None:
     """
     if len(key) != SCALAR_BYTES:
         raise ConfigError(f"an OPRF key is {SCALAR_BYTES} bytes, this one is {len(key)}")
-    reduced = bindings.crypto_core_ed25519_scalar_reduce(key + bytes(SCALAR_BYTES))
-    if reduced != key or not any(key):
+    if _reduce(key + bytes(SCALAR_BYTES)) != key or not any(key):
         raise ConfigError("an OPRF key must be a non-zero scalar below the group order")
 
 
-def blind(x: bytes, context: bytes) -> tuple[bytes, bytes]:
-    """The gateway's first step: a fresh blind r and the blinded element r * H(x).
+def _input_element(x: bytes) -> bytes:
+    _prefixed(x, "an OPRF input")
+    element = hash_to_group(x)
+    if element == _IDENTITY:
+        # The RFC's InvalidInputError: found only by inverting SHA-512.
+        raise InvalidRequest("this OPRF input hashes to the identity element")
+    return element
+
+
+def _hash_output(x: bytes, element: bytes) -> bytes:
+    return hashlib.sha512(
+        _prefixed(x, "an OPRF input") + _prefixed(element, "an element") + b"Finalize"
+    ).digest()
+
+
+def blind(x: bytes) -> tuple[bytes, bytes]:
+    """RFC 9497's Blind: a fresh blind r and the blinded element r * H(x).
 
     Returns
     -------
     tuple of bytes
-        ``(r, blinded)``; r stays with the caller for `unblind`.
+        ``(r, blinded)``; r stays with the caller for `finalize`.
+
+    Raises
+    ------
+    InvalidRequest
+        `x` is over 65535 bytes.
     """
     r = new_scalar()
-    return r, bindings.crypto_scalarmult_ed25519_noclamp(r, hash_to_group(x, context))
+    return r, _scalarmult(r, _input_element(x))
 
 
-def evaluate(key: bytes, blinded: bytes, field: str = "blinded_element") -> bytes:
-    """The partner's step: k * B, once B is checked.
+def blind_evaluate(key: bytes, blinded: bytes, field: str = "blinded_element") -> bytes:
+    """RFC 9497's BlindEvaluate, once B is deserialized: k * B.
 
     Raises
     ------
     InvalidPoint
-        `blinded` is no element of the group (named `field`).
+        `blinded` is no element of the group other than the identity (named `field`).
     """
     check_element(blinded, field)
-    return bindings.crypto_scalarmult_ed25519_noclamp(key, blinded)
+    return _scalarmult(key, blinded)
 
 
-def unblind(r: bytes, evaluated: bytes, field: str = "evaluated_element") -> bytes:
-    """The gateway's second step: N = r^-1 * Z = k * H(x), once Z is checked.
+def finalize(x: bytes, r: bytes, evaluated: bytes, field: str = "evaluated_element") -> bytes:
+    """RFC 9497's Finalize, once Z is deserialized: Hash(x, r^-1 * Z), 64 bytes.
 
     Raises
     ------
     InvalidPoint
-        `evaluated` is no element of the group (named `field`).
+        `evaluated` is no element of the group other than the identity (named `field`).
     """
     check_element(evaluated, field)
-    return bindings.crypto_scalarmult_ed25519_noclamp(
-        bindings.crypto_core_ed25519_scalar_invert(r), evaluated
-    )
+    return _hash_output(x, _scalarmult(_invert(r), evaluated))
 
 
-def finalize(x: bytes, unblinded: bytes, context: bytes) -> bytes:
-    """y = SHA-512 of the length-prefixed context, x and N, cut to `OUTPUT_BYTES`.
-
-    As RFC 9497's Finalize, with the context added so outputs are bound to the federation.
-    """
-    digest = hashlib.sha512()
-    for part in (context, x, unblinded):
-        digest.update(len(part).to_bytes(2, "big") + part)
-    digest.update(b"Finalize")
-    return digest.digest()[:OUTPUT_BYTES]
+def evaluate(key: bytes, x: bytes) -> bytes:
+    """RFC 9497's Evaluate, F_k(x) by the key holder: what blind, blind_evaluate and finalize
+    give the client."""
+    return _hash_output(x, _scalarmult(key, _input_element(x)))
 
 
-def evaluate_directly(key: bytes, x: bytes, context: bytes) -> bytes:
-    """F_k(x) computed by the key holder: what blind, evaluate, unblind and finalize give."""
-    return finalize(
-        x, bindings.crypto_scalarmult_ed25519_noclamp(key, hash_to_group(x, context)), context
-    )
+def evaluate_lookup(key: bytes, domain: bytes, kind: str, canonical_id: str) -> bytes:
+    """The lookup output the key holder computes for one of its users: the first
+    `OUTPUT_BYTES` of `evaluate` of ``domain + lookup_input(kind, canonical_id)``."""
+    return lookup_output(evaluate(key, domain + lookup_input(kind, canonical_id)))

@@ -2,10 +2,12 @@
 
 For an applicant who consented and has no join key, `ConsentedLookupClient.embedding`
 
-1. blinds the applicant's identifier x (``cobrand.oprf.blind``: B = r * H(x), r fresh) and
-   sends ``BlindEvaluate(request id, consent reference, B)``;
-2. checks the partner's answer Z is an element of the group, unblinds it and finalizes
-   y = F_k(x) (an element outside the group is an unusable reply, as a bad embedding is);
+1. blinds the applicant's OPRF input x, the federation's lookup domain then the applicant's
+   identifier kind and canonical identifier (``cobrand.oprf.blind``: B = r * H(x), r fresh),
+   and sends ``BlindEvaluate(request id, consent reference, B)``;
+2. checks the partner's answer Z is an element of the group and finalizes F_k(x), RFC 9497's
+   OPRF(ristretto255, SHA-512) output, whose first 16 bytes are the lookup output y (an
+   element outside the group is an unusable reply, as a bad embedding is);
 3. asks ``GetConsentedEmbedding(model version, y)`` and checks the embedding as the aligned
    lookup does (`gateway.partner_client.checked_embedding`).
 
@@ -53,14 +55,14 @@ class ConsentedLookupClient:
     ----------
     channel : grpc.Channel
         The partner channel the `PartnerClient` uses.
-    context : bytes
-        ``cobrand.oprf.context_string`` of the federation.
+    domain : bytes
+        ``cobrand.oprf.lookup_domain`` of the federation.
     """
 
-    def __init__(self, channel: grpc.Channel, context: bytes) -> None:
+    def __init__(self, channel: grpc.Channel, domain: bytes) -> None:
         # The generated stubs come without type annotations.
         self._stub: Any = consented_lookup_pb2_grpc.ConsentedLookupStub(channel)  # type: ignore[no-untyped-call]
-        self._context = context
+        self._domain = domain
 
     def embedding(
         self,
@@ -96,7 +98,8 @@ class ConsentedLookupClient:
 
         def lookup(deadline_s: float) -> npt.NDArray[np.float32] | None:
             expires = time.monotonic() + deadline_s
-            r, blinded = oprf.blind(lookup_input, self._context)
+            x = self._domain + lookup_input
+            r, blinded = oprf.blind(x)
             evaluated = self._stub.BlindEvaluate(
                 consented_lookup_pb2.BlindEvaluateRequest(
                     request_id=request_id,
@@ -106,7 +109,7 @@ class ConsentedLookupClient:
                 timeout=deadline_s,
             )
             try:
-                unblinded = oprf.unblind(r, evaluated.evaluated_element)
+                output = oprf.lookup_output(oprf.finalize(x, r, evaluated.evaluated_element))
             except InvalidPoint as err:
                 raise UnusableReplyError(str(err)) from None
             reply = self._stub.GetConsentedEmbedding(
@@ -114,7 +117,7 @@ class ConsentedLookupClient:
                     request_id=request_id,
                     consent_reference=consent_reference,
                     model_version=model_version,
-                    oprf_output=oprf.finalize(lookup_input, unblinded, self._context),
+                    oprf_output=output,
                 ),
                 # What the first call left; gRPC refuses a spent one as DEADLINE_EXCEEDED.
                 timeout=max(expires - time.monotonic(), 0.0),

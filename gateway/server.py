@@ -283,7 +283,7 @@ def start_gateway(settings: GatewaySettings) -> Gateway:
             settings.partner.verify_timeout_s,
             settings.partner.verify_retry_s,
         )
-        consented = ConsentedLookupClient(channel, oprf.context_string(federation))
+        consented = ConsentedLookupClient(channel, oprf.lookup_domain(federation))
         if partner.check():
             consented.warm_up(version.manifest.version_id, settings.partner.verify_timeout_s)
         else:

@@ -2,8 +2,9 @@
 aligned set, for the bank's gateway only.
 
 ``BlindEvaluate`` multiplies the gateway's blinded element by the node's OPRF key
-(``cobrand.oprf.evaluate``; an element that is not a canonical element of the prime-order
-subgroup is ``INVALID_ARGUMENT`` naming ``blinded_element``). ``GetConsentedEmbedding`` finds
+(``cobrand.oprf.blind_evaluate``, RFC 9497's OPRF(ristretto255, SHA-512); an element that is
+not the canonical encoding of a ristretto255 element other than the identity is
+``INVALID_ARGUMENT`` naming ``blinded_element``). ``GetConsentedEmbedding`` finds
 the partner user whose lookup output the gateway sends (``partner_node.oprf_index``) and
 answers with the embedding the version's bottom gives that user's row now
 (`ServingVersion.embed_row`), or ``UNKNOWN_KEY``. No raw feature and no identifier leaves.
@@ -156,7 +157,7 @@ class ConsentedLookupServicer(consented_lookup_pb2_grpc.ConsentedLookupServicer)
             1,
             f"BlindEvaluate request {request.request_id} consent {request.consent_reference!r}",
         )
-        evaluated = oprf.evaluate(self._index.key, request.blinded_element)
+        evaluated = oprf.blind_evaluate(self._index.key, request.blinded_element)
         # The consent record: on disk before the evaluation that lets the gateway compute y.
         self._audit.append(
             who, "BlindEvaluate", request.request_id, request.consent_reference, durable=True
@@ -242,7 +243,7 @@ def consented_lookup_service(
     settings = config.consented_lookup
     key = load_or_create_key(settings.oprf_key or config.data_dir / OPRF_KEY_FILE)
     index = OprfIndexBuild(
-        key, kind, table.ids, oprf.context_string(federation), config.data_dir / OPRF_INDEX_FILE
+        key, kind, table.ids, oprf.lookup_domain(federation), config.data_dir / OPRF_INDEX_FILE
     )
     if index.saved.exists():
         # This node has served consented lookups: have them available within seconds of the

@@ -1,9 +1,10 @@
 """The partner's OPRF key and its index of every partner user by lookup output.
 
-A consented lookup ends with the gateway asking for the user whose output is y = F_k(x)
-(``cobrand.oprf``). The partner computes F_k(u) of each of its users u once (one hash to the
-group and one scalar multiplication per user, on every core: libsodium releases the GIL) and
-keeps the outputs sorted beside each user's table row, so a lookup is a binary search. As model
+A consented lookup ends with the gateway asking for the user whose lookup output is y, the
+first 16 bytes of F_k(x) (``cobrand.oprf``). The partner computes F_k(u) of each of its users u
+once (one hash to the group and one scalar multiplication per user, on every core: libsodium
+runs without the GIL, which ctypes releases around each call) and keeps the outputs sorted
+beside each user's table row, so a lookup is a binary search. As model
 versions load, the index is made in the background on the first consented lookup (or as the
 node starts, when it has one saved), so a node that serves none (an alignment or training run,
 a benchmark) never spends the CPU, while a lookup waits for it within its deadline, then is
@@ -100,7 +101,7 @@ class OprfIndex:
     Attributes
     ----------
     outputs : ndarray of S16, shape (n,)
-        F_k of each user, ascending.
+        The lookup output of each user, ascending.
     rows : ndarray of intp, shape (n,)
         ``rows[i]`` is the table row of the user whose output is ``outputs[i]``.
     """
@@ -119,14 +120,14 @@ class OprfIndex:
 
 
 def build_index(
-    key: bytes, kind: str, ids: npt.NDArray[np.object_], context: bytes, workers: int
+    key: bytes, kind: str, ids: npt.NDArray[np.object_], domain: bytes, workers: int
 ) -> OprfIndex:
-    """F_k of every canonical identifier of `kind` in `ids`, sorted, on `workers` threads."""
+    """The lookup output of every canonical identifier of `kind` in `ids` in the federation of
+    lookup domain `domain`, sorted, on `workers` threads."""
 
     def outputs(start: int) -> bytes:
         return b"".join(
-            oprf.evaluate_directly(key, oprf.lookup_input(kind, str(u)), context)
-            for u in ids[start : start + _CHUNK]
+            oprf.evaluate_lookup(key, domain, kind, str(u)) for u in ids[start : start + _CHUNK]
         )
 
     started = time.perf_counter()
@@ -157,8 +158,8 @@ class OprfIndexBuild:
         The identifier kind of the partner's table (its schema's).
     ids : ndarray of object (str)
         The table's canonical identifiers; row i is table row i.
-    context : bytes
-        ``cobrand.oprf.context_string`` of the federation.
+    domain : bytes
+        ``cobrand.oprf.lookup_domain`` of the federation.
     saved : Path
         The saved index (``<data_dir>/oprf_index.bin``), read if it matches, else (re)written.
     workers : int, optional
@@ -170,7 +171,7 @@ class OprfIndexBuild:
         key: bytes,
         kind: str,
         ids: npt.NDArray[np.object_],
-        context: bytes,
+        domain: bytes,
         saved: Path,
         workers: int | None = None,
     ) -> None:
@@ -179,17 +180,17 @@ class OprfIndexBuild:
         self._build: BackgroundBuild[OprfIndex] = BackgroundBuild("the consented lookup index")
         self._builder = threading.Thread(
             target=self._build.run,
-            args=(lambda: self._load_or_build(kind, ids, context, workers or os.cpu_count() or 1),),
+            args=(lambda: self._load_or_build(kind, ids, domain, workers or os.cpu_count() or 1),),
             name="oprf-index",
             daemon=True,
         )
         self._lock = threading.Lock()
 
     def _load_or_build(
-        self, kind: str, ids: npt.NDArray[np.object_], context: bytes, workers: int
+        self, kind: str, ids: npt.NDArray[np.object_], domain: bytes, workers: int
     ) -> OprfIndex:
         started = time.perf_counter()
-        binding = IndexBinding.of(self.key, context, kind, ids)
+        binding = IndexBinding.of(self.key, domain, kind, ids)
         try:
             saved = load_saved_index(self.saved, binding)
         except ConfigError as err:
@@ -204,7 +205,7 @@ class OprfIndexBuild:
                 )
                 return OprfIndex(*saved)
             _LOG.info("[OprfIndex] no saved index at %s: building it", self.saved)
-        index = build_index(self.key, kind, ids, context, workers)
+        index = build_index(self.key, kind, ids, domain, workers)
         try:
             save_index(self.saved, binding, index.outputs, index.rows)
         except OSError as err:

@@ -6,7 +6,9 @@ under a second. The file holds every user's lookup output, ascending, then each 
 its header binds it to exactly what the outputs depend on, so a stale index is never served:
 
 - the OPRF key, by fingerprint (SHA-256 of a domain-separated string of the key; never the key);
-- the federation's OPRF context (``cobrand.oprf.context_string``), by SHA-256;
+- the OPRF: RFC 9497's suite (``cobrand.oprf.CONTEXT_STRING``) and the federation's lookup
+  domain (``cobrand.oprf.lookup_domain``), by SHA-256 (an index of another suite or another
+  co-brand deal is rebuilt, never served);
 - the partner table: its identifier kind and every identifier in row order, by SHA-256 (rows
   reordered, added or removed change it; so does a kind read differently);
 - and everything in the file by an HMAC-SHA-256 under a key derived from the OPRF key, which
@@ -64,7 +66,8 @@ class IndexBinding:
     Attributes
     ----------
     key_id, context_id, table_id : bytes
-        SHA-256 fingerprints of the OPRF key, the OPRF context and the partner table.
+        SHA-256 fingerprints of the OPRF key, the OPRF suite and lookup domain, and the partner
+        table.
     """
 
     key_id: bytes
@@ -73,16 +76,20 @@ class IndexBinding:
     _mac_key: bytes = field(repr=False)
 
     @classmethod
-    def of(
-        cls, key: bytes, context: bytes, kind: str, ids: npt.NDArray[np.object_]
-    ) -> IndexBinding:
-        """The binding of the index of `ids` (identifiers of `kind`, in row order) under `key`."""
+    def of(cls, key: bytes, domain: bytes, kind: str, ids: npt.NDArray[np.object_]) -> IndexBinding:
+        """The binding of the index of `ids` (identifiers of `kind`, in row order) under `key`
+        in the federation of lookup domain `domain`."""
         encoded = [str(i).encode() for i in ids]
         # Lengths first: identifiers may hold any character, so no separator is unambiguous.
         lengths = np.fromiter(map(len, encoded), dtype="<u4", count=len(encoded))
         return cls(
             key_id=_tagged(b"key", key),
-            context_id=_tagged(b"context", context),
+            context_id=_tagged(
+                b"context",
+                len(oprf.CONTEXT_STRING).to_bytes(2, "big"),
+                oprf.CONTEXT_STRING,
+                domain,
+            ),
             table_id=_tagged(
                 b"table",
                 kind.encode(),
@@ -148,7 +155,7 @@ def load_saved_index(
     _, users, key_id, context_id, table_id = _PREFIX.unpack_from(data)
     for found, expected, what in (
         (key_id, binding.key_id, "under another OPRF key (was the key rotated?)"),
-        (context_id, binding.context_id, "for another federation (another OPRF context)"),
+        (context_id, binding.context_id, "for another federation or OPRF suite"),
         (table_id, binding.table_id, "from another partner table (identifiers or rows changed)"),
     ):
         if found != expected:

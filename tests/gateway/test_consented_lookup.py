@@ -41,8 +41,9 @@ from tests.training_sites import TrainingSites, running_partner
 USED = scoring_pb2.PARTNER_SLICE_STATUS_USED
 UNKNOWN = scoring_pb2.PARTNER_SLICE_STATUS_UNKNOWN_APPLICANT
 NO_CONSENT = scoring_pb2.PARTNER_SLICE_STATUS_NO_CONSENT
-# The identity element of edwards25519: of small order, refused.
-IDENTITY = (1).to_bytes(32, "little")
+# ristretto255's identity, and a non-canonical encoding (a negative s): both refused.
+IDENTITY = bytes(32)
+NOT_CANONICAL = (1).to_bytes(32, "little")
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +157,7 @@ def test_a_blinded_element_outside_the_group_is_refused_naming_the_field(
 ) -> None:
     channel, stub = _lookup_stub(throwaway_pki, partner_node.port, "gateway")
     with channel:
-        for element in (IDENTITY, bytes(31)):
+        for element in (IDENTITY, NOT_CANONICAL, bytes(31)):
             with pytest.raises(grpc.RpcError) as refused:
                 stub.BlindEvaluate(
                     consented_lookup_pb2.BlindEvaluateRequest(
@@ -247,7 +248,7 @@ def test_past_the_partners_limit_the_lookup_is_refused_and_the_gateway_answers_b
             consented_lookup_pb2.BlindEvaluateRequest(
                 request_id="over",
                 consent_reference="APP-over",
-                blinded_element=oprf.hash_to_group(b"anyone", b"any context"),
+                blinded_element=oprf.hash_to_group(b"anyone"),
             ),
             timeout=TIMEOUT,
         )

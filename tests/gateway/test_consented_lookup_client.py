@@ -21,7 +21,7 @@ from gateway.partner_breaker import BreakerState, CircuitBreaker
 from gateway.partner_client import PartnerClient, PartnerSlice
 from gateway.settings import BreakerSettings
 
-CONTEXT = b"cobrand-consented-lookup-v1:test:00"
+DOMAIN = b"\x00\x04test"
 X = oprf.lookup_input("mobile_cn", "+8613800138000")
 VERSION = "v1"
 WIDTH = 4
@@ -47,7 +47,7 @@ class StandIn(consented_lookup_pb2_grpc.ConsentedLookupServicer):
         self.blinded.append(request.blinded_element)
         if self.evaluate_error is not None:
             raise self.evaluate_error
-        answer = self.evaluated or oprf.evaluate(self.key, request.blinded_element)
+        answer = self.evaluated or oprf.blind_evaluate(self.key, request.blinded_element)
         return consented_lookup_pb2.BlindEvaluateResponse(
             request_id=request.request_id, evaluated_element=answer
         )
@@ -91,7 +91,7 @@ def _breaker() -> CircuitBreaker:
 
 def _lookup(channel: grpc.Channel, breaker: CircuitBreaker) -> PartnerSlice:
     partner = PartnerClient(channel, DEADLINE_S, breaker)
-    return ConsentedLookupClient(channel, CONTEXT).embedding(
+    return ConsentedLookupClient(channel, DOMAIN).embedding(
         partner, "r-1", "APP-1", VERSION, X, WIDTH
     )
 
@@ -105,8 +105,10 @@ def test_the_partner_sees_a_blinded_element_and_the_output_is_its_keys_prf_of_th
     assert found.status is PartnerSliceStatus.USED
     assert found.embedding is not None
     assert found.embedding.tolist() == [0.5] * WIDTH
-    assert stand_in.outputs == [oprf.evaluate_directly(stand_in.key, X, CONTEXT)]
-    assert stand_in.blinded[0] != oprf.hash_to_group(X, CONTEXT)
+    assert stand_in.outputs == [
+        oprf.evaluate_lookup(stand_in.key, DOMAIN, "mobile_cn", "+8613800138000")
+    ]
+    assert stand_in.blinded[0] != oprf.hash_to_group(DOMAIN + X)
     # Logged with its request id and consent reference, never the identifier.
     assert "request r-1 consent 'APP-1' version v1: used" in caplog.text
     assert "13800138000" not in caplog.text

@@ -67,9 +67,9 @@ def _never_built(*args: Any) -> OprfIndex:
 def _lookup(pki: ThrowAwayPki, port: int, sites: TrainingSites, version_id: str, user: str) -> Any:
     """A whole consented lookup of `user`, as the gateway makes it."""
     _, schema = partner_table(sites)
-    context = oprf.context_string(load_federation(sites.files.federation))
-    x = oprf.lookup_input(schema.identifier.kind, user)
-    r, blinded = oprf.blind(x, context)
+    domain = oprf.lookup_domain(load_federation(sites.files.federation))
+    x = domain + oprf.lookup_input(schema.identifier.kind, user)
+    r, blinded = oprf.blind(x)
     with create_channel(f"127.0.0.1:{port}", pki.tls("gateway")) as channel:
         stub: Any = consented_lookup_pb2_grpc.ConsentedLookupStub(channel)  # type: ignore[no-untyped-call]
         evaluated = stub.BlindEvaluate(
@@ -83,7 +83,7 @@ def _lookup(pki: ThrowAwayPki, port: int, sites: TrainingSites, version_id: str,
                 request_id="lookup-1",
                 consent_reference="APP-1",
                 model_version=version_id,
-                oprf_output=oprf.finalize(x, oprf.unblind(r, evaluated), context),
+                oprf_output=oprf.lookup_output(oprf.finalize(x, r, evaluated)),
             ),
             timeout=TIMEOUT,
         )

@@ -17,7 +17,7 @@ from partner_node import oprf_index
 from partner_node.oprf_index import OprfIndex, OprfIndexBuild, build_index, load_or_create_key
 from partner_node.oprf_index_file import IndexBinding, load_saved_index
 
-CONTEXT = b"cobrand-consented-lookup-v1:test:00"
+DOMAIN = b"\x00\x04test"
 KIND = "mobile_cn"
 
 
@@ -59,15 +59,15 @@ def test_every_user_is_found_by_their_output_and_nobody_else() -> None:
     key = oprf.new_scalar()
     ids = _ids(300)
 
-    index = build_index(key, KIND, ids, CONTEXT, workers=2)
+    index = build_index(key, KIND, ids, DOMAIN, workers=2)
 
     for row in (0, 17, 299):
-        output = oprf.evaluate_directly(key, oprf.lookup_input(KIND, str(ids[row])), CONTEXT)
+        output = oprf.evaluate_lookup(key, DOMAIN, KIND, str(ids[row]))
         assert index.row(output) == row
-    stranger = oprf.evaluate_directly(key, oprf.lookup_input(KIND, "+8619999999999"), CONTEXT)
+    stranger = oprf.evaluate_lookup(key, DOMAIN, KIND, "+8619999999999")
     assert index.row(stranger) is None
     # Under another key nobody's output is in the index.
-    other = oprf.evaluate_directly(oprf.new_scalar(), oprf.lookup_input(KIND, ids[0]), CONTEXT)
+    other = oprf.evaluate_lookup(oprf.new_scalar(), DOMAIN, KIND, ids[0])
     assert index.row(other) is None
 
 
@@ -78,9 +78,9 @@ def test_an_output_ending_in_a_zero_byte_is_found() -> None:
     output = b""
     while not output.endswith(b"\x00"):
         ids.append(f"+86138{len(ids):08d}")
-        output = oprf.evaluate_directly(key, oprf.lookup_input(KIND, ids[-1]), CONTEXT)
+        output = oprf.evaluate_lookup(key, DOMAIN, KIND, ids[-1])
 
-    index = build_index(key, KIND, np.array(ids, dtype=object), CONTEXT, workers=1)
+    index = build_index(key, KIND, np.array(ids, dtype=object), DOMAIN, workers=1)
 
     assert index.row(output) == len(ids) - 1
 
@@ -89,9 +89,9 @@ def test_the_index_is_built_in_the_background_when_first_asked_for(tmp_path: Pat
     key = oprf.new_scalar()
     ids = _ids(50)
 
-    build = OprfIndexBuild(key, KIND, ids, CONTEXT, tmp_path / "oprf_index.bin", workers=1)
+    build = OprfIndexBuild(key, KIND, ids, DOMAIN, tmp_path / "oprf_index.bin", workers=1)
 
-    output = oprf.evaluate_directly(key, oprf.lookup_input(KIND, str(ids[7])), CONTEXT)
+    output = oprf.evaluate_lookup(key, DOMAIN, KIND, str(ids[7]))
     assert build.index(wait_s=30.0).row(output) == 7
 
 
@@ -107,7 +107,7 @@ def test_a_lookup_while_the_index_builds_is_unavailable(
 
     monkeypatch.setattr(oprf_index, "build_index", held_build)
     build = OprfIndexBuild(
-        oprf.new_scalar(), KIND, _ids(5), CONTEXT, tmp_path / "oprf_index.bin", workers=1
+        oprf.new_scalar(), KIND, _ids(5), DOMAIN, tmp_path / "oprf_index.bin", workers=1
     )
 
     with pytest.raises(Unavailable, match="consented lookup index is still loading"):
@@ -124,12 +124,12 @@ def test_a_saved_index_is_read_at_the_next_start_instead_of_built(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     key, ids, saved = oprf.new_scalar(), _ids(60), tmp_path / "oprf_index.bin"
-    first = OprfIndexBuild(key, KIND, ids, CONTEXT, saved, workers=1).index(wait_s=30.0)
+    first = OprfIndexBuild(key, KIND, ids, DOMAIN, saved, workers=1).index(wait_s=30.0)
     written = saved.stat()
     monkeypatch.setattr(oprf_index, "build_index", _never_built)
 
     with caplog.at_level("INFO", logger=oprf_index.__name__):
-        again = OprfIndexBuild(key, KIND, ids, CONTEXT, saved, workers=1).index(wait_s=30.0)
+        again = OprfIndexBuild(key, KIND, ids, DOMAIN, saved, workers=1).index(wait_s=30.0)
 
     np.testing.assert_array_equal(again.outputs, first.outputs)
     np.testing.assert_array_equal(again.rows, first.rows)
@@ -141,18 +141,18 @@ def test_an_index_saved_under_another_key_is_named_rebuilt_and_replaced(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     ids, saved = _ids(40), tmp_path / "oprf_index.bin"
-    OprfIndexBuild(oprf.new_scalar(), KIND, ids, CONTEXT, saved, workers=1).index(wait_s=30.0)
+    OprfIndexBuild(oprf.new_scalar(), KIND, ids, DOMAIN, saved, workers=1).index(wait_s=30.0)
     rotated = oprf.new_scalar()
 
     with caplog.at_level("INFO", logger=oprf_index.__name__):
-        index = OprfIndexBuild(rotated, KIND, ids, CONTEXT, saved, workers=1).index(wait_s=30.0)
+        index = OprfIndexBuild(rotated, KIND, ids, DOMAIN, saved, workers=1).index(wait_s=30.0)
 
-    user = oprf.evaluate_directly(rotated, oprf.lookup_input(KIND, str(ids[9])), CONTEXT)
+    user = oprf.evaluate_lookup(rotated, DOMAIN, KIND, str(ids[9]))
     assert index.row(user) == 9
     assert f"{saved}: the saved OPRF index was computed under another OPRF key" in caplog.text
     assert f"index saved to {saved}" in caplog.text
     # What replaced it is read back under the new key.
-    assert load_saved_index(saved, IndexBinding.of(rotated, CONTEXT, KIND, ids)) is not None
+    assert load_saved_index(saved, IndexBinding.of(rotated, DOMAIN, KIND, ids)) is not None
 
 
 def test_an_index_that_cannot_be_saved_is_served_all_the_same(
@@ -163,8 +163,8 @@ def test_an_index_that_cannot_be_saved_is_served_all_the_same(
     saved = tmp_path / "data" / "oprf_index.bin"
     key, ids = oprf.new_scalar(), _ids(20)
 
-    index = OprfIndexBuild(key, KIND, ids, CONTEXT, saved, workers=1).index(wait_s=30.0)
+    index = OprfIndexBuild(key, KIND, ids, DOMAIN, saved, workers=1).index(wait_s=30.0)
 
-    user = oprf.evaluate_directly(key, oprf.lookup_input(KIND, str(ids[3])), CONTEXT)
+    user = oprf.evaluate_lookup(key, DOMAIN, KIND, str(ids[3]))
     assert index.row(user) == 3
     assert f"{saved}: cannot save the index" in caplog.text

@@ -16,7 +16,7 @@ from cobrand.errors import ConfigError
 from partner_node.oprf_index import OprfIndex, build_index
 from partner_node.oprf_index_file import IndexBinding, load_saved_index, save_index
 
-CONTEXT = b"cobrand-consented-lookup-v1:test:00"
+DOMAIN = b"\x00\x04test"
 KIND = "mobile_cn"
 KEY = oprf.new_scalar()
 IDS = np.array([f"+86138{i:08d}" for i in range(200)], dtype=object)
@@ -24,20 +24,20 @@ IDS = np.array([f"+86138{i:08d}" for i in range(200)], dtype=object)
 
 @pytest.fixture(scope="module")
 def built() -> OprfIndex:
-    return build_index(KEY, KIND, IDS, CONTEXT, workers=1)
+    return build_index(KEY, KIND, IDS, DOMAIN, workers=1)
 
 
 @pytest.fixture
 def saved(tmp_path: Path, built: OprfIndex) -> Path:
     path = tmp_path / "oprf_index.bin"
-    save_index(path, IndexBinding.of(KEY, CONTEXT, KIND, IDS), built.outputs, built.rows)
+    save_index(path, IndexBinding.of(KEY, DOMAIN, KIND, IDS), built.outputs, built.rows)
     return path
 
 
 def _binding(
-    key: bytes = KEY, context: bytes = CONTEXT, kind: str = KIND, ids: npt.NDArray[np.object_] = IDS
+    key: bytes = KEY, domain: bytes = DOMAIN, kind: str = KIND, ids: npt.NDArray[np.object_] = IDS
 ) -> IndexBinding:
-    return IndexBinding.of(key, context, kind, ids)
+    return IndexBinding.of(key, domain, kind, ids)
 
 
 def test_a_saved_index_reads_back_whole_and_owner_only(saved: Path, built: OprfIndex) -> None:
@@ -47,12 +47,24 @@ def test_a_saved_index_reads_back_whole_and_owner_only(saved: Path, built: OprfI
     outputs, rows = loaded
     np.testing.assert_array_equal(outputs, built.outputs)
     np.testing.assert_array_equal(rows, built.rows)
-    user = oprf.evaluate_directly(KEY, oprf.lookup_input(KIND, str(IDS[42])), CONTEXT)
+    user = oprf.evaluate_lookup(KEY, DOMAIN, KIND, str(IDS[42]))
     assert OprfIndex(outputs, rows).row(user) == 42
     assert stat.S_IMODE(saved.stat().st_mode) == 0o600
     # No identifier and no key in the file.
     assert str(IDS[42]).encode() not in saved.read_bytes()
     assert KEY not in saved.read_bytes()
+
+
+def test_an_index_saved_under_another_oprf_suite_is_refused_not_served(
+    tmp_path: Path, built: OprfIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As an index saved before the consented lookup moved to RFC 9497's ristretto255 suite.
+    path = tmp_path / "oprf_index.bin"
+    with monkeypatch.context() as patch:
+        patch.setattr(oprf, "CONTEXT_STRING", b"OPRFV1-\x00-P256-SHA256")
+        save_index(path, _binding(), built.outputs, built.rows)
+    with pytest.raises(ConfigError, match="computed for another federation or OPRF suite"):
+        load_saved_index(path, _binding())
 
 
 def test_no_saved_index_is_none(tmp_path: Path) -> None:
@@ -63,7 +75,7 @@ def test_no_saved_index_is_none(tmp_path: Path) -> None:
     ("binding", "why"),
     [
         (_binding(key=oprf.new_scalar()), "under another OPRF key"),
-        (_binding(context=CONTEXT + b"1"), "for another federation"),
+        (_binding(domain=DOMAIN + b"1"), "for another federation"),
         (_binding(ids=IDS[::-1]), "from another partner table"),
         (_binding(ids=IDS[:-1]), "from another partner table"),
         (_binding(kind="customer_number"), "from another partner table"),
