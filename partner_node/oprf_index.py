@@ -4,12 +4,12 @@ A consented lookup ends with the gateway asking for the user whose lookup output
 first 16 bytes of F_k(x) (``cobrand.oprf``). The partner computes F_k(u) of each of its users u
 once (one hash to the group and one scalar multiplication per user, on every core: libsodium
 runs without the GIL, which ctypes releases around each call) and keeps the outputs sorted
-beside each user's table row, so a lookup is a binary search. As model
-versions load, the index is made in the background on the first consented lookup (or as the
-node starts, when it has one saved), so a node that serves none (an alignment or training run,
-a benchmark) never spends the CPU, while a lookup waits for it within its deadline, then is
-``UNAVAILABLE``; the node's other services answer meanwhile. Building takes about 140 us of CPU
-per user (3 million users: 5 to 15 minutes on two shared cores), so a built index is saved
+beside each user's table row, so a lookup is a binary search. As model versions load, the
+index is made in the background on the first consented lookup (or as the node starts, when it
+has one saved), so a node that serves none (an alignment or training run, a benchmark) never
+spends the CPU, while a lookup waits for it within its deadline, then is ``UNAVAILABLE``; the
+node's other services answer meanwhile. Building takes about 60 us of CPU
+per user (3 million users: 2 to 6 minutes on two shared cores), so a built index is saved
 (``partner_node.oprf_index_file``, bound to the key, the federation and the table) and the next
 start reads it back instead, in well under a second; a saved index that does not match, or does
 not read whole, is named in a warning, rebuilt and replaced.
