@@ -3,10 +3,10 @@
 `Scorer` holds a loaded bank model version and the decision configuration. `Scorer.score`
 runs one forward pass (`gateway.forward_pass`, the one bulk scoring runs too) over a few rows:
 the applicant, one copy per bank feature set to the version's reference value
-(`bank_node.serving_reference.attribution_batch`) and, when the partner's embedding is used,
-the applicant without it (the head's partner-missing path). From that pass come the
-probability of default, the score, every reason's points and the package and instalment
-propensities; then the configuration decides (`gateway.policy`).
+(`bank_node.serving_reference.attribution_batch`, as `ReferenceRows` sets them) and, when
+the partner's embedding is used, the applicant without it (the head's partner-missing path).
+From that pass come the probability of default, the score, every reason's points and the
+package and instalment propensities; then the configuration decides (`gateway.policy`).
 
 Scores are `ScoreScaling` points where the odds run good to bad: a higher score is a lower
 risk. A probability is the sigmoid of the model's float32 logit, taken in float64; the score is
@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
 from bank_node.model_registry import BankVersion
-from bank_node.serving_reference import adverse_reasons, attribution_batch
+from bank_node.serving_reference import FeatureReference, adverse_reasons
 from cobrand.errors import ConfigError, FailedPrecondition, InvalidRequest
 from gateway.application import ApplicationEncoder, BankRow, FieldValue
 from gateway.config import Decision, DecisionConfig
@@ -55,6 +55,7 @@ __all__ = [
     "RISK",
     "PartnerView",
     "Reason",
+    "ReferenceRows",
     "ScoreResult",
     "Scorer",
     "SlicesUsed",
@@ -187,8 +188,15 @@ class Scorer:
         self._classes = classes or ()
         self._references = version.reasons.bank
         self._bank_codes = [ref.code for ref in self._references]
+        self._reference_rows = ReferenceRows(self._references)
         self.forward_pass = BankForward(version.bottom, version.head)
         self.partner_width = self.forward_pass.partner_width
+        # The partner-missing flags of both passes and the bank-only pass's zeroed partner
+        # rows: the same every call, so made once (read-only, shared by the calling threads).
+        rows = self._reference_rows.rows
+        self._bank_only_missing = _constant(np.ones(rows, dtype=np.bool_))
+        self._bank_only_partner = _constant(np.zeros((rows, self.partner_width), np.float32))
+        self._with_partner_missing = _constant(np.arange(rows + 1) == rows)
 
     def score(self, row: BankRow, partner: npt.ArrayLike | None) -> ScoreResult:
         """Score one encoded application and decide it.
@@ -259,17 +267,14 @@ class Scorer:
     ) -> dict[str, npt.NDArray[np.float64]]:
         """Logits per task for the applicant, each reference row and, with a partner
         embedding, the applicant without it (last row)."""
-        numeric, categorical = attribution_batch(row.numeric, row.categorical, self._references)
+        numeric, categorical = self._reference_rows.batch(row.numeric, row.categorical)
         bank = self.forward_pass.bank_embedding(numeric, categorical)
-        rows = len(bank)
         if partner is None:
-            missing = np.ones(rows, dtype=np.bool_)
-            partner_rows = np.zeros((rows, self.partner_width), dtype=np.float32)
+            missing, partner_rows = self._bank_only_missing, self._bank_only_partner
         else:
             bank = np.concatenate([bank, bank[:1]])
-            missing = np.zeros(rows + 1, dtype=np.bool_)
-            missing[-1] = True
-            partner_rows = np.repeat(partner[np.newaxis], rows + 1, axis=0)
+            missing = self._with_partner_missing
+            partner_rows = np.repeat(partner[np.newaxis], len(bank), axis=0)
         logits = self.forward_pass.logits(bank, partner_rows, missing)
         return {task: out.astype(np.float64) for task, out in logits.items()}
 
@@ -291,6 +296,67 @@ class Scorer:
                 text = partner_reason.text
             reasons.append(Reason(code=code, text=text, points=float(gains[position])))
         return tuple(reasons)
+
+
+class ReferenceRows:
+    """`bank_node.serving_reference.attribution_batch` for one version's references, their
+    inputs gathered once: each call sets them all by one indexed assignment per kind of input
+    instead of a Python loop over the references (the same rows, value for value).
+
+    Parameters
+    ----------
+    references : sequence of FeatureReference
+
+    Attributes
+    ----------
+    rows : int
+        Rows of a batch: the applicant, then one per reference.
+    """
+
+    def __init__(self, references: tuple[FeatureReference, ...]) -> None:
+        self.rows = 1 + len(references)
+        numeric = [
+            ((row, column), value)
+            for row, reference in enumerate(references, start=1)
+            for column, value in reference.numeric
+        ]
+        categorical = [
+            ((row, column), index)
+            for row, reference in enumerate(references, start=1)
+            for column, index in reference.categorical
+        ]
+        self._numeric_at = _positions([cell for cell, _ in numeric])
+        # Cast as assigning each value into the float32 batch casts it.
+        self._numeric_values = np.array([value for _, value in numeric], dtype=np.float32)
+        self._categorical_at = _positions([cell for cell, _ in categorical])
+        self._categorical_values = np.array([index for _, index in categorical], dtype=np.int64)
+
+    def batch(
+        self, numeric: npt.NDArray[np.float32], categorical: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """The applicant's encoded row, then one copy per reference with its inputs set, as
+        `attribution_batch` gives them."""
+        numeric_rows = np.repeat(numeric.reshape(1, -1), self.rows, axis=0)
+        numeric_rows[self._numeric_at] = self._numeric_values
+        categorical_rows = np.repeat(categorical.reshape(1, -1), self.rows, axis=0)
+        categorical_rows[self._categorical_at] = self._categorical_values
+        return numeric_rows, categorical_rows
+
+
+def _positions(
+    cells: list[tuple[int, int]],
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """Row and column indices of ``(row, column)`` cells, for one indexed assignment."""
+    return (
+        np.array([row for row, _ in cells], dtype=np.intp),
+        np.array([column for _, column in cells], dtype=np.intp),
+    )
+
+
+def _constant(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """`array`, made read-only so the threads sharing it cannot change it."""
+    array.flags.writeable = False
+    return array
 
 
 def sigmoid(logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from bank_node.model_registry import load_bank_version, save_bank_version
+from bank_node.serving_reference import attribution_batch
 from bank_node.training_data import TEST, TRAIN, BankTrainingData
 from cobrand.errors import ConfigError, InvalidRequest
 from cobrand.model_store import ModelStore
@@ -20,7 +21,14 @@ from cobrand.split_model import BottomModel, BottomSpec, HeadModel
 from cobrand.synth.partner import PARTNER_CATEGORICAL, PARTNER_NUMERIC
 from gateway.application import BankRow, stored_features_of
 from gateway.config import Decision, DecisionConfig, load_decision_config
-from gateway.scoring import MAX_REASONS, PartnerView, Scorer, ScoreResult, partner_view
+from gateway.scoring import (
+    MAX_REASONS,
+    PartnerView,
+    ReferenceRows,
+    Scorer,
+    ScoreResult,
+    partner_view,
+)
 from tests.gateway.synth_version import EXAMPLES, PARTNER_WIDTH, SynthVersion, synth_version
 from tests.model_parts import fitted_table
 
@@ -94,6 +102,23 @@ def test_the_same_inputs_give_the_same_result(scorer: Scorer, rows: list[BankRow
 
     assert scorer.score(rows[1], embedding) == scorer.score(rows[1], embedding.copy())
     assert scorer.score(rows[1], None) == scorer.score(rows[1], None)
+
+
+def test_reference_rows_are_the_attribution_batch_of_each_applicant(
+    synth: SynthVersion, rows: list[BankRow]
+) -> None:
+    references = synth.version.reasons.bank
+    reference_rows = ReferenceRows(references)
+
+    for row in rows:
+        numeric, categorical = reference_rows.batch(row.numeric, row.categorical)
+        expected_numeric, expected_categorical = attribution_batch(
+            row.numeric, row.categorical, references
+        )
+        assert numeric.dtype == expected_numeric.dtype
+        assert numeric.tobytes() == expected_numeric.tobytes()
+        assert categorical.dtype == expected_categorical.dtype
+        assert np.array_equal(categorical, expected_categorical)
 
 
 def test_higher_scores_mean_lower_probabilities_of_default(
