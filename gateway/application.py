@@ -110,6 +110,7 @@ class ApplicationEncoder:
         self._rows = preprocessor.row_encoder()
         self._numeric = tuple(state.name for state in preprocessor.numeric)
         self._categorical = tuple(state.name for state in preprocessor.categorical)
+        self._known = frozenset(self._numeric + self._categorical)
         self._required = frozenset(rules.required)
         self._non_negative = frozenset(rules.non_negative)
         self._closed = {
@@ -143,9 +144,8 @@ class ApplicationEncoder:
             NaN or infinite, negative where non-negative, outside a closed set, or a required
             field missing.
         """
-        known = set(self._numeric) | set(self._categorical)
-        unknown = sorted(set(fields) - known)
-        if unknown:
+        if not self._known.issuperset(fields):
+            unknown = sorted(set(fields) - self._known)
             raise InvalidRequest(
                 f"field {unknown[0]!r}: not a bank field of the model "
                 f"(fields: {', '.join(self._numeric + self._categorical)})"
@@ -173,24 +173,28 @@ class ApplicationEncoder:
     def _number(self, name: str, value: object, stored: bool) -> float | None:
         if value is None:
             return None
-        where = f"field {name!r}{' (stored)' if stored else ''}"
         # bool is an int to Python, but never a number an applicant typed.
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise InvalidRequest(f"{where}: a numeric field needs a number, got a category")
+            raise InvalidRequest(
+                f"{_where(name, stored)}: a numeric field needs a number, got a category"
+            )
         number = float(value)
         if not math.isfinite(number):
-            raise InvalidRequest(f"{where}: {number} is not a finite number; send missing instead")
+            raise InvalidRequest(
+                f"{_where(name, stored)}: {number} is not a finite number; send missing instead"
+            )
         if number < 0 and name in self._non_negative:
-            raise InvalidRequest(f"{where}: must not be negative, got {number:g}")
+            raise InvalidRequest(f"{_where(name, stored)}: must not be negative, got {number:g}")
         return number
 
     def _category(self, name: str, value: object, stored: bool) -> tuple[str | None, str | None]:
         """The category as given and as the preprocessor reads it (None when missing)."""
         if value is None:
             return None, None
-        where = f"field {name!r}{' (stored)' if stored else ''}"
         if not isinstance(value, str):
-            raise InvalidRequest(f"{where}: a categorical field needs a category, got a number")
+            raise InvalidRequest(
+                f"{_where(name, stored)}: a categorical field needs a category, got a number"
+            )
         # Read as the preprocessor reads categories: trimmed, lower case, blank is missing.
         text = value.strip().lower()
         if not text:
@@ -198,6 +202,12 @@ class ApplicationEncoder:
         closed = self._closed.get(name)
         if closed is not None and text not in closed:
             raise InvalidRequest(
-                f"{where}: unknown category; expected one of {', '.join(sorted(closed))}"
+                f"{_where(name, stored)}: unknown category; expected one of "
+                f"{', '.join(sorted(closed))}"
             )
         return value, text
+
+
+def _where(name: str, stored: bool) -> str:
+    """How an error names a field (written only when one is raised)."""
+    return f"field {name!r}{' (stored)' if stored else ''}"
