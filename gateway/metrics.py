@@ -94,18 +94,29 @@ class GatewayMetrics:
             registry=self.registry,
         )
         # Every series from the start, at 0: a rate over a series that appears late is wrong.
-        for decision in Decision:
-            self.decisions.labels(decision.value)
-        for status in PartnerSliceStatus:
-            if status is not PartnerSliceStatus.USED:
-                self.fallbacks.labels(status.value)
+        # Each labelled series is kept, so a call counts without looking its labels up.
+        self._decided = {decision: self.decisions.labels(decision.value) for decision in Decision}
+        self._fell_back = {
+            status: self.fallbacks.labels(status.value)
+            for status in PartnerSliceStatus
+            if status is not PartnerSliceStatus.USED
+        }
+        # A status code's series appears with its first call (no call ended with most codes).
+        self._latency: dict[grpc.StatusCode, Histogram] = {}
+
+    def observe(self, code: grpc.StatusCode, seconds: float) -> None:
+        """Record one call's time in the handler, by the status it ended with."""
+        series = self._latency.get(code)
+        if series is None:
+            series = self._latency.setdefault(code, self.latency.labels(code.name))
+        series.observe(seconds)
 
     def decided(self, record: AuditRecord) -> None:
         """Count a new decision, durable in the audit log, and why the partner's slice was not
         used if it was not (the partner's channel never sees that status in its reply)."""
-        self.decisions.labels(record.result.decision.value).inc()
+        self._decided[record.result.decision].inc()
         if record.partner_status is not PartnerSliceStatus.USED:
-            self.fallbacks.labels(record.partner_status.value).inc()
+            self._fell_back[record.partner_status].inc()
 
 
 class MeasuredScoringServicer(ScoringServicer):
@@ -150,7 +161,7 @@ class MeasuredScoringServicer(ScoringServicer):
             code = err.status
             raise
         finally:
-            self._metrics.latency.labels(code.name).observe(time.perf_counter() - started)
+            self._metrics.observe(code, time.perf_counter() - started)
         return reply
 
 
