@@ -23,6 +23,9 @@ __all__ = ["REQUEST_ID", "JsonLines", "log_json_lines", "serving_request"]
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("cobrand_request_id", default=None)
 
+# One encoder for every line: json.dumps with an option builds a new one each time.
+_LINE = json.JSONEncoder(ensure_ascii=False)
+
 
 @contextmanager
 def serving_request(request_id: str) -> Iterator[None]:
@@ -51,7 +54,7 @@ class JsonLines(logging.Formatter):
         entry["message"] = record.getMessage()
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        return _LINE.encode(entry)
 
 
 def log_json_lines() -> None:
