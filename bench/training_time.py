@@ -16,10 +16,12 @@ Both sides' tables are aligned first with private set intersection, as ``cobrand
   order (bench only), and the same network trained on them in this one process with one torch
   thread (`bench.dataplane.train_centralized`): same rounds, batch size and seed. Timed in
   total, loading included, as the federated figure includes each node's loading.
-- Flower's floor: a SuperLink and SuperNode started the same way and one run of
-  ``bench/flower_floor`` exchanging as many empty messages as the training run's control plane
-  did (a status before round 1, one plan per round, a status after the last, the model's
-  publication): what Flower costs with nothing to do.
+- Flower's floor: a SuperLink and SuperNode started the same way (the SuperNode in process
+  isolation, its tasks answered by a runner as the partner's are, pinned to the floor's
+  ClientApp: `bench.flower_floor.runner`) and one run of ``bench/flower_floor`` exchanging as
+  many empty messages as the training run's control plane did (a status before round 1, one
+  plan per round, a status after the last, the model's publication): what Flower costs with
+  nothing to do.
 
 Early stopping is off (patience = rounds), so both trainings run every round. Goals (issue 10):
 on default credit, federated <= 2 x centralized + the floor; at 1M aligned synthetic customers,
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -59,6 +62,8 @@ from cobrand.synth import DatasetFiles, SynthConfig, write_dataset
 from partner_node.config import PartnerNodeConfig
 
 _FLOOR_APP: Final = ROOT / "bench" / "flower_floor"
+# The floor's SuperNode runs its ClientApp as the partner's runs the partner's (`cobrand train`).
+_FLOOR_RUNNER: Final = (sys.executable, "-m", "bench.flower_floor.runner")
 _LOOPBACK: Final = "127.0.0.1"
 _RUN_TIMEOUT_S: Final = 3600.0
 
@@ -117,7 +122,7 @@ def flower_floor(work: Path, messages: int) -> tuple[float, float]:
         SuperLinkTls(ca_cert=bank_ca / pki.CA_CERT, cert=superlink.cert, key=superlink.key),
     ) as federation:
         federation.start_superlink()
-        federation.start_supernode({})
+        federation.start_supernode({}, client_app_runner=_FLOOR_RUNNER)
         run_id = federation.run(_FLOOR_APP, {"num-messages": messages})
         status = federation.wait_finished(run_id, _RUN_TIMEOUT_S)
         startup = sum(federation.startup_seconds.values())

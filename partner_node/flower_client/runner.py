@@ -32,7 +32,7 @@ import subprocess
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, NamedTuple
 
 import httpx
 import typer
@@ -59,12 +59,32 @@ from flwr.supernode.runtime.run_clientapp import (
 from cobrand.child_process import stop_child, stop_with_parent
 from partner_node.flower_client.client_app import app as partner_client_app
 
-__all__ = ["PINNED_CLIENT_APP", "main", "run_supernode_with_runner", "run_task", "serve_tasks"]
+__all__ = [
+    "PARTNER_APP",
+    "PINNED_CLIENT_APP",
+    "PinnedApp",
+    "main",
+    "run_supernode_with_runner",
+    "run_task",
+    "serve_tasks",
+    "stop_on_signals",
+]
 
 _LOG = logging.getLogger(__name__)
 
 PINNED_CLIENT_APP: Final = "partner_node.flower_client.client_app:app"
 """The one ClientApp a bundle may name (``[tool.flwr.app.components] clientapp``)."""
+
+
+class PinnedApp(NamedTuple):
+    """The one ClientApp a runner executes, and the reference a bundle must name to get it."""
+
+    app: ClientApp
+    ref: str
+
+
+PARTNER_APP: Final = PinnedApp(partner_client_app, PINNED_CLIENT_APP)
+"""What the partner's runner executes: its own installed ClientApp."""
 
 _POLL_S: Final = 0.1
 # The SuperNode's method that hands out a task: signed with the secret it shares with the runner.
@@ -73,9 +93,9 @@ _STOP_GRACE_S: Final = 10.0
 
 
 def serve_tasks(
-    supernode: str, secret: bytes, stop: threading.Event, app: ClientApp | None = None
+    supernode: str, secret: bytes, stop: threading.Event, pinned: PinnedApp = PARTNER_APP
 ) -> None:
-    """Run the SuperNode's ClientApp tasks with `app` until `stop` is set.
+    """Run the SuperNode's ClientApp tasks with `pinned`'s app until `stop` is set.
 
     Parameters
     ----------
@@ -84,8 +104,9 @@ def serve_tasks(
     secret : bytes
         The secret the SuperNode was started with (``--superexec-auth-secret-file``).
     stop : threading.Event
-    app : ClientApp, optional
-        Default: the partner's installed ClientApp.
+    pinned : PinnedApp
+        Default: the partner's installed ClientApp (another only for Flower's floor in
+        ``bench``, which must pay what a training run pays per message).
     """
     client = RuntimeHttpClient.from_server_address(
         server_address=supernode,
@@ -109,7 +130,7 @@ def serve_tasks(
                 continue
             if acquired.HasField("task") and acquired.token:
                 try:
-                    run_task(supernode, acquired.token, app or partner_client_app)
+                    run_task(supernode, acquired.token, pinned)
                 except Exception:  # noqa: BLE001 -- one task's failure must not stop the runner
                     # Its failure is already pushed as the task's output; the next task may run.
                     _LOG.exception("[ClientAppRunner] task %d failed", acquired.task.task_id)
@@ -119,8 +140,9 @@ def serve_tasks(
         client.close()
 
 
-def run_task(supernode: str, token: str, app: ClientApp) -> None:
-    """Run one task: pull its message, answer it with `app` (if the bundle names it), push back."""
+def run_task(supernode: str, token: str, pinned: PinnedApp) -> None:
+    """Run one task: pull its message, answer it with `pinned`'s app if the bundle names it,
+    push the answer back."""
     client = RuntimeHttpClient.from_server_address(
         server_address=supernode,
         insecure=True,
@@ -138,17 +160,17 @@ def run_task(supernode: str, token: str, app: ClientApp) -> None:
     try:
         message, context, run, fab = pull_task_input(client)
         named = _named_client_app(fab.content)
-        if named != PINNED_CLIENT_APP:
+        if named != pinned.ref:
             _LOG.error(
                 "[ClientAppRunner] refused run %d: its bundle names ClientApp %r, not %r",
                 run.run_id,
                 named,
-                PINNED_CLIENT_APP,
+                pinned.ref,
             )
-            details = f"the partner runs only {PINNED_CLIENT_APP}; the bundle names {named!r}"
+            details = f"the partner runs only {pinned.ref}; the bundle names {named!r}"
             reply = Message(Error(code=ErrorCode.INVALID_FAB, reason=details), reply_to=message)
         else:
-            reply = _answer(app, message, context)
+            reply = _answer(pinned.app, message, context)
             status, details = SubStatus.COMPLETED, ""
         push_message(client, reply, context)
     finally:
@@ -199,7 +221,7 @@ def run_supernode_with_runner(
     secret : bytes
         The secret in the SuperNode's ``--superexec-auth-secret-file``.
     """
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     supernode = subprocess.Popen(  # noqa: S603 -- Flower's program, arguments built here
         list(supernode_command), env=dict(env), preexec_fn=stop_with_parent()
     )
@@ -215,7 +237,8 @@ def run_supernode_with_runner(
         stop_child(supernode, _STOP_GRACE_S)
 
 
-def _stop_on_signals() -> threading.Event:
+def stop_on_signals() -> threading.Event:
+    """An event SIGTERM or SIGINT sets: the `stop` of a runner run as a program."""
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -232,7 +255,7 @@ def main(
 ) -> None:
     """Run the partner's ClientApp for its SuperNode's tasks until SIGTERM or SIGINT."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    serve_tasks(supernode, auth_secret_file.read_bytes(), _stop_on_signals())
+    serve_tasks(supernode, auth_secret_file.read_bytes(), stop_on_signals())
 
 
 if __name__ == "__main__":
