@@ -5,10 +5,7 @@ calls in progress when stopped, and runs as ``cobrand gateway serve``."""
 from __future__ import annotations
 
 import hashlib
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +14,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-import yaml
 
 from cobrand.errors import FailedPrecondition
 from cobrand.model_manifest import manifest_digest
@@ -29,6 +25,7 @@ from gateway.audit_record import PartnerSliceStatus
 from gateway.server import start_gateway
 from partner_node.server import PartnerNode
 from tests.conftest import ThrowAwayPki
+from tests.gateway.gateway_process import ServedGateway, write_config
 from tests.gateway.gateway_sites import (
     Applicants,
     World,
@@ -182,42 +179,18 @@ def test_cobrand_gateway_serve_answers_until_sigterm_then_stops_cleanly(
 ) -> None:
     settings = gateway_settings(tmp_path, sites, throwaway_pki, version_id, partner.port)
     config = tmp_path / "gateway.yaml"
-    config.write_text(yaml.safe_dump(settings.model_dump(mode="json", exclude_none=True)))
-    port_file = tmp_path / "port"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from gateway.cli import app; app()",
-            "serve",
-            "--config",
-            str(config),
-            "--port-file",
-            str(port_file),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not port_file.exists() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert port_file.exists(), process.communicate(timeout=5)
-        with scoring_stub(throwaway_pki, int(port_file.read_text())) as app:
+    write_config(config, settings, version_id)
+    with ServedGateway(config, tmp_path / "port") as served:
+        with scoring_stub(throwaway_pki, served.port()) as app:
             reply = app.ScoreApplication(application("APP-cli", people.aligned[0]), timeout=TIMEOUT)
-        process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
+        code = served.stop(signal.SIGTERM)
+        out = served.output()
 
     assert reply.slices.partner_status == USED
-    assert process.returncode == 0, err
+    assert code == 0, out
     assert f"gateway serving model version {version_id}" in out
     assert "partner verified" in out
     assert "gateway stopped" in out
-    assert people.aligned[0][3:] not in out + err
+    assert people.aligned[0][3:] not in out
     with open_audit_log(AuditSettings(backend="sqlite", path=tmp_path / "audit.db")) as audit:
         assert audit.get(reply.request_id) is not None

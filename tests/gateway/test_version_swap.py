@@ -5,11 +5,7 @@ not hold yet is refused and the gateway serves on; ``cobrand gateway serve`` swa
 from __future__ import annotations
 
 import dataclasses
-import os
-import queue
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +16,6 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-import yaml
 
 from cobrand.errors import FailedPrecondition
 from cobrand.rpc import create_channel, create_server
@@ -32,6 +27,7 @@ from gateway.server import Gateway
 from gateway.settings import BreakerSettings, GatewaySettings
 from partner_node.server import PartnerNode
 from tests.conftest import ThrowAwayPki
+from tests.gateway.gateway_process import ServedGateway, write_config
 from tests.gateway.gateway_sites import (
     Applicants,
     World,
@@ -307,65 +303,21 @@ def test_cobrand_gateway_serve_swaps_to_the_files_version_on_sighup_and_serves_o
     first, second = versions
     settings = _settings(tmp_path, throwaway_pki, sites, first, partner.port)
     config = tmp_path / "gateway.yaml"
-
-    def name_in_file(version_id: str) -> None:
-        update = {"model_version": version_id}
-        config.write_text(
-            yaml.safe_dump(settings.model_copy(update=update).model_dump(mode="json"))
-        )
-
-    name_in_file(first)
-    port_file = tmp_path / "port"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from gateway.cli import app; app()",
-            "serve",
-            "--config",
-            str(config),
-            "--port-file",
-            str(port_file),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-    )
-    assert process.stderr is not None
-    errors = process.stderr
-    lines: queue.Queue[str] = queue.Queue()
-
-    def read_errors() -> None:
-        for line in errors:
-            lines.put(line)
-
-    threading.Thread(target=read_errors, daemon=True).start()
-
-    def logged(text: str) -> str:
-        """The first line of the gateway's stderr from now on holding `text`."""
-        while text not in (line := lines.get(timeout=TIMEOUT)):
-            pass
-        return line
-
-    try:
-        deadline = time.monotonic() + 60
-        while not port_file.exists() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert port_file.exists(), list(lines.queue)
-        with scoring_stub(throwaway_pki, int(port_file.read_text())) as app:
+    write_config(config, settings, first)
+    with ServedGateway(config, tmp_path / "port") as served:
+        with scoring_stub(throwaway_pki, served.port()) as app:
             before = app.ScoreApplication(
                 application("APP-hup-before", people.aligned[0], consent=True), timeout=TIMEOUT
             )
-            name_in_file("0123456789abcdef")
-            process.send_signal(signal.SIGHUP)
+            write_config(config, settings, "0123456789abcdef")
+            served.process.send_signal(signal.SIGHUP)
             # The refusal is logged as an error (stderr without a configured handler).
-            refusal = logged("swap refused")
+            (refusal,) = served.logged("swap refused")
             refused = app.ScoreApplication(
                 application("APP-hup-refused", people.aligned[0], consent=True), timeout=TIMEOUT
             )
-            name_in_file(second)
-            process.send_signal(signal.SIGHUP)
+            write_config(config, settings, second)
+            served.process.send_signal(signal.SIGHUP)
             after = refused
             deadline = time.monotonic() + 30
             call = 0
@@ -375,11 +327,7 @@ def test_cobrand_gateway_serve_swaps_to_the_files_version_on_sighup_and_serves_o
                 after = app.ScoreApplication(
                     application(f"APP-hup-{call}", people.aligned[0], consent=True), timeout=TIMEOUT
                 )
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
+        code = served.stop(signal.SIGTERM)
 
     assert before.model_version == first
     assert "swap refused, still serving model version " + first in refusal
@@ -387,4 +335,4 @@ def test_cobrand_gateway_serve_swaps_to_the_files_version_on_sighup_and_serves_o
     assert refused.model_version == first
     assert after.model_version == second
     assert after.slices.partner_status == USED
-    assert process.returncode == 0, list(lines.queue)
+    assert code == 0, served.output()

@@ -5,26 +5,20 @@ worker's start error is the command's."""
 from __future__ import annotations
 
 import os
-import queue
 import re
 import signal
-import subprocess
-import sys
-import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from cobrand.v1 import scoring_pb2
 from gateway.audit_sqlite import SqliteAuditStore
-from gateway.settings import GatewaySettings
 from partner_node.server import PartnerNode
 from tests.conftest import ThrowAwayPki
+from tests.gateway.gateway_process import ServedGateway, write_config
 from tests.gateway.gateway_sites import (
     Applicants,
     applicants_of,
@@ -60,46 +54,6 @@ def partner(throwaway_pki: ThrowAwayPki, sites: TrainingSites) -> Iterator[Partn
         yield started
 
 
-class Served:
-    """A ``cobrand gateway serve`` process and its stderr, line by line."""
-
-    def __init__(self, config: Path, port_file: Path, workers: int) -> None:
-        self.process = subprocess.Popen(
-            [
-                *(sys.executable, "-c", "from gateway.cli import app; app()", "serve"),
-                *("--config", str(config), "--port-file", str(port_file)),
-                *("--workers", str(workers)),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.put(line)
-
-    def logged(self, text: str, times: int = 1) -> list[str]:
-        """The next `times` lines of stderr holding `text`."""
-        found: list[str] = []
-        while len(found) < times:
-            line = self.lines.get(timeout=TIMEOUT)
-            self.seen.append(line)
-            if text in line:
-                found.append(line)
-        return found
-
-
-def _write(config: Path, settings: GatewaySettings, version_id: str) -> None:
-    update = {"model_version": version_id}
-    config.write_text(yaml.safe_dump(settings.model_copy(update=update).model_dump(mode="json")))
-
-
 def _score(pki: ThrowAwayPki, port: int, application_id: str, identifier: str) -> Any:
     """One application on a channel (a connection) of its own: the kernel picks the worker."""
     with scoring_stub(pki, port) as stub:
@@ -128,17 +82,13 @@ def test_two_workers_serve_one_port_record_to_one_file_swap_on_sighup_and_stop_o
         tmp_path, sites, throwaway_pki, first, partner.port, deadline_ms=2000
     ).model_copy(update={"metrics_listen": "127.0.0.1:0"})
     config, port_file = tmp_path / "gateway.yaml", tmp_path / "port"
-    _write(config, settings, first)
-    served = Served(config, port_file, workers=2)
-    try:
+    write_config(config, settings, first)
+    with ServedGateway(config, port_file, workers=2) as served:
         starts = served.logged("[Gateway] serving model version", times=2)
         served.logged("2 workers serving on port")
-        deadline = time.monotonic() + TIMEOUT
-        while not port_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        port = int(port_file.read_text())
+        port = served.port()
         before = [_score(throwaway_pki, port, f"W-{i}", people.aligned[i]) for i in range(8)]
-        _write(config, settings, second)
+        write_config(config, settings, second)
         served.process.send_signal(signal.SIGHUP)
         swaps = served.logged(f"serving model version {second} in place of {first}", times=2)
         after = [_score(throwaway_pki, port, f"W-after-{i}", people.aligned[i]) for i in range(8)]
@@ -146,11 +96,7 @@ def test_two_workers_serve_one_port_record_to_one_file_swap_on_sighup_and_stop_o
             int(m) for line in starts for m in re.findall(r"metrics on port (\d+)", line)
         }
         decided = sum(_decisions(metrics_port) for metrics_port in metrics_ports)
-        served.process.send_signal(signal.SIGTERM)
-        served.process.wait(timeout=TIMEOUT)
-    finally:
-        if served.process.poll() is None:
-            served.process.kill()
+        code = served.stop(signal.SIGTERM)
 
     assert all(f"on port {port} " in line for line in starts)
     assert len(metrics_ports) == 2  # each worker's own /metrics
@@ -159,7 +105,7 @@ def test_two_workers_serve_one_port_record_to_one_file_swap_on_sighup_and_stop_o
     assert {reply.model_version for reply in before} == {first}
     assert {reply.model_version for reply in after} == {second}
     assert {reply.slices.partner_status for reply in before + after} == {USED}
-    assert served.process.returncode == 0, served.seen
+    assert code == 0, served.seen
     assert settings.audit.path is not None
     store = SqliteAuditStore(settings.audit.path)
     try:
@@ -181,13 +127,10 @@ def test_a_workers_start_error_is_the_commands_one_line_and_exit_code_2(
 ) -> None:
     settings = gateway_settings(tmp_path, sites, throwaway_pki, versions[0], partner.port)
     config = tmp_path / "gateway.yaml"
-    _write(config, settings, "0123456789abcdef")
-    served = Served(config, tmp_path / "port", workers=2)
-    served.process.wait(timeout=120)
+    write_config(config, settings, "0123456789abcdef")
+    with ServedGateway(config, tmp_path / "port", workers=2) as served:
+        text = served.output()
     assert served.process.returncode == 2
-    assert served.process.stderr is not None
-    time.sleep(0.5)  # the reader thread drains what is left
-    text = "".join(list(served.lines.queue))
     assert "0123456789abcdef" in text
     assert "Traceback" not in text
     assert not (tmp_path / "port").exists()
@@ -212,17 +155,13 @@ def test_a_worker_that_dies_stops_the_others_and_the_command_fails_naming_it(
 ) -> None:
     settings = gateway_settings(tmp_path, sites, throwaway_pki, versions[0], partner.port)
     config = tmp_path / "gateway.yaml"
-    _write(config, settings, versions[0])
-    served = Served(config, tmp_path / "port", workers=2)
-    try:
+    write_config(config, settings, versions[0])
+    with ServedGateway(config, tmp_path / "port", workers=2) as served:
         served.logged("2 workers serving on port")
         workers = _workers_of(served.process.pid)
         os.kill(workers[0], signal.SIGKILL)
         served.process.wait(timeout=TIMEOUT)
         failure = served.logged("exited with code")
-    finally:
-        if served.process.poll() is None:
-            served.process.kill()
 
     assert len(workers) == 2
     assert served.process.returncode == 2
