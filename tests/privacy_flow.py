@@ -14,7 +14,6 @@ node, the SuperLink, SuperNode, ServerApp and ClientApp processes) capture (`cob
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -29,7 +28,8 @@ from cobrand.aligned_rows import aligned_table
 from cobrand.alignment_protocol import PsiSettings
 from cobrand.alignment_store import AlignmentStore
 from cobrand.cli import app
-from cobrand.commands.align import LocalSites, align_sites, local_sites, tls_files, write_settings
+from cobrand.commands.align import LocalSites, align_sites, local_sites, tls_files
+from cobrand.commands.demo import write_gateway_settings
 from cobrand.commands.train import train_aligned
 from cobrand.party_files import load_own_table
 from cobrand.pki import Party
@@ -39,12 +39,9 @@ from cobrand.synth import SynthConfig, write_dataset
 from cobrand.tables import PartyTable
 from cobrand.v1 import embedding_pb2, embedding_pb2_grpc, scoring_pb2, scoring_pb2_grpc
 from cobrand.wire_capture import CAPTURE_DIR_ENV
-from gateway.audit_log import AuditSettings
-from gateway.pseudonyms import MIN_KEY_BYTES
-from gateway.settings import GatewaySettings, PartnerSettings
+from gateway.settings import GatewaySettings
 from tests.gateway.gateway_sites import running_gateway
 from tests.gateway.scoring_calls import application
-from tests.gateway.synth_version import EXAMPLES
 from tests.privacy_canaries import Needles, plant_canaries
 
 __all__ = ["Flow", "run_flow"]
@@ -97,38 +94,13 @@ def run_flow(directory: Path, monkeypatch: pytest.MonkeyPatch) -> Flow:
         report = train_aligned(
             sites, outcome.summary, TrainingSection.model_validate(_TRAINING), directory / "out"
         )
-        settings = _gateway_settings(sites, report["model_version"])
+        settings = write_gateway_settings(sites, report["model_version"], _PARTNER_DEADLINE_MS)
         slices = _score_applications(sites, settings)
         _batched_lookups(sites, settings)
         _target(settings, directory / "campaign.csv")
     with AlignmentStore(sites.bank.data_dir) as alignment:
         labels = aligned_table(_bank_table(sites), alignment).labels
     return Flow(capture, needles, sites, labels, slices)
-
-
-def _gateway_settings(sites: LocalSites, version_id: str) -> Path:
-    """The gateway's settings file, as ``cobrand demo`` writes it, with its own key and CA."""
-    work, bank_tls = sites.work, sites.bank.tls
-    assert bank_tls is not None
-    bank_ca = bank_tls.ca_bundle.parent
-    key_file = work / "pseudonym.key"
-    key_file.write_bytes(secrets.token_bytes(MIN_KEY_BYTES))
-    key_file.chmod(0o600)
-    return write_settings(
-        work / "gateway.yaml",
-        GatewaySettings(
-            listen=f"{_LOOPBACK}:0",
-            tls=tls_files(bank_ca, pki.issue(bank_ca, pki.Role.GATEWAY, "gateway", (_LOOPBACK,))),
-            bank=work / "bank.yaml",
-            model_version=version_id,
-            decision_config=EXAMPLES / "cobrand_synth.yaml",
-            pseudonym_key=key_file,
-            partner=PartnerSettings(
-                address=f"{_LOOPBACK}:{sites.partner_port}", deadline_ms=_PARTNER_DEADLINE_MS
-            ),
-            audit=AuditSettings(backend="sqlite", path=work / "audit.db"),
-        ),
-    )
 
 
 def _score_applications(sites: LocalSites, settings: Path) -> tuple[str, ...]:

@@ -52,7 +52,7 @@ from gateway.pseudonyms import MIN_KEY_BYTES
 from gateway.server import start_gateway
 from gateway.settings import GatewaySettings, PartnerSettings
 
-__all__ = ["run"]
+__all__ = ["run", "write_gateway_settings"]
 
 _CALL_TIMEOUT_S = 5.0
 _LOOPBACK = "127.0.0.1"
@@ -225,19 +225,23 @@ def _instalment(reply: scoring_pb2.ScoreApplicationResponse) -> str:
     return f"{offer.offer} via {channel.lower()} ({offer.propensity:.0%})"
 
 
-@contextmanager
-def _gateway(sites: LocalSites, version_id: str, identifier_kind: str) -> Iterator[_Applications]:
-    """The bank's gateway serving `version_id` in this process, its certificate, settings,
-    pseudonym key and audit log under the sites' work directory, and an application flow
-    holding a certificate of the bank's CA; stopped when the block ends."""
-    work, bank_tls = sites.work, sites.bank.tls
-    if bank_tls is None:
-        raise FailedPrecondition(f"{work}: the bank's settings name no TLS files")
-    bank_ca = bank_tls.ca_bundle.parent
+def write_gateway_settings(
+    sites: LocalSites, version_id: str, deadline_ms: float = _PARTNER_DEADLINE_MS
+) -> Path:
+    """The gateway's settings file for `sites`, serving `version_id`: its certificate of the
+    bank's CA, pseudonym key and audit log under the sites' work directory, and the partner
+    lookups' deadline `deadline_ms`.
+
+    Raises
+    ------
+    FailedPrecondition
+        The bank's settings name no TLS files.
+    """
+    work, bank_ca = sites.work, _bank_ca(sites)
     key_file = work / "pseudonym.key"
     # Created private: the key is what keeps the audit log's pseudonyms from being reversed.
     write_new(key_file, secrets.token_bytes(MIN_KEY_BYTES), mode=0o600)
-    settings = write_settings(
+    return write_settings(
         work / "gateway.yaml",
         GatewaySettings(
             listen=f"{_LOOPBACK}:0",
@@ -248,12 +252,27 @@ def _gateway(sites: LocalSites, version_id: str, identifier_kind: str) -> Iterat
             pseudonym_key=key_file,
             partner=PartnerSettings(
                 address=f"{_LOOPBACK}:{sites.partner_port}",
-                deadline_ms=_PARTNER_DEADLINE_MS,
+                deadline_ms=deadline_ms,
                 verify_timeout_s=_PARTNER_INDEX_WAIT_S,
             ),
             audit=AuditSettings(backend="sqlite", path=work / "audit.db"),
         ),
     )
+
+
+def _bank_ca(sites: LocalSites) -> Path:
+    """The bank's CA directory, whose certificates the gateway and the application flow hold."""
+    bank_tls = sites.bank.tls
+    if bank_tls is None:
+        raise FailedPrecondition(f"{sites.work}: the bank's settings name no TLS files")
+    return bank_tls.ca_bundle.parent
+
+
+@contextmanager
+def _gateway(sites: LocalSites, version_id: str, identifier_kind: str) -> Iterator[_Applications]:
+    """The bank's gateway serving `version_id` in this process (`write_gateway_settings`), and
+    an application flow holding a certificate of the bank's CA; stopped when the block ends."""
+    settings = write_gateway_settings(sites, version_id)
     typer.echo(
         "starting the gateway: it checks the partner's copy of the version and waits for the "
         "partner's consented-lookup index of its users (built once)"
@@ -266,6 +285,7 @@ def _gateway(sites: LocalSites, version_id: str, identifier_kind: str) -> Iterat
             f"{time.perf_counter() - started:.1f} s (partner "
             f"{'verified' if gateway.partner.verified else 'not verified'}; settings {settings})"
         )
+        bank_ca = _bank_ca(sites)
         app_tls = tls_files(bank_ca, pki.issue(bank_ca, pki.Role.APP, "demo-application-flow"))
         with create_channel(f"{_LOOPBACK}:{gateway.port}", app_tls) as channel:
             yield _Applications(channel, identifier_kind)
