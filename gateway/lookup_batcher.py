@@ -22,14 +22,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Final
 
+from cobrand.embedding_contract import MAX_LOOKUPS
 from cobrand.v1 import embedding_pb2
 
-__all__ = ["MAX_LOOKUPS", "LookupBatcher", "LookupTimeoutError", "Send"]
-
-MAX_LOOKUPS: Final = 256
-"""Most lookups in one call: the contract's cap on GetEmbeddings (the partner refuses more)."""
+__all__ = ["LookupBatcher", "LookupTimeoutError", "Send"]
 
 Send = Callable[
     [Sequence[embedding_pb2.GetEmbeddingRequest], float],

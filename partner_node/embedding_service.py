@@ -33,6 +33,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
+from cobrand.embedding_contract import MAX_LOOKUPS
 from cobrand.errors import CobrandError, InvalidRequest, ResourceExhausted
 from cobrand.model_manifest import manifest_digest
 from cobrand.pki import Role
@@ -46,7 +47,6 @@ from partner_node.serving_models import ServingModels, ServingVersion
 __all__ = [
     "EMBEDDING_ROLES",
     "MAX_BATCH_KEYS",
-    "MAX_LOOKUPS",
     "EmbeddingServicer",
     "check_call_id",
     "embedding_service",
@@ -64,9 +64,6 @@ EMBEDDING_ROLES = service_roles(
 
 MAX_BATCH_KEYS: Final = 65_536
 """Most join keys one StreamEmbeddings request may carry (fewer for very wide embeddings)."""
-
-MAX_LOOKUPS: Final = 256
-"""Most lookups one GetEmbeddings call may carry (the contract's cap)."""
 
 # Request and batch ids go to both sides' logs: short and of safe characters (a UUID fits).
 _CALL_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")

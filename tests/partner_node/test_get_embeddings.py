@@ -14,10 +14,10 @@ from typing import Any
 import grpc
 import pytest
 
+from cobrand.embedding_contract import MAX_LOOKUPS
 from cobrand.rpc import create_channel
 from cobrand.v1 import embedding_pb2, embedding_pb2_grpc
 from partner_node.config import EmbeddingSettings
-from partner_node.embedding_service import MAX_LOOKUPS
 from partner_node.probe_limit import PROBE_AUDIT_FILE
 from partner_node.server import PartnerNode
 from tests.conftest import ThrowAwayPki
